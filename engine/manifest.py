@@ -1,0 +1,327 @@
+"""seqport.json: the one schema shared by the exporter (writer) and the engine (reader).
+
+The manifest is the whole contract between an exported artifact and the engine. Frozen
+dataclasses describe it; `to_dict()` writes canonical JSON and `from_dict()` rejects unknown
+keys, naming the JSON path of every problem it finds before raising once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seqport.engine.errors import ArtifactError, IntegrityError, ManifestError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "seqport.json"
+ARCHITECTURES = ("encoder-decoder", "decoder-only", "encoder-only")
+DTYPES = ("int64", "int32", "float32", "float16", "bool")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: its graph name, element type and named dimensions.
+
+    Dimension names are symbols (e.g. "batch_size") shared across tensors of a component, so
+    the engine can check that feeds agree before calling the runtime; integers are fixed sizes.
+    Names may hold "{i}", expanded for each layer.
+    """
+
+    name: str
+    dtype: str
+    shape: list[str | int]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One ONNX file and its logical → graph name map."""
+
+    file: str
+    sha256: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """Shape of the self-attention cache: per layer, key and value of (B, H_kv, P, D)."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str = "float32"
+    layout: str = "BHSD"
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Special token ids; `eos` is a list because several families stop on more than one."""
+
+    eos: list[int]
+    pad: int | None = None
+    bos: int | None = None
+    decoder_start: int | None = None
+    unk: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """The tokenizers file and how the engine should call it."""
+
+    file: str = "tokenizer.json"
+    add_special_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who wrote the artifact, from what, with which tool versions."""
+
+    source: str
+    exporter: str
+    torch: str = ""
+    onnx: str = ""
+    onnxruntime: str = ""
+    opset: int = 0
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Export-time parity against PyTorch: max |ort - torch| per component and output."""
+
+    tolerance: dict[str, float]
+    max_abs_diff: dict[str, dict[str, float]]
+    cases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Root of seqport.json."""
+
+    format_version: int
+    architecture: str
+    family: str
+    vocab_size: int
+    max_positions: int
+    components: dict[str, Component]
+    kv: KVGeometry | None
+    special_ids: SpecialIds
+    tokenizer: TokenizerSpec
+    provenance: Provenance
+    validation: Validation
+    generation: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / MANIFEST_FILE
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Build a manifest from parsed JSON, collecting every problem before raising.
+
+        Raises:
+            ManifestError: unknown format version, unknown or missing keys, wrong types.
+        """
+        _check_version(data)
+        problems: list[str] = []
+        manifest = _build(cls, data, "$", problems)
+        if not problems:
+            problems.extend(_semantic_problems(manifest))
+        if problems:
+            raise ManifestError(
+                "invalid seqport.json:\n  - " + "\n  - ".join(problems)
+                + "\nRe-export the model with `seqport export`."
+            )
+        return manifest
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Read `folder/seqport.json`.
+
+    Raises:
+        ArtifactError: the folder or its manifest is missing.
+        ManifestError: the manifest is not JSON or does not fit the schema.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(
+            f"artifact folder not found: {folder}. Pass the folder `seqport export` wrote."
+        )
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} not found: {folder} is not a seqport artifact. "
+            "Create one with `seqport export SRC_DIR OUT_DIR`."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}). Re-export the model.") from None
+    return Manifest.from_dict(data)
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def component_path(folder: str | Path, manifest: Manifest, name: str, verify: bool = True) -> Path:
+    """Path of a component file, checked to exist and (by default) to match its sha256.
+
+    Raises:
+        ArtifactError: the manifest has no such component, or the file is missing.
+        IntegrityError: the file's sha256 differs from the manifest's.
+    """
+    if name not in manifest.components:
+        raise ArtifactError(
+            f"this {manifest.architecture} artifact has no component {name!r}; "
+            f"it has: {', '.join(sorted(manifest.components))}"
+        )
+    spec = manifest.components[name]
+    path = Path(folder) / spec.file
+    if not path.is_file():
+        raise ArtifactError(f"component file missing: {path} ({name}). Re-export the model.")
+    if verify and sha256_of(path) != spec.sha256:
+        raise IntegrityError(
+            f"{path} does not match the sha256 in seqport.json: the file is corrupt or was "
+            "replaced. Re-export the model, or pass verify=False if you changed it on purpose."
+        )
+    return path
+
+
+def expand_layers(mapping: dict[str, TensorSpec], num_layers: int) -> dict[str, TensorSpec]:
+    """Expand "{i}" templates into one entry per layer: "past_key.{i}" → "past_key.0", ..."""
+    expanded: dict[str, TensorSpec] = {}
+    for logical, spec in mapping.items():
+        if "{i}" not in logical:
+            expanded[logical] = spec
+            continue
+        for i in range(num_layers):
+            name = spec.name.replace("{i}", str(i))
+            expanded[logical.replace("{i}", str(i))] = dataclasses.replace(spec, name=name)
+    return expanded
+
+
+def _check_version(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise ManifestError("seqport.json must hold a JSON object. Re-export the model.")
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ManifestError("seqport.json has no integer format_version. Re-export the model.")
+    if version > FORMAT_VERSION:
+        exporter = data.get("provenance", {}).get("exporter", "an unknown exporter")
+        raise ManifestError(
+            f"seqport.json has format_version {version}, exported by {exporter}; this engine "
+            f"reads format_version {FORMAT_VERSION}. Upgrade seqport, or re-export with this one."
+        )
+    if version < FORMAT_VERSION:
+        raise ManifestError(
+            f"seqport.json has format_version {version}, older than this engine's "
+            f"{FORMAT_VERSION}, which no longer reads it. Re-export the model."
+        )
+
+
+def _semantic_problems(m: Manifest) -> list[str]:
+    problems = []
+    if m.architecture not in ARCHITECTURES:
+        problems.append(f"$.architecture: {m.architecture!r} is not one of {ARCHITECTURES}")
+    for cname, comp in m.components.items():
+        for kind, specs in (("inputs", comp.inputs), ("outputs", comp.outputs)):
+            for logical, spec in specs.items():
+                if spec.dtype not in DTYPES:
+                    problems.append(
+                        f"$.components.{cname}.{kind}.{logical}.dtype: {spec.dtype!r} "
+                        f"is not one of {DTYPES}"
+                    )
+    if m.architecture != "encoder-only" and m.kv is None:
+        problems.append(f"$.kv: a {m.architecture} artifact needs its KV geometry")
+    if not m.special_ids.eos and m.architecture != "encoder-only":
+        problems.append("$.special_ids.eos: at least one end-of-sequence id is needed")
+    return problems
+
+
+def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Check `value` against type `tp` recursively; append problems, return the built value."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, path, problems)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None) and _matches(option, value):
+                return _build(option, value, path, problems)
+        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {type(value).__name__}")
+            return value
+        (item,) = typing.get_args(tp)
+        return [_build(item, v, f"{path}[{k}]", problems) for k, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected an object, got {type(value).__name__}")
+            return value
+        _, item = typing.get_args(tp)
+        return {k: _build(item, v, f"{path}.{k}", problems) for k, v in value.items()}
+    if not _matches(tp, value):
+        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__}")
+    return value
+
+
+def _build_dataclass(cls: Any, value: Any, path: str, problems: list[str]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(f"{path}: expected an object, got {type(value).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in fields:
+            problems.append(f"{path}.{key}: unknown key (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _build(hints[name], value[name], f"{path}.{name}", problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{path}.{name}: missing")
+    if problems:
+        return None
+    return cls(**kwargs)
+
+
+def _matches(tp: Any, value: Any) -> bool:
+    if tp is Any:
+        return True
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(tp)
+    if origin is not None:
+        return isinstance(value, origin)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -1,0 +1,89 @@
+"""The small interface every backend implements, and how the engine picks one.
+
+Backends live in `seqport.runtimes` and are imported lazily, so importing the engine costs
+nothing for backends that are not used (and never imports torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from seqport.engine.errors import ProviderError
+
+#: backend name -> module in seqport.runtimes that defines `open_session(path, options)`.
+BACKENDS = {"onnxruntime": "seqport.runtimes.onnxruntime", "torch": "seqport.runtimes.torch_eager"}
+
+
+class Runtime(Protocol):
+    """One loaded component: numpy feeds in, numpy outputs out."""
+
+    @property
+    def input_names(self) -> list[str]: ...
+
+    @property
+    def output_names(self) -> list[str]: ...
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Backend knobs, typed (no **kwargs).
+
+    Args:
+        backend: "onnxruntime" (default) or "torch" (reference, needs the export extra).
+        provider: execution provider by short name ("cpu", "cuda", "tensorrt", "openvino", ...)
+            or by onnxruntime's full name ("CUDAExecutionProvider").
+        intra_op_threads: threads inside one operator; 0 lets the backend decide.
+        inter_op_threads: threads across independent operators; 0 lets the backend decide.
+        graph_optimization: "disable", "basic", "extended" or "all".
+        enable_mem_arena: keep onnxruntime's CPU memory arena (faster, holds memory).
+        optimized_model_dir: where onnxruntime saves the optimized graph so the next load is
+            fast; None disables the cache.
+    """
+
+    backend: str = "onnxruntime"
+    provider: str = "cpu"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    graph_optimization: str = "all"
+    enable_mem_arena: bool = True
+    optimized_model_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ProviderError(
+                f"unknown runtime backend {self.backend!r}; supported backends are: "
+                + ", ".join(BACKENDS)
+            )
+        if self.graph_optimization not in ("disable", "basic", "extended", "all"):
+            raise ProviderError(
+                f"graph_optimization must be one of disable, basic, extended, all; "
+                f"got {self.graph_optimization!r}"
+            )
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ProviderError("thread counts must be >= 0 (0 lets the backend decide)")
+
+
+def open_runtime(path: str | Path, options: RuntimeOptions) -> Runtime:
+    """Load one component file with the backend `options.backend` names.
+
+    Raises:
+        ProviderError: the backend or provider is not available in this installation.
+        RuntimeFailure: the backend cannot load the file (corrupt or incompatible ONNX).
+    """
+    module_name = BACKENDS[options.backend]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = "cpu" if options.backend == "onnxruntime" else "export"
+        raise ProviderError(
+            f"the {options.backend} backend is not installed ({exc.name} is missing); "
+            f"install it with: pip install 'seqport[{extra}]'"
+        ) from None
+    return module.open_session(Path(path), options)

@@ -1,0 +1,1 @@
+"""PyTorch side of seqport: reference models, adapters, ONNX export and validation."""

@@ -1,0 +1,1 @@
+"""Backends behind the engine's `Runtime` interface: onnxruntime first, PyTorch as reference."""
