@@ -218,7 +218,10 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied output projection: (B, T, d) @ embedding^T → (B, T, V)."""
-        return hidden @ self.embed.weight.t()
+        b, k, d = hidden.shape
+        # (weight @ rows^T)^T: an exported `hidden @ weight.t()` folds into a second weight copy.
+        rows = hidden.reshape(b * k, d)  # (N, d)
+        return (self.embed.weight @ rows.t()).t().reshape(b, k, -1)  # (B, K, V)
 
     def empty_past(self, batch: int) -> list[KV]:
         cfg = self.config

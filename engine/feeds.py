@@ -1,0 +1,72 @@
+"""Check feeds against a component's contract before the runtime sees them.
+
+An onnxruntime error must never be the first error a user sees: names, dtypes, ranks and the
+agreement of shared dimensions (every "batch_size" axis equal, ...) are checked here, with
+every problem listed at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqport.engine.errors import InputError
+from seqport.engine.manifest import Component, TensorSpec, expand_layers
+
+
+class Signature:
+    """A component's inputs and outputs with "{i}" expanded, keyed by logical name.
+
+    Args:
+        component: the manifest entry.
+        num_layers: how many layers "{i}" expands to.
+        fixed: sizes of named dims the manifest fixes, e.g. {"head_dim": 64}.
+    """
+
+    def __init__(self, component: Component, num_layers: int, fixed: dict[str, int]) -> None:
+        self.inputs = expand_layers(component.inputs, num_layers)
+        self.outputs = expand_layers(component.outputs, num_layers)
+        self._fixed = fixed
+        self._graph_to_logical = {spec.name: logical for logical, spec in self.outputs.items()}
+
+    def feeds(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Map logical → graph names after checking every value.
+
+        Raises:
+            InputError: a missing or unknown input, a wrong dtype or rank, disagreeing dims.
+        """
+        problems = [f"unknown input {k!r}" for k in values if k not in self.inputs]
+        sizes: dict[str, tuple[int, str]] = {}
+        feeds = {}
+        for logical, spec in self.inputs.items():
+            value = values.get(logical)
+            if value is None:
+                problems.append(f"missing input {logical!r}")
+                continue
+            problems.extend(self._check(logical, spec, value, sizes))
+            feeds[spec.name] = value
+        if problems:
+            raise InputError("invalid feeds: " + "; ".join(problems))
+        return feeds
+
+    def by_logical(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {self._graph_to_logical[name]: value for name, value in outputs.items()}
+
+    def _check(self, logical, spec: TensorSpec, value, sizes) -> list[str]:
+        if not isinstance(value, np.ndarray):
+            return [f"{logical}: expected a numpy array, got {type(value).__name__}"]
+        if value.dtype != np.dtype(spec.dtype):
+            return [f"{logical}: expected dtype {spec.dtype}, got {value.dtype}"]
+        if value.ndim != len(spec.shape):
+            return [f"{logical}: expected rank {len(spec.shape)} {spec.shape}, got {value.shape}"]
+        problems = []
+        for axis, (dim, size) in enumerate(zip(spec.shape, value.shape)):
+            expected = dim if isinstance(dim, int) else self._fixed.get(dim)
+            if expected is not None and size != expected:
+                problems.append(f"{logical}: axis {axis} ({dim}) must be {expected}, got {size}")
+            elif isinstance(dim, str) and expected is None:
+                seen = sizes.setdefault(dim, (size, logical))
+                if seen[0] != size:
+                    problems.append(
+                        f"{logical}: axis {axis} ({dim}) is {size} but {seen[1]} has {seen[0]}"
+                    )
+        return problems

@@ -1,0 +1,97 @@
+"""The adapter interface: what a PyTorch model must offer to be exported by seqport.
+
+The reference Transformer, every HuggingFace family and a user's own module export through
+the same four methods, so they all get the same component contract and the same validation.
+See docs/own-model.md for a worked example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+KV = tuple[torch.Tensor, torch.Tensor]  # key, value: (B, H_kv, S, D)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Canonical facts about a model, normalised once from its own config.
+
+    Args:
+        family: short name recorded in the manifest ("seqport-transformer", "t5", ...).
+        vocab_size: size of the logits' last axis.
+        max_positions: longest source or target the model supports.
+        num_layers: decoder layers (each has one self-attention cache and one cross K/V).
+        num_heads: query heads; num_kv_heads: key/value heads (fewer with grouped-query attention).
+        head_dim: size of one head.
+        eos: end-of-sequence ids; pad, bos, decoder_start, unk: special ids or None.
+        generation: defaults for GenerationConfig fields (e.g. {"max_new_tokens": 64}).
+    """
+
+    family: str
+    vocab_size: int
+    max_positions: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    eos: list[int]
+    pad: int | None = None
+    bos: int | None = None
+    decoder_start: int | None = None
+    unk: int | None = None
+    architecture: str = "encoder-decoder"
+    generation: dict[str, Any] = field(default_factory=dict)
+
+
+class EncoderDecoderAdapter(Protocol):
+    """An encoder-decoder model split the way the engine runs it.
+
+    Shapes: B batch, S source, T new target tokens, P past target tokens, H_kv key/value heads,
+    D head size, d model width, V vocabulary.
+    """
+
+    def spec(self) -> ModelSpec:
+        """The model's canonical geometry and special ids."""
+        ...
+
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """int64 (B, S) ids and mask → hidden (B, S, d) and cross K/V (B, H_kv, S, D) per layer."""
+        ...
+
+    def decode_step(
+        self,
+        input_ids: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        cross: list[KV],
+        past: list[KV],
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H_kv, P+T, D).
+
+        Past length 0 must work: it is the first step.
+        """
+        ...
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Output projection: (B, K, d) → float32 (B, K, V)."""
+        ...
+
+    def empty_past(self, batch: int) -> list[KV]:
+        """Zero-length past K/V (B, H_kv, 0, D) for every layer."""
+        ...
+
+
+def tied_projection(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """hidden (B, K, d) @ weight(V, d)^T → (B, K, V) without a transposed copy of `weight`.
+
+    `hidden @ weight.t()` makes the exporter fold the transpose into a second initializer,
+    doubling the embedding in memory when the same table also feeds the token Gather.
+    Computing (weight @ hidden^T)^T keeps one copy and is still one GEMM for the whole batch.
+    """
+    b, k, d = hidden.shape
+    rows = hidden.reshape(b * k, d)  # (N, d)
+    return (weight @ rows.t()).t().reshape(b, k, weight.shape[0])  # (V, N) -> (N, V) -> (B, K, V)

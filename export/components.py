@@ -1,0 +1,94 @@
+"""nn.Module wrappers that turn an adapter into the flat-tensor signatures of the ONNX graphs.
+
+Each wrapper also declares its contract: logical name → graph name, dtype and named dims.
+Graph names follow the optimum convention (STYLE.md §5) so other tools can read the files.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqport.engine.manifest import TensorSpec
+from seqport.export.adapter import KV, EncoderDecoderAdapter
+
+B, S, T, P, K = "batch_size", "encoder_sequence_length", "sequence_length", "past_sequence_length", "num_logits"
+PT = "past_sequence_length + sequence_length"
+
+
+def _pairs(keys: list[torch.Tensor], values: list[torch.Tensor]) -> list[KV]:
+    return list(zip(keys, values))
+
+
+def flat_kv(pairs: list[KV]) -> list[torch.Tensor]:
+    """All keys, then all values: the order in which the contract's "{i}" templates expand."""
+    return [k for k, _ in pairs] + [v for _, v in pairs]
+
+
+def encoder_contract(dtype: str) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    inputs = {
+        "input_ids": TensorSpec("input_ids", "int64", [B, S]),
+        "attention_mask": TensorSpec("attention_mask", "int64", [B, S]),
+    }
+    outputs = {
+        "encoder_hidden_states": TensorSpec("encoder_hidden_states", dtype, [B, S, "d_model"]),
+        "cross_key.{i}": TensorSpec("present.{i}.encoder.key", dtype, [B, "num_kv_heads", S, "head_dim"]),
+        "cross_value.{i}": TensorSpec("present.{i}.encoder.value", dtype, [B, "num_kv_heads", S, "head_dim"]),
+    }
+    return inputs, outputs
+
+
+def decoder_contract(dtype: str) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    kv = [B, "num_kv_heads"]
+    inputs = {
+        "input_ids": TensorSpec("input_ids", "int64", [B, T]),
+        "encoder_attention_mask": TensorSpec("encoder_attention_mask", "int64", [B, S]),
+        "logits_positions": TensorSpec("logits_positions", "int64", [K]),
+        "cross_key.{i}": TensorSpec("past_key_values.{i}.encoder.key", dtype, kv + [S, "head_dim"]),
+        "cross_value.{i}": TensorSpec("past_key_values.{i}.encoder.value", dtype, kv + [S, "head_dim"]),
+        "past_key.{i}": TensorSpec("past_key_values.{i}.decoder.key", dtype, kv + [P, "head_dim"]),
+        "past_value.{i}": TensorSpec("past_key_values.{i}.decoder.value", dtype, kv + [P, "head_dim"]),
+    }
+    outputs = {
+        "logits": TensorSpec("logits", "float32", [B, K, "vocab_size"]),
+        "present_key.{i}": TensorSpec("present.{i}.decoder.key", dtype, kv + [PT, "head_dim"]),
+        "present_value.{i}": TensorSpec("present.{i}.decoder.value", dtype, kv + [PT, "head_dim"]),
+    }
+    return inputs, outputs
+
+
+class EncoderComponent(nn.Module):
+    """(input_ids, attention_mask) → (encoder_hidden_states, cross K/V of every layer)."""
+
+    def __init__(self, adapter: EncoderDecoderAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+        if isinstance(getattr(adapter, "model", None), nn.Module):
+            self.model = adapter.model  # registers the weights so export sees parameters
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        hidden, cross = self.adapter.encode(input_ids, attention_mask)
+        return (hidden, *flat_kv(cross))
+
+
+class DecoderComponent(nn.Module):
+    """One decoder step with past; `logits_positions` picks which new positions get logits.
+
+    Generation asks for the last position only ([T-1]) so the vocabulary projection runs once
+    per row, scoring asks for all of them (arange(T)): one graph, no If node, one weight copy.
+    """
+
+    def __init__(self, adapter: EncoderDecoderAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+        if isinstance(getattr(adapter, "model", None), nn.Module):
+            self.model = adapter.model
+
+    def forward(
+        self, input_ids, encoder_attention_mask, logits_positions,
+        cross_keys, cross_values, past_keys, past_values,
+    ):
+        cross, past = _pairs(cross_keys, cross_values), _pairs(past_keys, past_values)
+        hidden, present = self.adapter.decode_step(input_ids, encoder_attention_mask, cross, past)
+        logits = self.adapter.logits(hidden.index_select(1, logits_positions))  # (B, K, V)
+        return (logits.float(), *flat_kv(present))

@@ -1,0 +1,67 @@
+"""torch.onnx (dynamo) export of one component with the contract's dynamic axes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from seqport.engine.errors import ExportError
+from seqport.engine.manifest import TensorSpec, expand_layers
+
+logger = logging.getLogger(__name__)
+OPSET = 18
+
+
+def graph_names(specs: dict[str, TensorSpec], num_layers: int) -> list[str]:
+    return [spec.name for spec in expand_layers(specs, num_layers).values()]
+
+
+def dynamic_axes(spec: TensorSpec) -> dict[int, str]:
+    """Symbolic dims of one tensor by axis, for torch.onnx's dynamic_shapes."""
+    return {
+        axis: str(dim) for axis, dim in enumerate(spec.shape)
+        if isinstance(dim, str) and dim not in ("d_model", "num_kv_heads", "head_dim", "vocab_size")
+    }
+
+
+def export_component(
+    module: torch.nn.Module,
+    args: tuple,
+    dynamic_shapes: tuple,
+    inputs: dict[str, TensorSpec],
+    outputs: dict[str, TensorSpec],
+    num_layers: int,
+    path: Path,
+) -> None:
+    """Export `module(*args)` to `path` as a single self-contained ONNX file.
+
+    Raises:
+        ExportError: torch.onnx could not export the module (with its first error line).
+    """
+    buffer = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
+            warnings.simplefilter("ignore")  # local to this block: exporter chatter, not ours
+            program = torch.onnx.export(
+                module.eval(),
+                args,
+                input_names=graph_names(inputs, num_layers),
+                output_names=graph_names(outputs, num_layers),
+                dynamic_shapes=dynamic_shapes,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as exc:  # torch.export raises many types; keep the first line for the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx could not export {path.stem}: {first}") from exc
+    logger.debug("torch.onnx output for %s:\n%s", path.name, buffer.getvalue())
+    program.save(str(path))
+    onnx.checker.check_model(str(path))

@@ -1,0 +1,41 @@
+"""Adapter for the reference Transformer (export/models/transformer.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seqport.export.adapter import ModelSpec
+from seqport.export.models.transformer import Transformer
+
+
+class TransformerAdapter:
+    """The reference model already has encode/decode_step/logits; this adds its spec."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.model = model.eval()
+        self.encode = model.encode
+        self.decode_step = model.decode_step
+        self.logits = model.logits
+        self.empty_past = model.empty_past
+
+    def spec(self) -> ModelSpec:
+        cfg = self.model.config
+        return ModelSpec(
+            family=cfg.model_type,
+            vocab_size=cfg.vocab_size,
+            max_positions=cfg.max_positions,
+            num_layers=cfg.num_decoder_layers,
+            num_heads=cfg.num_heads,
+            num_kv_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            eos=[cfg.eos_id],
+            pad=cfg.pad_id,
+            bos=cfg.bos_id,
+            decoder_start=cfg.bos_id,
+            unk=cfg.unk_id,
+            generation={"max_new_tokens": min(128, cfg.max_positions - 1)},
+        )
+
+
+def load(folder: Path) -> TransformerAdapter:
+    return TransformerAdapter(Transformer.load(folder))
