@@ -8,7 +8,6 @@ every problem listed at once.
 from __future__ import annotations
 
 import numpy as np
-
 from seqport.engine.errors import InputError
 from seqport.engine.manifest import Component, TensorSpec, expand_layers
 
@@ -66,7 +65,5 @@ class Signature:
             elif isinstance(dim, str) and expected is None:
                 seen = sizes.setdefault(dim, (size, logical))
                 if seen[0] != size:
-                    problems.append(
-                        f"{logical}: axis {axis} ({dim}) is {size} but {seen[1]} has {seen[0]}"
-                    )
+                    problems.append(f"{logical}: axis {axis} ({dim}) is {size} but {seen[1]} has {seen[0]}")
         return problems

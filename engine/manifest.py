@@ -143,7 +143,8 @@ class Manifest:
             problems.extend(_semantic_problems(manifest))
         if problems:
             raise ManifestError(
-                "invalid seqport.json:\n  - " + "\n  - ".join(problems)
+                "invalid seqport.json:\n  - "
+                + "\n  - ".join(problems)
                 + "\nRe-export the model with `seqport export`."
             )
         return manifest
@@ -158,9 +159,7 @@ def load_manifest(folder: str | Path) -> Manifest:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ArtifactError(
-            f"artifact folder not found: {folder}. Pass the folder `seqport export` wrote."
-        )
+        raise ArtifactError(f"artifact folder not found: {folder}. Pass the folder `seqport export` wrote.")
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise ArtifactError(
@@ -247,8 +246,7 @@ def _semantic_problems(m: Manifest) -> list[str]:
             for logical, spec in specs.items():
                 if spec.dtype not in DTYPES:
                     problems.append(
-                        f"$.components.{cname}.{kind}.{logical}.dtype: {spec.dtype!r} "
-                        f"is not one of {DTYPES}"
+                        f"$.components.{cname}.{kind}.{logical}.dtype: {spec.dtype!r} is not one of {DTYPES}"
                     )
     if m.architecture != "encoder-only" and m.kv is None:
         problems.append(f"$.kv: a {m.architecture} artifact needs its KV geometry")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
 from seqport.engine.errors import ProviderError
 
 #: backend name -> module in seqport.runtimes that defines `open_session(path, options)`.
@@ -58,8 +57,7 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ProviderError(
-                f"unknown runtime backend {self.backend!r}; supported backends are: "
-                + ", ".join(BACKENDS)
+                f"unknown runtime backend {self.backend!r}; supported backends are: " + ", ".join(BACKENDS)
             )
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):
             raise ProviderError(

@@ -57,9 +57,7 @@ class EncoderDecoderAdapter(Protocol):
         """The model's canonical geometry and special ids."""
         ...
 
-    def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, list[KV]]:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, list[KV]]:
         """int64 (B, S) ids and mask → hidden (B, S, d) and cross K/V (B, H_kv, S, D) per layer."""
         ...
 

@@ -7,12 +7,17 @@ Graph names follow the optimum convention (STYLE.md §5) so other tools can read
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from seqport.engine.manifest import TensorSpec
 from seqport.export.adapter import KV, EncoderDecoderAdapter
+from torch import nn
 
-B, S, T, P, K = "batch_size", "encoder_sequence_length", "sequence_length", "past_sequence_length", "num_logits"
+B, S, T, P, K = (
+    "batch_size",
+    "encoder_sequence_length",
+    "sequence_length",
+    "past_sequence_length",
+    "num_logits",
+)
 PT = "past_sequence_length + sequence_length"
 
 
@@ -85,8 +90,14 @@ class DecoderComponent(nn.Module):
             self.model = adapter.model
 
     def forward(
-        self, input_ids, encoder_attention_mask, logits_positions,
-        cross_keys, cross_values, past_keys, past_values,
+        self,
+        input_ids,
+        encoder_attention_mask,
+        logits_positions,
+        cross_keys,
+        cross_values,
+        past_keys,
+        past_values,
     ):
         cross, past = _pairs(cross_keys, cross_values), _pairs(past_keys, past_values)
         hidden, present = self.adapter.decode_step(input_ids, encoder_attention_mask, cross, past)

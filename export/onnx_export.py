@@ -10,7 +10,6 @@ from pathlib import Path
 
 import onnx
 import torch
-
 from seqport.engine.errors import ExportError
 from seqport.engine.manifest import TensorSpec, expand_layers
 
@@ -25,7 +24,8 @@ def graph_names(specs: dict[str, TensorSpec], num_layers: int) -> list[str]:
 def dynamic_axes(spec: TensorSpec) -> dict[int, str]:
     """Symbolic dims of one tensor by axis, for torch.onnx's dynamic_shapes."""
     return {
-        axis: str(dim) for axis, dim in enumerate(spec.shape)
+        axis: str(dim)
+        for axis, dim in enumerate(spec.shape)
         if isinstance(dim, str) and dim not in ("d_model", "num_kv_heads", "head_dim", "vocab_size")
     }
 

@@ -13,20 +13,30 @@ from pathlib import Path
 
 import onnx
 import torch
-from tqdm import tqdm
-
 from seqport.engine.errors import ArtifactError
 from seqport.engine.manifest import (
-    FORMAT_VERSION, MANIFEST_FILE, Component, KVGeometry, Manifest, Provenance, SpecialIds,
-    TokenizerSpec, sha256_of,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Component,
+    KVGeometry,
+    Manifest,
+    Provenance,
+    SpecialIds,
+    TokenizerSpec,
+    sha256_of,
 )
 from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
 from seqport.export.components import (
-    DecoderComponent, EncoderComponent, decoder_contract, encoder_contract, flat_kv,
+    DecoderComponent,
+    EncoderComponent,
+    decoder_contract,
+    encoder_contract,
+    flat_kv,
 )
 from seqport.export.families import load_adapter
 from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
 from seqport.export.validate import validate
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
@@ -44,8 +54,9 @@ def _export_encoder(adapter, spec: ModelSpec, folder: Path) -> Component:
     inputs, outputs = encoder_contract("float32")
     dyn = tuple(dynamic_axes(inputs[name]) for name in ("input_ids", "attention_mask"))
     path = folder / "encoder.onnx"
-    export_component(EncoderComponent(adapter), _example_sources(spec), dyn, inputs, outputs,
-                     spec.num_layers, path)
+    export_component(
+        EncoderComponent(adapter), _example_sources(spec), dyn, inputs, outputs, spec.num_layers, path
+    )
     return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
 
 
@@ -64,9 +75,13 @@ def _export_decoder(adapter, spec: ModelSpec, folder: Path) -> Component:
         return [dynamic_axes(inputs[name])] * n
 
     dyn = (
-        dynamic_axes(inputs["input_ids"]), dynamic_axes(inputs["encoder_attention_mask"]),
-        dynamic_axes(inputs["logits_positions"]), per_layer("cross_key.{i}"),
-        per_layer("cross_value.{i}"), per_layer("past_key.{i}"), per_layer("past_value.{i}"),
+        dynamic_axes(inputs["input_ids"]),
+        dynamic_axes(inputs["encoder_attention_mask"]),
+        dynamic_axes(inputs["logits_positions"]),
+        per_layer("cross_key.{i}"),
+        per_layer("cross_value.{i}"),
+        per_layer("past_key.{i}"),
+        per_layer("past_value.{i}"),
     )
     path = folder / "decoder.onnx"
     export_component(DecoderComponent(adapter), args, dyn, inputs, outputs, n, path)
@@ -113,8 +128,11 @@ def export_model(
             elif step == "decoder":
                 components["decoder"] = _export_decoder(adapter, spec, out)
             else:
-                fixed = {"num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
-                         "vocab_size": spec.vocab_size}
+                fixed = {
+                    "num_kv_heads": spec.num_kv_heads,
+                    "head_dim": spec.head_dim,
+                    "vocab_size": spec.vocab_size,
+                }
                 validation = validate(adapter, out, components, fixed)
     shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
     manifest = Manifest(
@@ -125,8 +143,9 @@ def export_model(
         max_positions=spec.max_positions,
         components=components,
         kv=KVGeometry(spec.num_layers, spec.num_heads, spec.num_kv_heads, spec.head_dim),
-        special_ids=SpecialIds(eos=list(spec.eos), pad=spec.pad, bos=spec.bos,
-                               decoder_start=spec.decoder_start, unk=spec.unk),
+        special_ids=SpecialIds(
+            eos=list(spec.eos), pad=spec.pad, bos=spec.bos, decoder_start=spec.decoder_start, unk=spec.unk
+        ),
         tokenizer=TokenizerSpec(file=TOKENIZER_FILE),
         provenance=_provenance(source),
         validation=validation,

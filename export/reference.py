@@ -4,7 +4,6 @@ PyTorch-eager side of `seqport demo`."""
 from __future__ import annotations
 
 import torch
-
 from seqport.export.models.transformer import Transformer
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from seqport.engine.errors import ParityError
 from seqport.engine.feeds import Signature
 from seqport.engine.manifest import Component, Validation
@@ -37,8 +36,13 @@ class Case:
 
 
 DECODER_CASES = (
-    Case(1, 0, 1), Case(1, 1, 1), Case(1, 7, 1), Case(3, 0, 1),
-    Case(3, 1, 1), Case(3, 7, 2), Case(3, 0, 5, all_logits=True),
+    Case(1, 0, 1),
+    Case(1, 1, 1),
+    Case(1, 7, 1),
+    Case(3, 0, 1),
+    Case(3, 1, 1),
+    Case(3, 7, 2),
+    Case(3, 0, 5, all_logits=True),
 )
 
 
@@ -113,7 +117,9 @@ def validate(
         ours = sigs["encoder"].by_logical(runtimes["encoder"].run(feeds))
         recorder.compare("encoder", f"batch={batch} padded", ours, theirs, sigs["encoder"])
         for case in (c for c in DECODER_CASES if c.batch == batch):
-            _check_decoder(adapter, spec, case, mask, cross, gen, sigs["decoder"], runtimes["decoder"], recorder)
+            _check_decoder(
+                adapter, spec, case, mask, cross, gen, sigs["decoder"], runtimes["decoder"], recorder
+            )
     if recorder.failures:
         raise ParityError(
             "exported components disagree with PyTorch:\n  - " + "\n  - ".join(recorder.failures)
@@ -137,8 +143,11 @@ def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runti
     logits = adapter.logits(hidden.index_select(1, keep)).float()
     theirs = {"logits": logits.numpy(), **_kv_values("present", present)}
     values = {
-        "input_ids": new_ids.numpy(), "encoder_attention_mask": mask.numpy(),
-        "logits_positions": keep.numpy(), **_kv_values("cross", cross), **_kv_values("past", past),
+        "input_ids": new_ids.numpy(),
+        "encoder_attention_mask": mask.numpy(),
+        "logits_positions": keep.numpy(),
+        **_kv_values("cross", cross),
+        **_kv_values("past", past),
     }
     ours = signature.by_logical(runtime.run(signature.feeds(values)))
     recorder.compare("decoder", case.label, ours, theirs, signature)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from seqport.engine.errors import ProviderError, RuntimeFailure
 from seqport.engine.runtime import RuntimeOptions
 
@@ -26,6 +25,7 @@ PROVIDER_ALIASES = {
     "dnnl": "DnnlExecutionProvider",
     "qnn": "QNNExecutionProvider",
     "webgpu": "WebGpuExecutionProvider",
+    "azure": "AzureExecutionProvider",
 }
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -109,9 +109,7 @@ class OrtSession:
         try:
             values = self._session.run(self._outputs, feeds)
         except Exception as exc:  # translate, never let a raw onnxruntime trace reach users
-            raise RuntimeFailure(
-                f"onnxruntime failed running {self.path.name}: {_first_line(exc)}"
-            ) from None
+            raise RuntimeFailure(f"onnxruntime failed running {self.path.name}: {_first_line(exc)}") from None
         return dict(zip(self._outputs, values))
 
 

@@ -171,15 +171,17 @@ class Transformer(nn.Module):
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
-        self.register_buffer(
-            "positions", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False
-        )
+        self.register_buffer("positions", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
         # pre-norm stacks end with a LayerNorm; post-norm layers already end with one.
-        self.encoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
+        self.encoder_norm = (
+            nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
+        )
+        self.decoder_norm = (
+            nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
+        )
 
     def embed_tokens(self, input_ids: torch.Tensor, offset) -> torch.Tensor:
         positions = self.positions[offset : offset + input_ids.shape[1]]  # (T, d)

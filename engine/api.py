@@ -1,0 +1,48 @@
+"""`load()`: the one entry point from an artifact folder to a model object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seqport.engine.errors import ManifestError
+from seqport.engine.manifest import component_path, load_manifest
+from seqport.engine.runtime import RuntimeOptions, open_runtime
+from seqport.engine.seq2seq import Seq2SeqModel
+from seqport.engine.tokenizer import TextTokenizer
+
+_MODELS = {"encoder-decoder": Seq2SeqModel}
+
+
+def load(
+    path: str | Path,
+    provider: str = "cpu",
+    options: RuntimeOptions | None = None,
+    verify: bool = True,
+) -> Seq2SeqModel:
+    """Load an artifact folder written by `seqport export`.
+
+    Args:
+        path: the artifact folder (holds seqport.json).
+        provider: execution provider: "cpu", "cuda", "tensorrt", ... (see `seqport info`).
+        options: backend knobs (threads, graph optimization); `provider` overrides its provider.
+        verify: check each component's sha256 against the manifest (catches corrupt files).
+
+    Raises:
+        ArtifactError: the folder, manifest, a component or the tokenizer is missing.
+        ManifestError: the manifest is invalid or of an unknown format version.
+        IntegrityError: a component file does not match its sha256.
+        ProviderError: the provider is not available in this installation.
+        RuntimeFailure: onnxruntime cannot load a component.
+    """
+    folder = Path(path)
+    manifest = load_manifest(folder)
+    model_class = _MODELS.get(manifest.architecture)
+    if model_class is None:
+        raise ManifestError(
+            f"this engine cannot run {manifest.architecture} artifacts yet; supported: {', '.join(_MODELS)}"
+        )
+    options = RuntimeOptions(**{**(options.__dict__ if options else {}), "provider": provider})
+    paths = {name: component_path(folder, manifest, name, verify) for name in manifest.components}
+    tokenizer = TextTokenizer(folder / manifest.tokenizer.file, manifest.tokenizer.add_special_tokens)
+    runtimes = {name: open_runtime(p, options) for name, p in paths.items()}
+    return model_class(folder, manifest, tokenizer, runtimes)
