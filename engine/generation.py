@@ -14,9 +14,20 @@ from seqport.engine.search import Search
 StepFn = Callable[[np.ndarray, KVCache, np.ndarray], np.ndarray]
 
 
-def decode_loop(step: StepFn, search: Search, cache: KVCache) -> list[GenerationResult]:
-    """prefill → [select → drop/reorder rows → step] until the search says every row is done."""
-    tokens = search.start_tokens()  # (N, T0): decoder start (+ forced prefix)
+def decode_loop(
+    step: StepFn, search: Search, cache: KVCache, first_tokens: np.ndarray
+) -> list[GenerationResult]:
+    """prefill → [select → drop/reorder rows → step] until the search says every row is done.
+
+    Args:
+        step: runs the model on new tokens of the active rows (see StepFn).
+        search: greedy, sampling or beam search; its row_sources() says which input each
+            row serves (several rows per input with beams).
+        cache: empty self-attention cache with one row per search row.
+        first_tokens: int64 (B, T0) per input: the decoder start (+ forced prefix) of an
+            encoder-decoder, or the prompt of a decoder-only model.
+    """
+    tokens = first_tokens[search.row_sources()]  # (N, T0)
     while True:
         logits = step(tokens, cache, search.row_sources())  # (N, V)
         decision = search.update(logits)

@@ -1,8 +1,8 @@
 """Search strategies: choose the next tokens from a step's logits and say which rows go on.
 
-Every strategy has the same shape (whisper's TokenDecoder): `start_tokens()` gives the
-decoder prompt, `update(logits)` picks tokens and returns a `StepDecision` (None once every
-row is finished), `finalize()` returns the results in input order. The loop in
+Every strategy has the same shape (whisper's TokenDecoder): `row_sources()` says which input
+each active row serves, `update(logits)` picks tokens and returns a `StepDecision` (None once
+every row is finished), `finalize()` returns the results in input order. The loop in
 generation.py drives any of them.
 """
 
@@ -25,8 +25,6 @@ class StepDecision:
 
 
 class Search(Protocol):
-    def start_tokens(self) -> np.ndarray: ...
-
     def row_sources(self) -> np.ndarray: ...
 
     def update(self, logits: np.ndarray) -> StepDecision | None: ...
@@ -44,17 +42,13 @@ def log_softmax_at(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
 class GreedySearch:
     """Argmax at every step; a row leaves the active batch at EOS or max_new_tokens."""
 
-    def __init__(self, batch: int, start_id: int, eos_ids: tuple[int, ...], max_new_tokens: int) -> None:
-        self._start_id = start_id
+    def __init__(self, batch: int, eos_ids: tuple[int, ...], max_new_tokens: int) -> None:
         self._eos = np.asarray(eos_ids, dtype=np.int64)
         self._max_new = max_new_tokens
         self._ids: list[list[int]] = [[] for _ in range(batch)]
         self._logprobs: list[list[float]] = [[] for _ in range(batch)]
         self._finish = ["length"] * batch
         self._active = np.arange(batch)  # input index of each active row
-
-    def start_tokens(self) -> np.ndarray:
-        return np.full((len(self._active), 1), self._start_id, dtype=np.int64)  # (N, 1)
 
     def row_sources(self) -> np.ndarray:
         return self._active

@@ -98,10 +98,12 @@ class Seq2SeqModel:
         ids, mask = pad_batch(batch, self.manifest.special_ids.pad or 0)
         cross = self.encode(ids, mask)
         eos = config.eos_token_ids or tuple(self.manifest.special_ids.eos)
-        search = GreedySearch(len(batch), self._start_id(), eos, config.max_new_tokens)
+        search = GreedySearch(len(batch), eos, config.max_new_tokens)
         kv = self.manifest.kv
-        cache = KVCache.empty(len(batch), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
-        return decode_loop(_Stepper(self, mask, cross), search, cache)
+        rows = len(search.row_sources())
+        cache = KVCache.empty(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
+        first = np.full((len(batch), 1), self._start_id(), dtype=np.int64)  # (B, 1)
+        return decode_loop(_Stepper(self, mask, cross), search, cache, first)
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """int64 (B, S) → cross_key.{i} / cross_value.{i}: (B, H_kv, S, D) and the hidden states."""
