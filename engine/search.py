@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from seqport.engine.config import GenerationConfig
 from seqport.engine.results import GenerationResult, Sequence
 
 
@@ -76,3 +77,8 @@ class GreedySearch:
             sequence = Sequence(content, logprobs[: len(content)], float(sum(logprobs)), finish)
             results.append(GenerationResult([sequence]))
         return results
+
+
+def make_search(config: GenerationConfig, batch: int, eos_ids: tuple[int, ...]) -> Search:
+    """The search strategy `config` asks for, over `batch` inputs."""
+    return GreedySearch(batch, eos_ids, config.max_new_tokens)
