@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 from seqport.engine.config import GenerationConfig
+from seqport.engine.errors import ConfigError
 from seqport.engine.results import GenerationResult, Sequence
 
 
@@ -80,5 +81,19 @@ class GreedySearch:
 
 
 def make_search(config: GenerationConfig, batch: int, eos_ids: tuple[int, ...]) -> Search:
-    """The search strategy `config` asks for, over `batch` inputs."""
+    """The search strategy `config` asks for, over `batch` inputs.
+
+    Raises:
+        ConfigError: an option this engine does not implement yet (never silently ignored).
+    """
+    unsupported = [
+        name
+        for name, default in GenerationConfig.__dataclass_fields__.items()
+        if name not in _GREEDY_OPTIONS and getattr(config, name) != default.default
+    ]
+    if unsupported:
+        raise ConfigError(f"generation options not supported yet: {', '.join(unsupported)}")
     return GreedySearch(batch, eos_ids, config.max_new_tokens)
+
+
+_GREEDY_OPTIONS = {"max_new_tokens", "eos_token_ids", "truncate", "batch_size", "seed"}
