@@ -136,8 +136,12 @@ def split_pairs(
         raise ValueError(f"books {sorted(set(valid_books) & set(test_books))} are in both splits")
     splits: dict[str, list[VersePair]] = {name: [] for name in SPLITS}
     for pair in pairs:
-        name = "valid" if pair.book in valid_books else "test" if pair.book in test_books else "train"
-        splits[name].append(pair)
+        if pair.book in valid_books:
+            splits["valid"].append(pair)
+        elif pair.book in test_books:
+            splits["test"].append(pair)
+        else:
+            splits["train"].append(pair)
     return splits
 
 

@@ -19,23 +19,24 @@ import json
 import math
 import random
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from seqport.export.corpus import read_split, write_splits
+from seqport.export.models.transformer import Transformer, TransformerConfig
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 from tqdm import tqdm
-
-from seqport.export.corpus import read_split, write_splits
-from seqport.export.models.transformer import Transformer, TransformerConfig
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3: the engine relies on this order
 TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
+VALID_MAX_LEN = 250  # validation keeps long verses too, within max_positions (256)
 
 Example = tuple[list[int], list[int]]  # source ids + </s>; <s> + target ids + </s>
 
@@ -51,7 +52,10 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS)
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=latin_alphabet(),
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
     ids = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
@@ -62,12 +66,23 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
+def latin_alphabet() -> list[str]:
+    """Printable ASCII, Latin-1, Latin Extended-A and general punctuation, NFKC-stable.
+
+    Seeding the BPE alphabet with them keeps characters the Bible texts lack (œ, Ç, «, €, —)
+    out of <unk>, so user text in either language survives encode → decode.
+    """
+    ranges = [(0x20, 0x7E), (0xA1, 0x17F), (0x2010, 0x2027), (0x20AC, 0x20AC)]
+    chars = (chr(c) for lo, hi in ranges for c in range(lo, hi + 1))
+    return [c for c in chars if c != " " and unicodedata.normalize("NFKC", c) == c]
+
+
 def encode_pairs(tokenizer: Tokenizer, pairs, max_len: int) -> list[Example]:
     """Token ids per pair, dropping pairs with more than `max_len` tokens on either side."""
     sources = tokenizer.encode_batch([p.source for p in pairs])  # ends with </s>
     targets = tokenizer.encode_batch([p.target for p in pairs], add_special_tokens=False)
     examples = []
-    for src, tgt in zip(sources, targets):
+    for src, tgt in zip(sources, targets, strict=True):
         if len(src.ids) - 1 <= max_len and len(tgt.ids) <= max_len:
             examples.append((src.ids, [1, *tgt.ids, 2]))
     return examples
@@ -147,6 +162,7 @@ class Progress:
 
 
 def epoch_order(num_batches: int, seed: int, epoch: int) -> list[int]:
+    """A seeded shuffle per epoch, so --resume replays the exact batch order."""
     order = list(range(num_batches))
     random.Random(seed * 100_003 + epoch).shuffle(order)
     return order
@@ -169,8 +185,12 @@ def save_checkpoint(out: Path, model, optimizer, progress: Progress, args) -> No
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m seqport.export.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command-line options; the architecture ones are ignored by --resume."""
+    p = argparse.ArgumentParser(
+        prog="python -m seqport.export.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--seed", type=int, default=1234)
@@ -190,8 +210,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-factor", type=float, default=1.0, help="scales the paper's schedule")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--clip-norm", type=float, default=1.0)
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                   help="bf16 autocast for matmuls (fp32 master weights); ~3x faster on AVX512")
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="bf16 autocast for matmuls (fp32 master weights); ~3x faster on AVX512",
+    )
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     return p.parse_args(argv)
 
@@ -210,21 +234,31 @@ def prepare_data(args: argparse.Namespace) -> tuple[Tokenizer, list[Example], li
         tokenizer = build_tokenizer(texts, args.vocab_size)
         tokenizer.save(str(path))
     train = encode_pairs(tokenizer, train_pairs, args.max_len)
-    valid = encode_pairs(tokenizer, valid_pairs, args.max_len)
-    tqdm.write(f"{len(train)}/{len(train_pairs)} training and {len(valid)}/{len(valid_pairs)} "
-               f"validation pairs of <= {args.max_len} tokens")
+    valid = encode_pairs(tokenizer, valid_pairs, VALID_MAX_LEN)
+    tqdm.write(
+        f"{len(train)}/{len(train_pairs)} training pairs of <= {args.max_len} tokens, "
+        f"{len(valid)}/{len(valid_pairs)} validation pairs"
+    )
     return tokenizer, train, valid
 
 
 def model_config(args: argparse.Namespace, vocab_size: int) -> TransformerConfig:
+    """Pre-norm (the paper is post-norm): small models train without a long warm-up."""
     return TransformerConfig(
-        vocab_size=vocab_size, d_model=args.d_model, num_heads=args.heads,
-        num_encoder_layers=args.encoder_layers, num_decoder_layers=args.decoder_layers,
-        d_ff=args.d_ff, dropout=args.dropout, max_positions=256, pre_norm=True,
+        vocab_size=vocab_size,
+        d_model=args.d_model,
+        num_heads=args.heads,
+        num_encoder_layers=args.encoder_layers,
+        num_decoder_layers=args.decoder_layers,
+        d_ff=args.d_ff,
+        dropout=args.dropout,
+        max_positions=256,
+        pre_norm=True,
     )
 
 
 def train_step(model, optimizer, batch, lr: float, args: argparse.Namespace) -> float:
+    """One optimizer step at learning rate `lr`; returns the batch loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss = batch_loss(model, batch, args.label_smoothing, args.precision == "bf16")
@@ -232,7 +266,7 @@ def train_step(model, optimizer, batch, lr: float, args: argparse.Namespace) -> 
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 class Meter:
@@ -255,9 +289,11 @@ def checkpoint(args, model, optimizer, progress: Progress, meter: Meter, valid) 
     valid_loss = validation_loss(model, *valid, bf16) if valid[0] else float("nan")
     save_checkpoint(args.out, model, optimizer, progress, args)
     record = {
-        "step": progress.step, "epoch": progress.epoch,
+        "step": progress.step,
+        "epoch": progress.epoch,
         "train_loss": round(meter.loss / max(meter.steps, 1), 4),
-        "valid_loss": round(valid_loss, 4), "valid_ppl": round(math.exp(valid_loss), 2),
+        "valid_loss": round(valid_loss, 4),
+        "valid_ppl": round(math.exp(valid_loss), 2),
         "lr": learning_rate(progress.step, args.d_model, args.warmup, args.lr_factor),
         "tokens_per_s": round(meter.tokens_per_second()),
         "train_minutes": round(progress.train_seconds / 60, 2),
@@ -290,8 +326,12 @@ def run(args, model, optimizer, progress: Progress, train, valid) -> None:
             now = time.monotonic()
             progress.train_seconds, last = progress.train_seconds + now - last, now
             bar.update(1)
-            bar.set_postfix(loss=f"{meter.loss / meter.steps:.3f}", lr=f"{lr:.2e}",
-                            tok_s=f"{meter.tokens_per_second():.0f}", epoch=progress.epoch)
+            bar.set_postfix(
+                loss=f"{meter.loss / meter.steps:.3f}",
+                lr=f"{lr:.2e}",
+                tok_s=f"{meter.tokens_per_second():.0f}",
+                epoch=progress.epoch,
+            )
             if progress.step % args.checkpoint_every == 0:
                 checkpoint(args, model, optimizer, progress, meter, valid)
                 meter = Meter()
@@ -309,6 +349,7 @@ def resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `python -m seqport.export.train`."""
     args = parse_args(argv)
     state = None
     if args.resume:

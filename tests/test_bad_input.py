@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import seqport.engine as sp
 from seqport.engine.errors import (
-    ArtifactError, ConfigError, InputError, IntegrityError, ManifestError, ProviderError,
-    RuntimeFailure, SeqportError,
+    ArtifactError,
+    ConfigError,
+    InputError,
+    IntegrityError,
+    ManifestError,
+    ProviderError,
+    RuntimeFailure,
+    SeqportError,
 )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from seqport.engine.manifest import load_manifest
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.search import log_softmax_at
@@ -66,10 +65,15 @@ def test_cache_equals_full_recompute(tiny_artifact, model):
     prefix = [model.manifest.special_ids.decoder_start]
     for step in range(steps):
         tokens = np.array([prefix], dtype=np.int64)
-        out = model.decoder_step({
-            "input_ids": tokens, "encoder_attention_mask": mask,
-            "logits_positions": np.arange(len(prefix)), **cross, **past,
-        })
+        out = model.decoder_step(
+            {
+                "input_ids": tokens,
+                "encoder_attention_mask": mask,
+                "logits_positions": np.arange(len(prefix)),
+                **cross,
+                **past,
+            }
+        )
         logits = out["logits"][0, -1]
         assert int(logits.argmax()) == result.ids[step]
         logprob = log_softmax_at(logits[None], np.array([result.ids[step]]))[0]

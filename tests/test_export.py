@@ -78,8 +78,11 @@ def test_engine_greedy_equals_pytorch_greedy(which, fresh_export, tiny_checkpoin
         assert generated == expected[row]
         with torch.inference_mode():  # teacher-forced log-probs of the same tokens
             tgt = torch.tensor([[1] + generated[:-1]])
-            logits = torch_model(torch.tensor(ids[row : row + 1, : mask[row].sum()]),
-                                 torch.ones(1, int(mask[row].sum()), dtype=torch.long), tgt)
+            logits = torch_model(
+                torch.tensor(ids[row : row + 1, : mask[row].sum()]),
+                torch.ones(1, int(mask[row].sum()), dtype=torch.long),
+                tgt,
+            )
             logprobs = logits.log_softmax(-1)[0, torch.arange(len(generated)), generated]
         np.testing.assert_allclose(result.token_logprobs, logprobs[: len(result.ids)].numpy(), atol=1e-4)
 
@@ -107,7 +110,9 @@ def test_validation_failure_names_component_output_and_figures(tmp_path, tiny_ch
     from seqport.export.pipeline import export_model
 
     monkeypatch.setitem(validate.TOLERANCES, "float32", 1e-12)
-    with pytest.raises(ParityError, match=r"decoder\.logits \[batch=1 past=0.*max abs diff .* > tolerance 1e-12"):
+    with pytest.raises(
+        ParityError, match=r"decoder\.logits \[batch=1 past=0.*max abs diff .* > tolerance 1e-12"
+    ):
         export_model(tiny_checkpoint, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "seqport.json").exists()
 
@@ -127,28 +132,60 @@ def test_unsupported_model_type_lists_supported(tmp_path):
     from seqport.export.pipeline import export_model
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "rnn-lm"}))
-    with pytest.raises(ExportError, match="'rnn-lm' is not supported; supported model types are: .*seqport-transformer"):
+    with pytest.raises(
+        ExportError, match="'rnn-lm' is not supported; supported model types are: .*seqport-transformer"
+    ):
         export_model(tmp_path, tmp_path / "out", progress=False)
 
 
 def test_cli_export_then_generate(tmp_path, tiny_checkpoint):
     """The two commands a user types, as subprocesses, in a temporary folder."""
     out = tmp_path / "artifact"
-    export = subprocess.run([sys.executable, "-m", "seqport.engine", "export", str(tiny_checkpoint), str(out)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    export = subprocess.run(
+        [sys.executable, "-m", "seqport.engine", "export", str(tiny_checkpoint), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert export.returncode == 0, export.stderr
     assert "validation against PyTorch" in export.stdout and "logits" in export.stdout
     generate = subprocess.run(
-        [sys.executable, "-m", "seqport.engine", "generate", str(out), "the cat sat on the mat",
-         "--json", "--max-new-tokens", "6"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "seqport.engine",
+            "generate",
+            str(out),
+            "the cat sat on the mat",
+            "--json",
+            "--max-new-tokens",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert generate.returncode == 0, generate.stderr
     record = json.loads(generate.stdout.splitlines()[0])
     assert set(record) >= {"text", "ids", "score"} and 1 <= len(record["ids"]) <= 6
     ids = subprocess.run(
-        [sys.executable, "-m", "seqport.engine", "generate", str(out), "--ids", "20 21 2", "--json",
-         "--max-new-tokens", "4"], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "seqport.engine",
+            "generate",
+            str(out),
+            "--ids",
+            "20 21 2",
+            "--json",
+            "--max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ids.returncode == 0, ids.stderr
     assert json.loads(ids.stdout)["ids"] == [12, 34, 34, 100]

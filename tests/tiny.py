@@ -33,18 +33,24 @@ def tiny_tokenizer(vocab_size: int = 120):
 def tiny_transformer(seed: int = 1, vocab_size: int = 120, **overrides):
     """Odd sizes (3 heads, d_model 24, 2+3 layers) and wide weights so greedy outputs vary."""
     import torch
-
     from seqport.export.models import Transformer, TransformerConfig
 
     torch.manual_seed(seed)
     config = dict(
-        vocab_size=vocab_size, d_model=24, num_heads=3, num_encoder_layers=2, num_decoder_layers=3,
-        d_ff=40, dropout=0.0, max_positions=40, pre_norm=True,
+        vocab_size=vocab_size,
+        d_model=24,
+        num_heads=3,
+        num_encoder_layers=2,
+        num_decoder_layers=3,
+        d_ff=40,
+        dropout=0.0,
+        max_positions=40,
+        pre_norm=True,
     )
     config.update(overrides)
     model = Transformer(TransformerConfig(**config))
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.dim() == 2:  # std 2/sqrt(fan_in): random models otherwise repeat one token
                 param.normal_(0.0, 2.0 / param.shape[1] ** 0.5)
         model.embed.weight.normal_(0.0, 0.05)  # a small tied embedding keeps outputs from looping
