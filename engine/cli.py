@@ -32,6 +32,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        demo = importlib.import_module("seqport.export.demo")
+    except ImportError as exc:
+        raise SeqportError(
+            f"`seqport demo` needs torch: pip install 'seqport[export]' ({exc.name} is missing)"
+        ) from None
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    return demo.run_demo(args.text, provider=args.provider, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+
+
 def _print_validation(manifest) -> None:
     v = manifest.validation
     print(f"validation against PyTorch ({len(v.cases)} cases), max abs diff:")
@@ -106,8 +117,7 @@ def _info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqport",
-        description="Export PyTorch transformers to validated ONNX artifacts and run them "
-        "torch-free with onnxruntime.",
+        description="Export PyTorch transformers to validated ONNX artifacts and run them torch-free with onnxruntime.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
