@@ -166,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_generate)
 
     p = sub.add_parser(
+        "demo",
+        help="export the bundled translator and translate with it (the first thing to run)",
+        description="Export the bundled English→French translator (validated against PyTorch; "
+        "cached in $SEQPORT_CACHE or ~/.cache/seqport and reused), translate a few sentences "
+        "(or TEXT) with the torch-free engine, and print the engine's tokens/s beside PyTorch "
+        "eager on the same inputs.",
+    )
+    p.add_argument("text", nargs="*", help="English sentences to translate (default: a handful)")
+    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per translation")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_demo)
+
+    p = sub.add_parser(
         "info",
         help="describe an artifact and the available providers",
         description="Print an artifact's manifest summary and parity figures, "

@@ -8,6 +8,7 @@ every problem listed at once.
 from __future__ import annotations
 
 import numpy as np
+
 from seqport.engine.errors import InputError
 from seqport.engine.manifest import Component, TensorSpec, expand_layers
 

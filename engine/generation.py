@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.results import GenerationResult
 from seqport.engine.search import Search

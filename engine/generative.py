@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from seqport.engine.config import GenerationConfig
 from seqport.engine.feeds import Signature
 from seqport.engine.generation import StepFn, decode_loop

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
 from seqport.engine.errors import InputError
 
 logger = logging.getLogger(__name__)

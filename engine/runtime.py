@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from seqport.engine.errors import ProviderError
 
 #: backend name -> module in seqport.runtimes that defines `open_session(path, options)`.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import ConfigError
 from seqport.engine.results import GenerationResult, Sequence

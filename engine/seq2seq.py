@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from seqport.engine.config import GenerationConfig
 from seqport.engine.generation import StepFn
 from seqport.engine.generative import GenerativeModel

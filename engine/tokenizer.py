@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqport.engine.errors import ArtifactError, ManifestError
 from tokenizers import Tokenizer
+
+from seqport.engine.errors import ArtifactError, ManifestError
 
 
 class TextTokenizer:

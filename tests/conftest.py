@@ -41,8 +41,9 @@ def model(tiny_artifact: Path):
 def fresh_export(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint, artifact) exported in this session from a new seeded tiny model."""
     pytest.importorskip("torch")
-    from seqport.export.pipeline import export_model
     from tiny import write_tiny_checkpoint
+
+    from seqport.export.pipeline import export_model
 
     root = tmp_path_factory.mktemp("fresh")
     checkpoint = write_tiny_checkpoint(root / "checkpoint", seed=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 import seqport.engine as sp
 from seqport.engine.errors import (
     ArtifactError,

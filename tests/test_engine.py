@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from seqport.engine.manifest import load_manifest
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.search import log_softmax_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from seqport.engine.errors import ManifestError
 from seqport.engine.manifest import FORMAT_VERSION, Manifest, load_manifest
 

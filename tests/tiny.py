@@ -33,6 +33,7 @@ def tiny_tokenizer(vocab_size: int = 120):
 def tiny_transformer(seed: int = 1, vocab_size: int = 120, **overrides):
     """Odd sizes (3 heads, d_model 24, 2+3 layers) and wide weights so greedy outputs vary."""
     import torch
+
     from seqport.export.models import Transformer, TransformerConfig
 
     torch.manual_seed(seed)

@@ -13,8 +13,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from seqport.export.pipeline import export_model  # noqa: E402
 from tiny import write_tiny_checkpoint  # noqa: E402
+
+from seqport.export.pipeline import export_model  # noqa: E402
 
 if __name__ == "__main__":
     checkpoint, artifact = HERE / "tiny_checkpoint", HERE / "tiny_artifact"
