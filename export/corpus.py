@@ -95,9 +95,7 @@ def _aligned(source: str, target: str | None) -> bool:
     return 1 / _MAX_LENGTH_RATIO <= ratio <= _MAX_LENGTH_RATIO
 
 
-def load_pairs(
-    db: Path | None = None, source: str = SOURCE_VERSION, target: str = TARGET_VERSION
-) -> list[VersePair]:
+def load_pairs(db: Path | None = None, source: str = SOURCE_VERSION, target: str = TARGET_VERSION) -> list[VersePair]:
     """Join two versions of bible.db on (book, chapter, verse) and clean both sides.
 
     Args:

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from seqport.export.corpus import read_split, write_splits
-from seqport.export.models.transformer import Transformer, TransformerConfig
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 from tqdm import tqdm
+
+from seqport.export.corpus import read_split, write_splits
+from seqport.export.models.transformer import Transformer, TransformerConfig
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3: the engine relies on this order
 TOKENIZER_FILE = "tokenizer.json"
@@ -60,9 +61,7 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
     ids = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
     assert ids == [0, 1, 2, 3], ids
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", 2)]
-    )
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
     return tokenizer
 
 
