@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seqport.engine.causal_lm import CausalLMModel
+from seqport.engine.encoder_only import EncoderModel
 from seqport.engine.errors import ManifestError
 from seqport.engine.manifest import component_path, load_manifest
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.seq2seq import Seq2SeqModel
 from seqport.engine.tokenizer import TextTokenizer
 
-_MODELS = {"encoder-decoder": Seq2SeqModel}
+_MODELS = {"encoder-decoder": Seq2SeqModel, "encoder-only": EncoderModel, "decoder-only": CausalLMModel}
 
 
 def load(
@@ -18,7 +20,7 @@ def load(
     provider: str = "cpu",
     options: RuntimeOptions | None = None,
     verify: bool = True,
-) -> Seq2SeqModel:
+) -> Seq2SeqModel | EncoderModel | CausalLMModel:
     """Load an artifact folder written by `seqport export`.
 
     Args:

@@ -11,6 +11,19 @@ from seqport.engine.errors import ArtifactError, ExportError
 #: model_type -> module with `load(folder) -> adapter`.
 FAMILIES: dict[str, str] = {
     "seqport-transformer": "seqport.export.seed",
+    "bert": "seqport.export.bert",
+    "distilbert": "seqport.export.bert",
+    "roberta": "seqport.export.bert",
+    "xlm-roberta": "seqport.export.bert",
+    "gpt2": "seqport.export.gpt2",
+    "llama": "seqport.export.llama",
+    "mistral": "seqport.export.llama",
+    "qwen2": "seqport.export.llama",
+    "t5": "seqport.export.t5",
+    "mt5": "seqport.export.t5",
+    "bart": "seqport.export.bart",
+    "mbart": "seqport.export.bart",
+    "marian": "seqport.export.marian",
 }
 
 
@@ -29,11 +42,15 @@ def read_model_type(folder: Path) -> str:
         raise ExportError(f"{config} has no readable model_type ({exc!r})") from None
 
 
-def load_adapter(folder: Path, family: str | None = None):
+def load_adapter(folder: Path, family: str | None = None, task: str | None = None):
     """Load the checkpoint in `folder` with the adapter of its family (or of `family`).
 
+    Args:
+        task: what an encoder-only model is exported for ("feature-extraction" or
+            "sequence-classification"); None lets the family decide. Other families take none.
+
     Raises:
-        ExportError: the family is not supported; the message lists the supported ones.
+        ExportError: the family is not supported, or takes no task; the message lists the supported ones.
     """
     model_type = family or read_model_type(folder)
     if model_type not in FAMILIES:
@@ -41,4 +58,9 @@ def load_adapter(folder: Path, family: str | None = None):
             f"model_type {model_type!r} is not supported; supported model types are: "
             + ", ".join(sorted(FAMILIES))
         )
-    return importlib.import_module(FAMILIES[model_type]).load(folder)
+    module = importlib.import_module(FAMILIES[model_type])
+    if task is None:
+        return module.load(folder)
+    if not hasattr(module, "TASKS"):
+        raise ExportError(f"a task (--task) applies to encoder-only families only; {model_type!r} takes none")
+    return module.load(folder, task=task)

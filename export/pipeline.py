@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import onnx
 import torch
-from seqport.engine.errors import ArtifactError
+from seqport.engine.errors import ArtifactError, ExportError
 from seqport.engine.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -26,6 +27,7 @@ from seqport.engine.manifest import (
     sha256_of,
 )
 from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
+from seqport.export.causal import export_decoder_only
 from seqport.export.components import (
     DecoderComponent,
     EncoderComponent,
@@ -33,9 +35,10 @@ from seqport.export.components import (
     encoder_contract,
     flat_kv,
 )
+from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
 from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
-from seqport.export.validate import validate
+from seqport.export.validate import validate, validate_decoder_only
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -69,7 +72,8 @@ def _export_decoder(adapter, spec: ModelSpec, folder: Path) -> Component:
         _, past = adapter.decode_step(prefix, mask, cross, adapter.empty_past(2))
     cross, past = [t.clone() for t in flat_kv(cross)], [t.clone() for t in flat_kv(past)]
     n = spec.num_layers
-    args = (prefix[:, :3], mask, torch.tensor([1, 2]), cross[:n], cross[n:], past[:n], past[n:])
+    # clone: a tensor made under inference_mode cannot feed an embedding while torch.export traces
+    args = (prefix[:, :3].clone(), mask, torch.tensor([1, 2]), cross[:n], cross[n:], past[:n], past[n:])
 
     def per_layer(name):
         return [dynamic_axes(inputs[name])] * n
@@ -93,14 +97,24 @@ def export_model(
     out: str | Path,
     family: str | None = None,
     progress: bool = True,
+    task: str | None = None,
+    optimize: bool = False,
+    quantize: str | None = None,
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
 
     Args:
-        source: a model folder (config.json, weights, tokenizer.json).
+        source: a model folder (config.json, weights, tokenizer.json or files the family's
+            adapter converts into one, e.g. a HuggingFace spiece.model).
         out: the artifact folder to write; created if needed.
         family: force the adapter instead of reading config.json's model_type.
         progress: show a progress bar on stderr.
+        task: encoder-only families: "feature-extraction" (last_hidden_state, pooled by the
+            engine) or "sequence-classification" (logits); None: what the checkpoint is.
+        optimize: apply onnxruntime's transformer fusions offline and validate again
+            (export/optimize.py); the manifest records the fusions and the figures.
+        quantize: "int8": dynamic int8 weights, gated on greedy token agreement with fp32
+            (export/quantize.py); the manifest records the figures.
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -110,15 +124,82 @@ def export_model(
         ExportError: unsupported family, or torch.onnx could not export a component.
         ParityError: a component disagrees with PyTorch beyond tolerance.
     """
-    source, out = Path(source), Path(out)
-    adapter: EncoderDecoderAdapter = load_adapter(source, family)
-    tokenizer = source / TOKENIZER_FILE
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ExportError(f"--quantize {quantize!r} is not supported; supported: {', '.join(QUANTIZE_MODES)}")
+    source = Path(source)
+    adapter = load_adapter(source, family, task)
+    with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
+        tokenizer = _tokenizer_file(adapter, source, Path(staging))
+        manifest = export_adapter(adapter, tokenizer, out, progress=progress, source=source)
+    return _post_process(adapter, Path(out), manifest, optimize, quantize)
+
+
+QUANTIZE_MODES = ("int8",)
+
+
+def _post_process(adapter, out: Path, manifest: Manifest, optimize: bool, quantize: str | None) -> Manifest:
+    """--optimize, then --quantize: rewrite the components in place, re-validate, re-save."""
+    if not optimize and quantize is None:
+        return manifest
+    (out / MANIFEST_FILE).unlink()  # the components change below: a half-done folder must not look valid
+    if optimize:
+        from seqport.export.optimize import optimize_artifact
+
+        manifest = optimize_artifact(adapter, out, manifest)
+    if quantize is not None:
+        from seqport.export.quantize import quantize_artifact
+
+        manifest = quantize_artifact(out, manifest)
+    manifest.save(out)
+    return manifest
+
+
+def _tokenizer_file(adapter, source: Path, staging: Path) -> Path:
+    """source/tokenizer.json, else one the adapter converts from the folder's slow-tokenizer
+    files (spiece.model, source.spm + vocab.json, ...) into `staging`: the engine reads only
+    tokenizer.json."""
+    if (source / TOKENIZER_FILE).is_file() or not hasattr(adapter, "write_tokenizer"):
+        return source / TOKENIZER_FILE
+    return staging / adapter.write_tokenizer(staging)
+
+
+def export_adapter(
+    adapter: EncoderDecoderAdapter | EncoderOnlyAdapter,
+    tokenizer: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    source: str | Path | None = None,
+) -> Manifest:
+    """Export a model you wrapped yourself (see docs/own-model.md) with the same validation.
+
+    Args:
+        adapter: an object following EncoderDecoderAdapter (export/adapter.py) or, for an
+            encoder-only model, EncoderOnlyAdapter (export/encoder_only.py).
+        tokenizer: the model's tokenizers tokenizer.json; copied into the artifact.
+        out: the artifact folder to write; created if needed.
+        progress: show a progress bar on stderr.
+        source: recorded as the manifest's provenance source (default: the adapter's class).
+
+    Returns:
+        The manifest written to `out/seqport.json`.
+
+    Raises:
+        ArtifactError: the tokenizer file is missing.
+        ExportError: torch.onnx could not export a component.
+        ParityError: a component disagrees with PyTorch beyond tolerance.
+    """
+    tokenizer, out = Path(tokenizer), Path(out)
+    source = source if source is not None else f"{type(adapter).__module__}.{type(adapter).__qualname__}"
     if not tokenizer.is_file():
         raise ArtifactError(f"{tokenizer} not found: the engine needs a tokenizers tokenizer.json")
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # a failed export must not look valid
     spec = adapter.spec()
-    steps = ["encoder", "decoder", "validate"]
+    if isinstance(spec, EncoderSpec):
+        return _export_encoder_only(adapter, spec, tokenizer, out, source, progress)
+    decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
+    steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
     components: dict[str, Component] = {}
     with tqdm(steps, desc="export", unit="step", disable=not progress, leave=False) as bar:
         for step in bar:
@@ -126,14 +207,15 @@ def export_model(
             if step == "encoder":
                 components["encoder"] = _export_encoder(adapter, spec, out)
             elif step == "decoder":
-                components["decoder"] = _export_decoder(adapter, spec, out)
+                export = export_decoder_only if decoder_only else _export_decoder
+                components["decoder"] = export(adapter, spec, out)
             else:
                 fixed = {
                     "num_kv_heads": spec.num_kv_heads,
                     "head_dim": spec.head_dim,
                     "vocab_size": spec.vocab_size,
                 }
-                validation = validate(adapter, out, components, fixed)
+                validation = (validate_decoder_only if decoder_only else validate)(adapter, out, components, fixed)
     shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -155,7 +237,36 @@ def export_model(
     return manifest
 
 
-def _provenance(source: Path) -> Provenance:
+def _export_encoder_only(
+    adapter: EncoderOnlyAdapter, spec: EncoderSpec, tokenizer: Path, out: Path, source: str | Path, progress: bool
+) -> Manifest:
+    """One `encoder` graph (last_hidden_state or logits), validated; pooling and labels in the manifest."""
+    with tqdm(total=2, desc="export", unit="step", disable=not progress, leave=False) as bar:
+        component = export_encoder_only(adapter, spec, out)
+        bar.update()
+        validation = validate_encoder_only(adapter, out, component)
+        bar.update()
+    shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        architecture=spec.architecture,
+        family=spec.family,
+        vocab_size=spec.vocab_size,
+        max_positions=spec.max_positions,
+        components={"encoder": component},
+        kv=None,
+        special_ids=SpecialIds(eos=list(spec.eos), pad=spec.pad, bos=spec.bos, unk=spec.unk),
+        tokenizer=TokenizerSpec(file=TOKENIZER_FILE),
+        provenance=_provenance(source),
+        validation=validation,
+        pooling=spec.pooling,
+        labels=list(spec.labels),
+    )
+    manifest.save(out)
+    return manifest
+
+
+def _provenance(source: str | Path) -> Provenance:
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(name: str) -> str:
@@ -166,7 +277,7 @@ def _provenance(source: Path) -> Provenance:
 
     seqport = installed("seqport")
     return Provenance(
-        source=str(source.resolve()),
+        source=str(source.resolve()) if isinstance(source, Path) else source,
         exporter=f"seqport {seqport}",
         torch=torch.__version__,
         onnx=onnx.__version__,

@@ -17,6 +17,7 @@ from seqport.engine.feeds import Signature
 from seqport.engine.manifest import Component, Validation
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.export.adapter import KV, EncoderDecoderAdapter, ModelSpec
+from seqport.export.causal import positions_from_mask
 
 #: max |ort - torch| allowed per output dtype (fp32 logits: 1e-4, as promised in the README).
 TOLERANCES = {"float32": 1e-4, "float16": 2e-2}
@@ -49,13 +50,23 @@ DECODER_CASES = (
 def _sources(spec: ModelSpec, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded random sources; with batch > 1 the rows have different lengths."""
     lengths = [11, 6, 3][:batch] if batch > 1 else [7]
-    low = max(spec.eos + [spec.pad or 0, spec.bos or 0, spec.unk or 0]) + 1
-    ids = torch.randint(low, spec.vocab_size, (batch, max(lengths)), generator=gen)
+    low, high = _plain_ids(spec)
+    ids = torch.randint(low, high, (batch, max(lengths)), generator=gen)
     mask = torch.zeros_like(ids)
     for row, length in enumerate(lengths):
         mask[row, :length] = 1
         ids[row, length:] = spec.pad or 0
     return ids, mask
+
+
+def _plain_ids(spec: ModelSpec) -> tuple[int, int]:
+    """[low, high) between the special ids: specials at the start (most families) and at the
+    end of the vocabulary (Marian's pad is its last id) stay out of random inputs."""
+    specials = {i for i in spec.eos + [spec.pad, spec.bos, spec.unk] if i is not None}
+    high = spec.vocab_size
+    while high - 1 in specials:
+        high -= 1
+    return max([i for i in specials if i < high], default=-1) + 1, high
 
 
 def _np(tensors) -> list[np.ndarray]:
@@ -132,12 +143,12 @@ def validate(
 
 
 def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runtime, recorder) -> None:
-    low = max(spec.eos + [spec.pad or 0]) + 1
+    low, high = _plain_ids(spec)
     past = adapter.empty_past(case.batch)
     if case.past:
-        prefix = torch.randint(low, spec.vocab_size, (case.batch, case.past), generator=gen)
+        prefix = torch.randint(low, high, (case.batch, case.past), generator=gen)
         _, past = adapter.decode_step(prefix, mask, cross, past)
-    new_ids = torch.randint(low, spec.vocab_size, (case.batch, case.new), generator=gen)
+    new_ids = torch.randint(low, high, (case.batch, case.new), generator=gen)
     keep = torch.arange(case.new) if case.all_logits else torch.tensor([case.new - 1])
     hidden, present = adapter.decode_step(new_ids, mask, cross, past)
     logits = adapter.logits(hidden.index_select(1, keep)).float()
@@ -151,3 +162,68 @@ def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runti
     }
     ours = signature.by_logical(runtime.run(signature.feeds(values)))
     recorder.compare("decoder", case.label, ours, theirs, signature)
+
+
+#: decoder-only: batch 1 and 3 (rows left-padded by 0, 3 and 5), past lengths 0, 1 and 7.
+DECODER_ONLY_CASES = (
+    Case(1, 0, 1),
+    Case(1, 1, 1),
+    Case(1, 7, 1),
+    Case(3, 0, 5, all_logits=True),
+    Case(3, 1, 1),
+    Case(3, 7, 2),
+)
+
+
+@torch.inference_mode()
+def validate_decoder_only(
+    adapter,
+    folder: Path,
+    components: dict[str, Component],
+    fixed: dict[str, int],
+    options: RuntimeOptions | None = None,
+) -> Validation:
+    """Run a decoder-only model's `decoder` in PyTorch and onnxruntime on DECODER_ONLY_CASES.
+
+    Raises:
+        ParityError: naming the output, case and figures of every failure.
+    """
+    spec = adapter.spec()
+    signature = Signature(components["decoder"], spec.num_layers, fixed)
+    runtime = open_runtime(folder / components["decoder"].file, options or RuntimeOptions())
+    recorder = _Recorder(lambda dtype: TOLERANCES.get(dtype, 1e-4))
+    gen = torch.Generator().manual_seed(1234)
+    labels = []
+    for case in DECODER_ONLY_CASES:
+        ids, mask = _left_padded(spec, case.batch, case.past + case.new, gen)
+        positions = positions_from_mask(mask)
+        past = adapter.empty_past(case.batch)
+        if case.past:
+            prefix = slice(0, case.past)
+            _, past = adapter.decode_step(ids[:, prefix], mask[:, prefix], positions[:, prefix], past)
+        new = slice(case.past, None)
+        keep = torch.arange(case.new) if case.all_logits else torch.tensor([case.new - 1])
+        hidden, present = adapter.decode_step(ids[:, new], mask, positions[:, new], past)
+        theirs = {"logits": adapter.logits(hidden.index_select(1, keep)).float().numpy()}
+        theirs.update(_kv_values("present", present))
+        values = {"input_ids": ids[:, new].numpy(), "attention_mask": mask.numpy()}
+        values.update({"position_ids": positions[:, new].numpy(), "logits_positions": keep.numpy()})
+        values.update(_kv_values("past", past))
+        ours = signature.by_logical(runtime.run(signature.feeds(values)))
+        labels.append(case.label + (" left-padded" if case.batch > 1 else ""))
+        recorder.compare("decoder", labels[-1], ours, theirs, signature)
+    if recorder.failures:
+        raise ParityError("exported decoder disagrees with PyTorch:\n  - " + "\n  - ".join(recorder.failures))
+    return Validation(tolerance=dict(TOLERANCES), max_abs_diff=recorder.worst, cases=labels)
+
+
+def _left_padded(spec: ModelSpec, batch: int, length: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts (B, L); with batch > 1, rows 1 and 2 are left-padded (each keeps ≥ 1 token)."""
+    low = max(spec.eos + [spec.pad or 0, spec.bos or 0]) + 1
+    ids = torch.randint(low, spec.vocab_size, (batch, length), generator=gen)
+    mask = torch.ones_like(ids)
+    for row, pads in enumerate([0, 3, 5][:batch]):
+        pads = min(pads, length - 1)
+        mask[row, :pads] = 0
+        ids[row, :pads] = spec.pad or 0
+    return ids, mask

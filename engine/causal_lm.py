@@ -1,0 +1,114 @@
+"""A decoder-only artifact: one `decoder` graph for the prompt and every generated token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from seqport.engine.config import GenerationConfig
+from seqport.engine.generation import StepFn
+from seqport.engine.generative import GenerativeModel
+from seqport.engine.inputs import as_texts, is_token_input, pad_batch
+from seqport.engine.kv_cache import KVCache
+from seqport.engine.scoring import ScoreResult, target_logprobs
+
+
+def left_pad(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad → input_ids, attention_mask: int64 (B, T0); every row ends at the last column,
+    so the next token of every row is appended at the same place."""
+    width = max(len(ids) for ids in batch)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, tokens in enumerate(batch):
+        ids[row, width - len(tokens) :] = tokens
+        mask[row, width - len(tokens) :] = 1
+    return ids, mask
+
+
+def positions(mask: np.ndarray) -> np.ndarray:
+    """int64 (B, L) mask → (B, L) position ids: cumsum - 1, left pads clipped to 0.
+
+    A padded row then numbers its tokens exactly as the same prompt alone does, the way
+    transformers' generate derives them (not the arange that caused huggingface/optimum#877).
+    """
+    return np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+
+
+class CausalLMModel(GenerativeModel):
+    """Decoder-only generation (GPT-2, Llama, Mistral, Qwen2, ...): the prompt is the first step."""
+
+    def decoder_step(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One decoder call on logical feeds; returns logits and present_key/value.{i}."""
+        return self.run("decoder", values)
+
+    def score(
+        self,
+        sources: str | Sequence[str] | Sequence[Sequence[int]],
+        targets: str | Sequence[str] | Sequence[Sequence[int]],
+        batch_size: int = 0,
+    ) -> list[ScoreResult]:
+        """Log-probabilities of continuations given prompts (teacher forcing, one decoder call).
+
+        Text targets are encoded without special tokens: a continuation of the prompt, not a new
+        sequence (Llama's post-processor would put <s> in front). Otherwise as
+        GenerativeModel.score: one ScoreResult per (prompt, continuation) pair, in input order.
+
+        Raises:
+            InputError: different numbers of sources and targets, empty or over-long ones.
+        """
+        if not is_token_input(targets):
+            targets = [self.tokenizer.encode_plain(text) for text in as_texts(targets)]
+        return super().score(sources, targets, batch_size)
+
+    def _prepare(self, batch: list[list[int]], config: GenerationConfig) -> tuple[np.ndarray, StepFn]:
+        batch = [list(ids) + list(config.prefix_ids) for ids in batch]  # a forced prefix extends the prompt
+        ids, mask = left_pad(batch, self._pad_id())
+        return ids, _Stepper(self, mask)
+
+    def _score_batch(self, sources: list[list[int]], targets: list[list[int]]) -> list[ScoreResult]:
+        """log p(target | prompt) in one decoder call: prompts left-padded, targets[:-1] right-padded
+        after them, so column S-1+t predicts target[t] in every row."""
+        pad = self._pad_id()
+        prompt, prompt_mask = left_pad(sources, pad)  # (B, S)
+        rest, rest_mask = pad_batch([ids[:-1] or [pad] for ids in targets], pad)  # (B, L-1), 1 column at least
+        rest_mask[[len(ids) == 1 for ids in targets], 0] = 0  # one-token targets feed nothing after the prompt
+        ids, mask = np.concatenate([prompt, rest], axis=1), np.concatenate([prompt_mask, rest_mask], axis=1)
+        longest, start = max(map(len, targets)), prompt.shape[1] - 1
+        kv = self.manifest.kv
+        cache = KVCache.empty(len(targets), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask), **cache.feeds()}
+        logits = self.decoder_step({**feeds, "logits_positions": np.arange(start, start + longest)})["logits"]
+        return target_logprobs(logits, targets, offset=0)  # logits (B, L, V)
+
+    def _pad_id(self) -> int:
+        ids = self.manifest.special_ids
+        return ids.pad if ids.pad is not None else ids.eos[0]
+
+    def _positions_needed(self, longest_input: int) -> int:
+        return longest_input  # the prompt and the generated tokens share the positions
+
+
+class _Stepper:
+    """The loop's step function: extends each row's prompt mask with ones for the tokens
+    generated so far, derives position ids from it, and runs the decoder for the last logits."""
+
+    def __init__(self, model: CausalLMModel, prompt_mask: np.ndarray) -> None:
+        self._model, self._prompt_mask = model, prompt_mask  # (B, T0) per input
+
+    def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray:
+        rows, new = tokens.shape
+        generated = cache.length + new - self._prompt_mask.shape[1]  # tokens after the prompt
+        ones = np.ones((rows, generated), dtype=np.int64)
+        mask = np.concatenate([self._prompt_mask[sources], ones], axis=1)  # (N, P+T)
+        outputs = self._model.decoder_step(
+            {
+                "input_ids": tokens,
+                "attention_mask": mask,
+                "position_ids": positions(mask)[:, -new:],  # (N, T)
+                "logits_positions": np.array([new - 1], dtype=np.int64),
+                **cache.feeds(),
+            }
+        )
+        cache.update(outputs)
+        return outputs["logits"][:, -1, :]  # (N, V)

@@ -1,0 +1,75 @@
+"""GPT-2 (transformers GPT2LMHeadModel): learned positions, LayerNorm, fused QKV, tied head.
+
+The adapter drives the HF modules' weights directly (transformers models/gpt2/modeling_gpt2.py,
+GPT2Block.forward without the Cache object) so torch.export sees plain tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from seqport.engine.errors import ExportError
+from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
+
+ARCHITECTURE = "decoder-only"
+
+
+class GPT2Adapter:
+    """Decoder-only adapter over a GPT2LMHeadModel (see export/causal.py DecoderOnlyAdapter)."""
+
+    def __init__(self, model) -> None:
+        config = model.config
+        if getattr(config, "add_cross_attention", False):
+            raise ExportError("GPT-2 with cross-attention (add_cross_attention=True) is not a decoder-only model")
+        self.model = model.eval()
+        self.config = config
+        self.head_dim = config.n_embd // config.n_head
+
+    def spec(self) -> ModelSpec:
+        c, gc = self.config, self.model.generation_config
+        eos = eos_ids(gc.eos_token_id, c.eos_token_id)
+        pad = gc.pad_token_id if gc.pad_token_id is not None else c.pad_token_id
+        return ModelSpec(
+            family="gpt2",
+            vocab_size=c.vocab_size,
+            max_positions=c.n_positions,
+            num_layers=c.n_layer,
+            num_heads=c.n_head,
+            num_kv_heads=c.n_head,
+            head_dim=self.head_dim,
+            eos=eos,
+            pad=pad if pad is not None else (eos[0] if eos else None),  # GPT-2 has no pad: batch with eos
+            bos=gc.bos_token_id if gc.bos_token_id is not None else c.bos_token_id,
+            architecture=ARCHITECTURE,
+            generation=generation_defaults(gc),
+        )
+
+    def decode_step(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: list[KV]
+    ) -> tuple[torch.Tensor, list[KV]]:
+        body = self.model.transformer
+        x = body.wte(input_ids) + body.wpe(position_ids)  # (B, T, d)
+        bias = attention_bias(attention_mask, input_ids.shape[1], x.dtype)  # (B, 1, T, P+T)
+        present = []
+        for block, (past_k, past_v) in zip(body.h, past):
+            q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.config.n_embd, dim=2)  # 3 × (B, T, d)
+            q, k, v = (split_heads(t, self.head_dim) for t in (q, k, v))  # (B, H, T, D)
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, P+T, D)
+            present.append((k, v))
+            x = x + block.attn.c_proj(attend(q, k, v, bias, block.attn.scaling))
+            x = x + block.mlp(block.ln_2(x))
+        return body.ln_f(x), present
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return tied_projection(hidden, self.model.lm_head.weight).float()  # (B, K, V)
+
+    def empty_past(self, batch: int) -> list[KV]:
+        zero = torch.zeros(batch, self.config.n_head, 0, self.head_dim)  # (B, H, 0, D)
+        return [(zero, zero)] * self.config.n_layer
+
+
+def load(folder: Path) -> GPT2Adapter:
+    return GPT2Adapter(load_causal_lm(folder, ("gpt2",)))
