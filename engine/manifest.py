@@ -22,6 +22,8 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "seqport.json"
 ARCHITECTURES = ("encoder-decoder", "decoder-only", "encoder-only")
 DTYPES = ("int64", "int32", "float32", "float16", "bool")
+#: pooling modes of encoder-only embeddings, in the order they are concatenated (sentence-transformers).
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,73 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class Pooling:
+    """How an encoder-only artifact turns last_hidden_state (B, S, d) into one vector per input.
+
+    Args:
+        modes: pooled vectors concatenated in POOLING_MODES order ("mean" for most models).
+        normalize: L2-normalise the result (a sentence-transformers Normalize module).
+        dimension: size of the result, len(modes) * d.
+    """
+
+    modes: list[str]
+    normalize: bool = False
+    dimension: int = 0
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """Offline graph fusions applied after export (`seqport export --optimize`), re-validated.
+
+    Args:
+        tool: the optimizer and its version, e.g. "onnxruntime.transformers 1.32.0".
+        model_type: the optimizer's pattern set that was used ("bart", "bert", "gpt2", ...).
+        fusions: per component, each fused operator that was created and how many.
+        validation: the fused components against PyTorch, with the export's cases and tolerances.
+    """
+
+    tool: str
+    model_type: str
+    fusions: dict[str, dict[str, int]]
+    validation: Validation
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """int8 weights (`seqport export --quantize int8`) and how far they moved the outputs.
+
+    fp32 tolerances do not apply to int8 logits: `max_abs_diff` is information; the gate is the
+    greedy token agreement with the fp32 components on a fixed set of inputs.
+
+    Args:
+        method: "dynamic-int8": int8 weights, activations quantized at run time.
+        per_channel: one weight scale per output channel (True) or per tensor (False).
+        op_types: operator types whose weights were quantized.
+        quantized_nodes: per component, how many nodes were quantized.
+        token_agreement: fraction of target positions where the int8 components pick the fp32
+            components' greedy token (teacher-forced on the fp32 output).
+        min_agreement: the gate token_agreement had to reach.
+        sequence_match: fraction of inputs whose free-running greedy output is identical.
+        candidates: token_agreement of each setting tried ("per_tensor", "per_channel").
+        max_abs_diff: per component output, the largest |int8 - fp32| on those inputs.
+        inputs: what the fixed inputs were.
+        bytes: per component, file size [fp32, int8].
+    """
+
+    method: str
+    per_channel: bool
+    op_types: list[str]
+    quantized_nodes: dict[str, int]
+    token_agreement: float
+    min_agreement: float
+    sequence_match: float
+    candidates: dict[str, float]
+    max_abs_diff: dict[str, dict[str, float]]
+    inputs: str
+    bytes: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Root of seqport.json."""
 
@@ -117,6 +186,10 @@ class Manifest:
     provenance: Provenance
     validation: Validation
     generation: dict[str, Any] = field(default_factory=dict)
+    pooling: Pooling | None = None  # encoder-only feature extraction
+    labels: list[str] = field(default_factory=list)  # encoder-only classification: logits index → label
+    optimization: Optimization | None = None  # `seqport export --optimize`
+    quantization: Quantization | None = None  # `seqport export --quantize int8`
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,6 +325,27 @@ def _semantic_problems(m: Manifest) -> list[str]:
         problems.append(f"$.kv: a {m.architecture} artifact needs its KV geometry")
     if not m.special_ids.eos and m.architecture != "encoder-only":
         problems.append("$.special_ids.eos: at least one end-of-sequence id is needed")
+    if m.architecture == "encoder-only":
+        problems.extend(_encoder_only_problems(m))
+    return problems
+
+
+def _encoder_only_problems(m: Manifest) -> list[str]:
+    """An encoder-only artifact has one `encoder` that outputs hidden states (with pooling) or logits (with labels)."""
+    if "encoder" not in m.components:
+        return ["$.components: an encoder-only artifact needs an 'encoder' component"]
+    outputs = set(m.components["encoder"].outputs) & {"last_hidden_state", "logits"}
+    if len(outputs) != 1:
+        return ["$.components.encoder.outputs: need exactly one of 'last_hidden_state' or 'logits'"]
+    problems = []
+    if "last_hidden_state" in outputs and m.pooling is None:
+        problems.append("$.pooling: an encoder-only feature-extraction artifact needs its pooling")
+    if m.pooling is not None:
+        unknown = [mode for mode in m.pooling.modes if mode not in POOLING_MODES]
+        if unknown or not m.pooling.modes or len(set(m.pooling.modes)) != len(m.pooling.modes):
+            problems.append(f"$.pooling.modes: {m.pooling.modes} must be distinct values of {POOLING_MODES}")
+    if "logits" in outputs and not m.labels:
+        problems.append("$.labels: an encoder-only classification artifact needs one label per logit")
     return problems
 
 
