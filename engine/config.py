@@ -9,28 +9,35 @@ from typing import Any
 from seqport.engine.errors import ConfigError
 
 EARLY_STOPPING = (True, False, "never")
+_ID_TUPLES = ("suppress_tokens", "prefix_ids", "eos_token_ids")
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     """Decoding options, validated at construction (all problems reported at once).
 
+    docs/decoding.md describes every option, its exact semantics and its transformers
+    equivalent.
+
     Args:
-        max_new_tokens: most tokens generated per input (EOS included).
+        max_new_tokens: most tokens generated per input (EOS included; the prefix not).
         min_new_tokens: EOS is forbidden before this many tokens.
         do_sample: sample instead of taking the most likely token.
-        temperature, top_k, top_p, min_p: sampling filters (top_k 0 and top_p 1.0 disable).
-        seed: seed of the sampling generator; same seed, same output.
+        temperature, top_k, top_p, min_p: sampling filters (top_k 0, top_p 1.0 and min_p 0.0
+            disable); they only apply with do_sample=True.
+        seed: sample j of input i draws from np.random.default_rng([seed + i, j]), so the
+            same seed gives the same output however the inputs are batched; None = fresh entropy.
         num_beams: beam width; 1 = greedy or sampling.
-        length_penalty: beam score = sum log p / length ** length_penalty.
+        length_penalty: beam score = sum log p / generated_length ** length_penalty.
         early_stopping: True, False or "never", with transformers' meaning.
         num_return_sequences: hypotheses returned per input (≤ num_beams with beams).
-        repetition_penalty: > 1 discourages tokens already generated (CTRL paper).
+        repetition_penalty: > 1 discourages tokens already in the sequence (CTRL paper).
         no_repeat_ngram_size: forbid repeating any n-gram of this size; 0 disables.
         bad_words_ids: token sequences never generated.
         suppress_tokens: token ids never generated.
         forced_bos_token_id: token forced as the first generated token (mBART language id).
-        prefix_ids: target prefix forced after the decoder start token.
+        prefix_ids: target prefix forced after the decoder start token (part of the prompt:
+            not returned in ids or text).
         eos_token_ids: ids that end a sequence; empty = the manifest's.
         stop: strings that end generation; the text ends before the stop string.
         truncate: cut inputs longer than the model's max positions instead of raising.
@@ -61,6 +68,8 @@ class GenerationConfig:
     batch_size: int = 0
 
     def __post_init__(self) -> None:
+        for name, value in _normalise(dataclasses.asdict(self)).items():
+            object.__setattr__(self, name, value)  # JSON lists → tuples, one stop string → a tuple
         problems = _problems(self)
         if problems:
             raise ConfigError("invalid GenerationConfig: " + "; ".join(problems))
@@ -71,28 +80,54 @@ class GenerationConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise TypeError(f"unknown generation option(s) {unknown}; known options are: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **_normalise(overrides))
+        return dataclasses.replace(self, **overrides)
 
     @classmethod
     def from_defaults(cls, defaults: dict[str, Any]) -> GenerationConfig:
         """Build from a manifest's `generation` section (JSON lists become tuples)."""
         return cls().replace(**defaults)
 
+    def check_token_ids(self, vocab_size: int) -> None:
+        """Raise ConfigError naming every option that holds an id outside [0, vocab_size)."""
+        options = {
+            "prefix_ids": self.prefix_ids,
+            "suppress_tokens": self.suppress_tokens,
+            "eos_token_ids": self.eos_token_ids,
+            "bad_words_ids": [i for words in self.bad_words_ids for i in words],
+            "forced_bos_token_id": [] if self.forced_bos_token_id is None else [self.forced_bos_token_id],
+        }
+        bad = {name: [i for i in ids if not 0 <= i < vocab_size] for name, ids in options.items()}
+        problems = [f"{name} has ids {ids[:5]}" for name, ids in bad.items() if ids]
+        if problems:
+            raise ConfigError(f"token ids outside the model's vocabulary [0, {vocab_size}): {'; '.join(problems)}")
+
 
 def _normalise(values: dict[str, Any]) -> dict[str, Any]:
-    out = dict(values)
-    for name in ("suppress_tokens", "prefix_ids", "eos_token_ids"):
-        if out.get(name) is not None:
-            out[name] = tuple(out[name])
-    if out.get("stop") is not None:
-        out["stop"] = (out["stop"],) if isinstance(out["stop"], str) else tuple(out["stop"])
-    if out.get("bad_words_ids") is not None:
-        out["bad_words_ids"] = tuple(tuple(words) for words in out["bad_words_ids"])
+    out = {}
+    for name in _ID_TUPLES:
+        if isinstance(values.get(name), (list, tuple)):
+            out[name] = tuple(values[name])
+    stop = values.get("stop")
+    if isinstance(stop, str):
+        out["stop"] = (stop,)
+    elif isinstance(stop, (list, tuple)):
+        out["stop"] = tuple(stop)
+    words = values.get("bad_words_ids")
+    if isinstance(words, (list, tuple)) and all(isinstance(w, (list, tuple)) for w in words):
+        out["bad_words_ids"] = tuple(tuple(w) for w in words)
     return out
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ids(values: Any) -> bool:
+    return isinstance(values, tuple) and all(_is_int(i) and i >= 0 for i in values)
 
 
 def _problems(c: GenerationConfig) -> list[str]:
@@ -101,26 +136,52 @@ def _problems(c: GenerationConfig) -> list[str]:
         (_is_int(c.min_new_tokens) and 0 <= c.min_new_tokens, "min_new_tokens must be an integer >= 0"),
         (_is_int(c.num_beams) and c.num_beams >= 1, "num_beams must be an integer >= 1"),
         (_is_int(c.num_return_sequences) and c.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
-        (c.temperature > 0, "temperature must be > 0"),
+        (_is_number(c.temperature) and c.temperature > 0, "temperature must be > 0"),
         (_is_int(c.top_k) and c.top_k >= 0, "top_k must be an integer >= 0 (0 disables)"),
-        (0 < c.top_p <= 1, "top_p must be in (0, 1]"),
-        (0 <= c.min_p < 1, "min_p must be in [0, 1)"),
-        (c.repetition_penalty > 0, "repetition_penalty must be > 0"),
+        (_is_number(c.top_p) and 0 < c.top_p <= 1, "top_p must be in (0, 1]"),
+        (_is_number(c.min_p) and 0 <= c.min_p < 1, "min_p must be in [0, 1)"),
+        (_is_number(c.length_penalty), "length_penalty must be a number"),
+        (_is_number(c.repetition_penalty) and c.repetition_penalty > 0, "repetition_penalty must be > 0"),
         (_is_int(c.no_repeat_ngram_size) and c.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
-        (c.early_stopping in EARLY_STOPPING, f"early_stopping must be one of {EARLY_STOPPING}"),
+        (
+            isinstance(c.early_stopping, bool) or c.early_stopping == "never",
+            f"early_stopping must be one of {EARLY_STOPPING}",
+        ),
         (_is_int(c.batch_size) and c.batch_size >= 0, "batch_size must be an integer >= 0 (0: one batch)"),
-        (all(_is_int(i) and i >= 0 for i in c.eos_token_ids), "eos_token_ids must be non-negative integers"),
-        (all(isinstance(s, str) and s for s in c.stop), "stop strings must be non-empty strings"),
-        (all(len(w) >= 1 for w in c.bad_words_ids), "each bad_words_ids entry needs at least one id"),
-        (c.seed is None or _is_int(c.seed), "seed must be an integer or None"),
+        (_ids(c.eos_token_ids), "eos_token_ids must be non-negative integers"),
+        (_ids(c.suppress_tokens), "suppress_tokens must be non-negative integers"),
+        (_ids(c.prefix_ids), "prefix_ids must be non-negative integers"),
+        (
+            isinstance(c.stop, tuple) and all(isinstance(s, str) and s for s in c.stop),
+            "stop strings must be non-empty strings",
+        ),
+        (
+            isinstance(c.bad_words_ids, tuple) and all(_ids(w) and w for w in c.bad_words_ids),
+            "bad_words_ids must be non-empty lists of non-negative integers",
+        ),
+        (
+            c.forced_bos_token_id is None or (_is_int(c.forced_bos_token_id) and c.forced_bos_token_id >= 0),
+            "forced_bos_token_id must be a non-negative integer or None",
+        ),
+        (c.seed is None or (_is_int(c.seed) and c.seed >= 0), "seed must be a non-negative integer or None"),
+        (isinstance(c.do_sample, bool), "do_sample must be True or False"),
+        (isinstance(c.truncate, bool), "truncate must be True or False"),
     ]
     problems = [f"{message}, got {_value_of(message, c)!r}" for ok, message in checks if not ok]
+    return problems or _combination_problems(c)  # combinations only make sense for valid values
+
+
+def _combination_problems(c: GenerationConfig) -> list[str]:
+    problems = []
     if c.num_beams > 1 and c.num_return_sequences > c.num_beams:
-        problems.append(
-            f"num_return_sequences ({c.num_return_sequences}) cannot exceed num_beams ({c.num_beams})"
-        )
+        problems.append(f"num_return_sequences ({c.num_return_sequences}) cannot exceed num_beams ({c.num_beams})")
     if c.num_beams == 1 and not c.do_sample and c.num_return_sequences > 1:
         problems.append("num_return_sequences > 1 needs num_beams > 1 or do_sample=True")
+    if c.num_beams > 1 and c.do_sample:
+        problems.append(
+            "do_sample=True with num_beams > 1 (beam sampling) is not supported: "
+            "use num_beams=1 to sample or do_sample=False for beam search"
+        )
     if c.min_new_tokens > c.max_new_tokens:
         problems.append(f"min_new_tokens ({c.min_new_tokens}) exceeds max_new_tokens ({c.max_new_tokens})")
     return problems

@@ -7,7 +7,7 @@ batch starts: its first tokens and the step function the loop calls (`_prepare`)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,14 +15,18 @@ from typing import Any
 import numpy as np
 
 from seqport.engine.config import GenerationConfig
+from seqport.engine.errors import ConfigError, InputError
 from seqport.engine.feeds import Signature
-from seqport.engine.generation import StepFn, decode_loop
+from seqport.engine.generation import StepFn, decode_loop, decode_steps, make_search
 from seqport.engine.inputs import as_texts, check_ids, is_token_input, length_sorted_batches
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.manifest import Manifest
 from seqport.engine.results import GenerationResult
 from seqport.engine.runtime import Runtime
-from seqport.engine.search import make_search
+from seqport.engine.scoring import ScoreResult, check_targets
+from seqport.engine.search import Search
+from seqport.engine.stopping import StopStrings, cut_at_stop
+from seqport.engine.streaming import StepResult, TextStream
 from seqport.engine.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
@@ -67,9 +71,83 @@ class GenerativeModel:
         config = (config or self.default_config).replace(**overrides)
         results = self.generate_ids(self.input_ids(inputs), config)
         return [
-            GenerationResult([replace(s, text=self.tokenizer.decode(s.ids)) for s in r.sequences])
+            GenerationResult([replace(s, text=self._text(s.ids, s.finish_reason, config)) for s in r.sequences])
             for r in results
         ]
+
+    def stream(
+        self,
+        inputs: str | Sequence[str] | Sequence[Sequence[int]],
+        config: GenerationConfig | None = None,
+        **overrides: Any,
+    ) -> Iterator[StepResult]:
+        """Generate like `generate()` (greedy or sampling), yielding text as tokens arrive.
+
+        Every piece is valid text (a character split over several byte-level tokens comes
+        whole), and the pieces of one input join to its `generate()` text. Inputs of one batch
+        advance together, so pieces of different inputs interleave: `index` says whose it is.
+
+        Args:
+            inputs, config, **overrides: as for `generate()`.
+
+        Yields:
+            One StepResult per generated token; the last one of each input has finish_reason.
+
+        Raises:
+            ConfigError: num_beams > 1 or num_return_sequences > 1 (use `generate()`).
+            InputError: as for `generate()`.
+        """
+        config = (config or self.default_config).replace(**overrides)
+        if config.num_beams > 1 or config.num_return_sequences > 1:
+            raise ConfigError(
+                "stream() yields one sequence per input as it is generated: it works with greedy search and "
+                f"sampling, got num_beams={config.num_beams}, num_return_sequences={config.num_return_sequences} "
+                "(the manifest's defaults unless given); pass num_beams=1, num_return_sequences=1, or call generate()"
+            )
+        batch, config = self._checked(self.input_ids(inputs), config)
+        for indices in length_sorted_batches(batch, config.batch_size):
+            step, search, cache, first_tokens = self._start([batch[i] for i in indices], config, indices)
+            texts = [TextStream(self.tokenizer.backend, config.stop) for _ in indices]
+            for _ in decode_steps(step, search, cache, first_tokens):
+                for e in search.emitted:  # type: ignore[attr-defined]
+                    piece = texts[e.source].step(e.token, e.finish_reason)
+                    yield StepResult(indices[e.source], e.token, piece, e.logprob, e.finish_reason)
+
+    def score(
+        self,
+        sources: str | Sequence[str] | Sequence[Sequence[int]],
+        targets: str | Sequence[str] | Sequence[Sequence[int]],
+        batch_size: int = 0,
+    ) -> list[ScoreResult]:
+        """Log-probabilities of given targets under the model (teacher forcing).
+
+        Args:
+            sources: input text(s) or token-id lists, as for `generate()`.
+            targets: one target per source: text (encoded with the tokenizer's special tokens,
+                so the EOS is scored too) or token ids (scored exactly as given).
+            batch_size: pairs per decoder call; 0 = all at once.
+
+        Returns:
+            One ScoreResult per pair, in input order: per-token and total log-probability.
+
+        Raises:
+            InputError: different numbers of sources and targets, empty or over-long ones.
+        """
+        source_ids, target_ids = self.input_ids(sources), self.input_ids(targets)
+        if len(source_ids) != len(target_ids):
+            raise InputError(
+                f"score() needs one target per source, got {len(source_ids)} sources and {len(target_ids)} targets"
+            )
+        m = self.manifest
+        source_ids = check_ids(source_ids, m.vocab_size, m.max_positions, False)
+        room = m.max_positions - self._positions_needed(max(map(len, source_ids)))
+        target_ids = check_targets(target_ids, m.vocab_size, room)
+        results: list[ScoreResult | None] = [None] * len(source_ids)
+        for indices in length_sorted_batches(source_ids, batch_size):
+            chunk = self._score_batch([source_ids[i] for i in indices], [target_ids[i] for i in indices])
+            for index, result in zip(indices, chunk):
+                results[index] = result
+        return results  # type: ignore[return-value]
 
     def input_ids(self, inputs: str | Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         """Token-id lists as given, or texts tokenized with the artifact's tokenizer."""
@@ -80,28 +158,42 @@ class GenerativeModel:
     def generate_ids(
         self, batch: Sequence[Sequence[int]], config: GenerationConfig
     ) -> list[GenerationResult]:
-        """Token ids in, token ids out: the core the text API wraps."""
-        m = self.manifest
-        batch = check_ids(
-            batch, m.vocab_size, m.max_positions, config.truncate, keep_last=tuple(m.special_ids.eos)
-        )
-        config = self._fit_length(config, max(len(ids) for ids in batch))
+        """Token ids in, token ids out: the core the text API wraps.
+
+        Input i of `batch` samples with the generator seeded by (config.seed + i, sample), so
+        results do not depend on batch_size.
+        """
+        batch, config = self._checked(batch, config)
         results: list[GenerationResult | None] = [None] * len(batch)
         for indices in length_sorted_batches(batch, config.batch_size):
-            chunk = self._generate_batch([batch[i] for i in indices], config)
+            chunk = decode_loop(*self._start([batch[i] for i in indices], config, indices))
             for index, result in zip(indices, chunk):
                 results[index] = result
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, batch: list[list[int]], config: GenerationConfig) -> list[GenerationResult]:
+    def _checked(
+        self, batch: Sequence[Sequence[int]], config: GenerationConfig
+    ) -> tuple[list[list[int]], GenerationConfig]:
+        m = self.manifest
+        batch = check_ids(batch, m.vocab_size, m.max_positions, config.truncate, keep_last=tuple(m.special_ids.eos))
+        config.check_token_ids(m.vocab_size)
+        return batch, self._fit_length(config, max(len(ids) for ids in batch))
+
+    def _start(
+        self, batch: list[list[int]], config: GenerationConfig, indices: Sequence[int]
+    ) -> tuple[StepFn, Search, KVCache, np.ndarray]:
+        """What the decode loop needs for one batch: step, search, empty cache, first tokens."""
         eos = config.eos_token_ids or tuple(self.manifest.special_ids.eos)
-        search = make_search(config, len(batch), eos)
         first_tokens, step = self._prepare(batch, config)
+        stops = StopStrings(self.tokenizer.decode, config.stop) if config.stop else None
+        search = make_search(config, first_tokens, eos, indices, stops)
         kv = self.manifest.kv
-        cache = KVCache.empty(
-            len(search.row_sources()), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype
-        )
-        return decode_loop(step, search, cache, first_tokens)
+        cache = KVCache.empty(len(search.row_sources()), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
+        return step, search, cache, first_tokens
+
+    def _text(self, ids: list[int], finish_reason: str, config: GenerationConfig) -> str:
+        text = self.tokenizer.decode(ids)
+        return cut_at_stop(text, config.stop) if finish_reason == "stop" else text
 
     def run(self, component: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one component on logical feeds (checked first); returns logical outputs."""
@@ -112,15 +204,20 @@ class GenerativeModel:
         """First tokens int64 (B, T0) and the step function for one batch (per model kind)."""
         raise NotImplementedError
 
+    def _score_batch(self, sources: list[list[int]], targets: list[list[int]]) -> list[ScoreResult]:
+        """Teacher-forcing log-probabilities of one batch of (source, target) pairs (per model kind)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement score() yet")
+
     def _positions_needed(self, longest_input: int) -> int:
         """Positions one generated token costs beyond the input; decoder-only models add the prompt."""
         return 0
 
     def _fit_length(self, config: GenerationConfig, longest_input: int) -> GenerationConfig:
-        limit = self.manifest.max_positions - self._positions_needed(longest_input)
+        limit = self.manifest.max_positions - self._positions_needed(longest_input) - len(config.prefix_ids)
         if config.max_new_tokens > limit:
             logger.warning(
                 "max_new_tokens %d capped to the model's %d positions", config.max_new_tokens, limit
             )
-            return config.replace(max_new_tokens=max(limit, 1))
+            limit = max(limit, 1)
+            return config.replace(max_new_tokens=limit, min_new_tokens=min(config.min_new_tokens, limit))
         return config

@@ -7,7 +7,7 @@ nothing for backends that are not used (and never imports torch).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -43,8 +43,16 @@ class RuntimeOptions:
         inter_op_threads: threads across independent operators; 0 lets the backend decide.
         graph_optimization: "disable", "basic", "extended" or "all".
         enable_mem_arena: keep onnxruntime's CPU memory arena (faster, holds memory).
-        optimized_model_dir: where onnxruntime saves the optimized graph so the next load is
-            fast; None disables the cache.
+        optimized_model_dir: where onnxruntime saves each optimized graph; the next load of the
+            same file (same provider, level and onnxruntime) reads the saved graph with
+            optimization disabled, so it is fast. None disables the cache.
+        provider_options: options of the execution provider, as onnxruntime documents them
+            (e.g. {"device_id": "1"} for CUDA, {"device_type": "GPU"} for OpenVINO).
+        io_binding: run through onnxruntime's IOBinding (inputs bound from numpy, outputs
+            allocated by the provider and copied back to numpy). Same results; the basis for
+            keeping tensors on a device.
+        torch_checkpoint: torch backend only: the checkpoint folder to load the reference
+            model from; None uses the manifest's provenance.source.
     """
 
     backend: str = "onnxruntime"
@@ -54,6 +62,9 @@ class RuntimeOptions:
     graph_optimization: str = "all"
     enable_mem_arena: bool = True
     optimized_model_dir: str | None = None
+    provider_options: dict[str, str] = field(default_factory=dict)
+    io_binding: bool = False
+    torch_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

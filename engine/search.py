@@ -3,19 +3,26 @@
 Every strategy has the same shape (whisper's TokenDecoder): `row_sources()` says which input
 each active row serves, `update(logits)` picks tokens and returns a `StepDecision` (None once
 every row is finished), `finalize()` returns the results in input order. The loop in
-generation.py drives any of them.
+generation.py drives any of them. Greedy search and sampling live here (one token per row per
+step); beam search is in beam.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from seqport.engine.config import GenerationConfig
-from seqport.engine.errors import ConfigError
-from seqport.engine.results import GenerationResult, Sequence
+from seqport.engine import processors as proc
+from seqport.engine.results import GenerationResult
+from seqport.engine.results import Sequence as Hypothesis
+from seqport.engine.sampling import greedy, sample
+from seqport.engine.stopping import StopStrings
+
+#: (processed scores float (N, V), row ids int64 (N,)) → chosen token ids int64 (N,)
+Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,23 @@ class StepDecision:
 
     tokens: np.ndarray
     rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """One token chosen for one input at the last step (what streaming reports).
+
+    Args:
+        source: index of the input in the batch.
+        token: the chosen id.
+        logprob: its log-probability under the processed distribution.
+        finish_reason: None while the input goes on, else "eos", "stop" or "length".
+    """
+
+    source: int
+    token: int
+    logprob: float
+    finish_reason: str | None
 
 
 class Search(Protocol):
@@ -42,59 +66,111 @@ def log_softmax_at(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return logits[np.arange(len(ids)), ids] - lse
 
 
-class GreedySearch:
-    """Argmax at every step; a row leaves the active batch at EOS or max_new_tokens."""
+class TokenSearch:
+    """Greedy search or sampling: one token per row and step, chosen from processed logits.
 
-    def __init__(self, batch: int, eos_ids: tuple[int, ...], max_new_tokens: int) -> None:
-        self._eos = np.asarray(eos_ids, dtype=np.int64)
-        self._max_new = max_new_tokens
-        self._ids: list[list[int]] = [[] for _ in range(batch)]
-        self._logprobs: list[list[float]] = [[] for _ in range(batch)]
-        self._finish = ["length"] * batch
-        self._active = np.arange(batch)  # input index of each active row
+    With `samples` > 1 each input gets that many independent rows (num_return_sequences
+    samples). A row leaves the active batch at EOS, at a stop string or at max_new_tokens.
+
+    Args:
+        first_tokens: int64 (B, T0) decoder start (+ prefix) or prompt of each input.
+        eos: ids that end a row.
+        max_new_tokens: most tokens per row.
+        processors: applied to the float64 logits before `choose`.
+        choose: greedy argmax or sampling (see Chooser).
+        samples: rows per input.
+        stops: stop strings, or None.
+    """
+
+    def __init__(
+        self,
+        first_tokens: np.ndarray,
+        eos: Sequence[int],
+        max_new_tokens: int,
+        processors: list[proc.Processor],
+        choose: Chooser,
+        samples: int = 1,
+        stops: StopStrings | None = None,
+    ) -> None:
+        rows = len(first_tokens) * samples
+        self._eos, self._max_new, self._samples = set(eos), max_new_tokens, samples
+        self._processors, self._choose, self._stops = processors, choose, stops
+        self._active = np.arange(rows)  # row id of each active row; input = row id // samples
+        self._history = first_tokens[self._active // samples]  # (N, T0 + step)
+        self._ids: list[list[int]] = [[] for _ in range(rows)]
+        self._logprobs: list[list[float]] = [[] for _ in range(rows)]
+        self._finish = ["length"] * rows
+        self._step = 0
+        self.emitted: list[Emitted] = []  # what the last update chose, for streaming
 
     def row_sources(self) -> np.ndarray:
-        return self._active
+        return self._active // self._samples
 
     def update(self, logits: np.ndarray) -> StepDecision | None:
-        next_ids = logits.argmax(axis=-1)  # (N,)
-        logprobs = log_softmax_at(logits, next_ids)
-        is_eos = np.isin(next_ids, self._eos)
-        keep = []
-        for row, source in enumerate(self._active):
-            self._ids[source].append(int(next_ids[row]))
-            self._logprobs[source].append(float(logprobs[row]))
-            if is_eos[row]:
-                self._finish[source] = "eos"
-            elif len(self._ids[source]) < self._max_new:
-                keep.append(row)
-        rows = np.asarray(keep, dtype=np.int64)
+        scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
+        next_ids = self._choose(scores, self._active)  # (N,)
+        logprobs = log_softmax_at(scores, next_ids)
+        self._step += 1
+        reasons = [self._record(int(r), int(t), float(lp)) for r, t, lp in zip(self._active, next_ids, logprobs)]
+        self.emitted = [
+            Emitted(int(r) // self._samples, int(t), float(lp), why)
+            for r, t, lp, why in zip(self._active, next_ids, logprobs, reasons)
+        ]
+        rows = np.array([row for row, why in enumerate(reasons) if why is None], dtype=np.int64)
         self._active = self._active[rows]
-        return StepDecision(next_ids[rows].astype(np.int64), rows) if keep else None
+        self._history = np.concatenate([self._history, next_ids[:, None]], axis=1)[rows]
+        return StepDecision(next_ids[rows].astype(np.int64), rows) if len(rows) else None
+
+    def _record(self, row: int, token: int, logprob: float) -> str | None:
+        ids = self._ids[row]
+        ids.append(token)
+        self._logprobs[row].append(logprob)
+        if token in self._eos:
+            self._finish[row] = "eos"
+        elif self._stops is not None and self._stops.hit(ids):
+            self._finish[row] = "stop"
+        elif len(ids) < self._max_new:
+            return None
+        return self._finish[row]
 
     def finalize(self) -> list[GenerationResult]:
+        """Per input its rows' sequences, highest score first (ties keep sample order)."""
+        hypotheses = [self._hypothesis(row) for row in range(len(self._ids))]
         results = []
-        for ids, logprobs, finish in zip(self._ids, self._logprobs, self._finish):
-            content = ids[:-1] if finish == "eos" else ids
-            sequence = Sequence(content, logprobs[: len(content)], float(sum(logprobs)), finish)
-            results.append(GenerationResult([sequence]))
+        for start in range(0, len(hypotheses), self._samples):
+            group = hypotheses[start : start + self._samples]
+            results.append(GenerationResult(sorted(group, key=lambda h: -h.score)))
         return results
 
+    def _hypothesis(self, row: int) -> Hypothesis:
+        ids, logprobs, finish = self._ids[row], self._logprobs[row], self._finish[row]
+        content = ids[:-1] if finish == "eos" else ids
+        return Hypothesis(content, logprobs[: len(content)], float(sum(logprobs)), finish)
 
-def make_search(config: GenerationConfig, batch: int, eos_ids: tuple[int, ...]) -> Search:
-    """The search strategy `config` asks for, over `batch` inputs.
 
-    Raises:
-        ConfigError: an option this engine does not implement yet (never silently ignored).
+def greedy_chooser(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Chooser for greedy search: argmax (the first on ties)."""
+    return greedy(scores)
+
+
+class Sampler:
+    """Chooser for sampling: one generator per row, seeded from the input's global index.
+
+    Sample j of input i draws from np.random.default_rng([seed + i, j]) (fresh entropy when
+    seed is None), so results do not depend on how inputs are batched or split.
+
+    Args:
+        seed: the config's seed, or None.
+        indices: global index (position in the caller's input list) of each batch input.
+        samples: rows per input.
     """
-    unsupported = [
-        name
-        for name, default in GenerationConfig.__dataclass_fields__.items()
-        if name not in _GREEDY_OPTIONS and getattr(config, name) != default.default
-    ]
-    if unsupported:
-        raise ConfigError(f"generation options not supported yet: {', '.join(unsupported)}")
-    return GreedySearch(batch, eos_ids, config.max_new_tokens)
 
+    def __init__(self, seed: int | None, indices: Sequence[int], samples: int) -> None:
+        self._rngs = [
+            np.random.default_rng(None if seed is None else [seed + index, j])
+            for index in indices
+            for j in range(samples)
+        ]
 
-_GREEDY_OPTIONS = {"max_new_tokens", "eos_token_ids", "truncate", "batch_size", "seed"}
+    def __call__(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return sample(scores, [self._rngs[row] for row in rows])

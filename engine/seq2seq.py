@@ -9,6 +9,7 @@ from seqport.engine.generation import StepFn
 from seqport.engine.generative import GenerativeModel
 from seqport.engine.inputs import pad_batch
 from seqport.engine.kv_cache import KVCache
+from seqport.engine.scoring import ScoreResult, target_logprobs, teacher_forcing_inputs
 
 
 class Seq2SeqModel(GenerativeModel):
@@ -26,8 +27,20 @@ class Seq2SeqModel(GenerativeModel):
     def _prepare(self, batch: list[list[int]], config: GenerationConfig) -> tuple[np.ndarray, StepFn]:
         ids, mask = pad_batch(batch, self.manifest.special_ids.pad or 0)
         cross = {k: v for k, v in self.encode(ids, mask).items() if k.startswith("cross_")}
-        first = np.full((len(batch), 1), self._start_id(), dtype=np.int64)  # (B, 1)
+        start = [self._start_id(), *config.prefix_ids]  # a forced target prefix follows the start token
+        first = np.tile(np.array(start, dtype=np.int64), (len(batch), 1))  # (B, 1 + prefix)
         return first, _Stepper(self, mask, cross)
+
+    def _score_batch(self, sources: list[list[int]], targets: list[list[int]]) -> list[ScoreResult]:
+        """One encoder and one decoder call (logits at every position) for the whole batch."""
+        ids, mask = pad_batch(sources, self.manifest.special_ids.pad or 0)
+        cross = {k: v for k, v in self.encode(ids, mask).items() if k.startswith("cross_")}
+        tokens = teacher_forcing_inputs(targets, [self._start_id()], self.manifest.special_ids.pad or 0)  # (B, T)
+        kv = self.manifest.kv
+        cache = KVCache.empty(len(targets), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
+        feeds = {"input_ids": tokens, "encoder_attention_mask": mask, **cross, **cache.feeds()}
+        logits = self.decoder_step({**feeds, "logits_positions": np.arange(tokens.shape[1])})["logits"]  # (B, T, V)
+        return target_logprobs(logits, targets, offset=0)
 
     def _start_id(self) -> int:
         ids = self.manifest.special_ids

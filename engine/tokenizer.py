@@ -44,5 +44,10 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    @property
+    def backend(self) -> Tokenizer:
+        """The wrapped `tokenizers.Tokenizer` (streaming decodes through it with DecodeStream)."""
+        return self._tokenizer
+
     def token_to_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)

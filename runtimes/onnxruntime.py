@@ -1,12 +1,19 @@
-"""onnxruntime backend: provider choice, session options, errors translated to seqport's."""
+"""onnxruntime backend: provider choice, session options, optimized-model cache, IOBinding.
+
+Errors are translated to seqport's: a missing provider is a ProviderError naming the ones this
+build offers; a file onnxruntime cannot load or run is a RuntimeFailure.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from seqport.engine.errors import ProviderError, RuntimeFailure
 from seqport.engine.runtime import RuntimeOptions
 
@@ -33,6 +40,22 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+#: providers whose optimized graph is a plain onnxruntime graph that can be saved and reloaded.
+#: Compiling providers (TensorRT, OpenVINO) keep their own engine caches instead (see below).
+_GRAPH_CACHE_PROVIDERS = {
+    "CPUExecutionProvider",
+    "CUDAExecutionProvider",
+    "ROCMExecutionProvider",
+    "DnnlExecutionProvider",
+    "DmlExecutionProvider",
+}
+#: where a compiling provider keeps its compiled engines, filled from optimized_model_dir.
+_ENGINE_CACHE_OPTIONS = {
+    "TensorrtExecutionProvider": {"trt_engine_cache_enable": "True", "trt_engine_cache_path": "{dir}"},
+    "OpenVINOExecutionProvider": {"cache_dir": "{dir}"},
+}
+#: IOBinding output device per provider (outputs stay there until copied back to numpy).
+_OUTPUT_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 
 
 def available_providers() -> list[str]:
@@ -41,13 +64,17 @@ def available_providers() -> list[str]:
     return [by_full.get(p, p) for p in ort.get_available_providers()]
 
 
+def full_provider_name(name: str) -> str:
+    return PROVIDER_ALIASES.get(name.lower(), name)
+
+
 def resolve_provider(name: str) -> list[str]:
     """Provider list for a session: the asked one, then CPU for the operators it lacks.
 
     Raises:
         ProviderError: the name is unknown, or this onnxruntime build does not offer it.
     """
-    full = PROVIDER_ALIASES.get(name.lower(), name)
+    full = full_provider_name(name)
     available = ort.get_available_providers()
     if full not in available:
         known = ", ".join(available_providers())
@@ -61,37 +88,76 @@ def resolve_provider(name: str) -> list[str]:
     return [full] if full == "CPUExecutionProvider" else [full, "CPUExecutionProvider"]
 
 
-def session_options(options: RuntimeOptions, path: Path) -> ort.SessionOptions:
+def session_options(options: RuntimeOptions, level: str | None = None) -> ort.SessionOptions:
+    """onnxruntime SessionOptions from RuntimeOptions (`level` overrides graph_optimization)."""
     so = ort.SessionOptions()
-    so.graph_optimization_level = _LEVELS[options.graph_optimization]
+    so.graph_optimization_level = _LEVELS[level or options.graph_optimization]
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.enable_cpu_mem_arena = options.enable_mem_arena
     so.log_severity_level = 3  # errors only: warnings about unused initializers are noise
-    if options.optimized_model_dir:
-        cache = Path(options.optimized_model_dir)
-        cache.mkdir(parents=True, exist_ok=True)
-        so.optimized_model_filepath = str(cache / f"{path.stem}.{options.provider}.opt.onnx")
     return so
 
 
+def cached_graph_path(path: Path, options: RuntimeOptions) -> Path | None:
+    """Where the optimized graph of `path` is saved, or None when no cache applies.
+
+    The name holds a digest of everything that changes the optimized graph: the source file
+    (path, size, mtime), provider and its options, optimization level and onnxruntime version.
+    """
+    full = full_provider_name(options.provider)
+    if not options.optimized_model_dir or options.graph_optimization == "disable":
+        return None
+    if full not in _GRAPH_CACHE_PROVIDERS:
+        return None
+    stat = path.stat()
+    key = repr(
+        (
+            str(path.resolve()),
+            stat.st_size,
+            stat.st_mtime_ns,
+            full,
+            sorted(options.provider_options.items()),
+            options.graph_optimization,
+            ort.__version__,
+        )
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(options.optimized_model_dir) / f"{path.stem}.{digest}.opt.onnx"
+
+
+def _provider_list(options: RuntimeOptions) -> list:
+    names = resolve_provider(options.provider)
+    provider_options = {str(k): str(v) for k, v in options.provider_options.items()}
+    template = _ENGINE_CACHE_OPTIONS.get(names[0], {})
+    if options.optimized_model_dir and template and not provider_options.keys() & template.keys():
+        Path(options.optimized_model_dir).mkdir(parents=True, exist_ok=True)
+        provider_options.update({k: v.format(dir=options.optimized_model_dir) for k, v in template.items()})
+    return [(names[0], provider_options)] + names[1:]
+
+
 class OrtSession:
-    """One component loaded in onnxruntime; implements the engine's `Runtime` protocol."""
+    """One component loaded in onnxruntime; implements the engine's `Runtime` protocol.
+
+    Attributes:
+        path: the component file asked for.
+        loaded_from: the file onnxruntime actually read (the saved optimized graph on a cache hit).
+    """
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
-        providers = resolve_provider(options.provider)
-        try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=session_options(options, path), providers=providers
-            )
-        except Exception as exc:  # onnxruntime raises several unrelated types here
-            raise RuntimeFailure(
-                f"onnxruntime could not load {path}: {_first_line(exc)}. The file is corrupt "
-                "or was exported for a newer onnxruntime; re-export or upgrade onnxruntime."
-            ) from None
+        self.path = path
+        providers = _provider_list(options)
+        cache = cached_graph_path(path, options)
+        self._session = None
+        if cache is not None and cache.is_file():
+            self._session = self._load_cached(cache, options, providers)
+        if self._session is None:
+            self._session = self._load(path, options, providers, cache)
+            self.loaded_from = path
+        self._check_provider(providers[0][0])
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
-        self.path = path
+        self._device = _OUTPUT_DEVICE.get(providers[0][0], "cpu") if options.io_binding else None
 
     @property
     def input_names(self) -> list[str]:
@@ -107,10 +173,68 @@ class OrtSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            values = self._session.run(self._outputs, feeds)
+            if self._device is None:
+                values = self._session.run(self._outputs, feeds)
+            else:
+                values = self._run_bound(feeds)
         except Exception as exc:  # translate, never let a raw onnxruntime trace reach users
             raise RuntimeFailure(f"onnxruntime failed running {self.path.name}: {_first_line(exc)}") from None
         return dict(zip(self._outputs, values))
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """IOBinding: inputs bound from host memory, outputs allocated on the provider's device."""
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self._outputs:
+            binding.bind_output(name, self._device)
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def _load(self, path: Path, options: RuntimeOptions, providers: list, cache: Path | None) -> ort.InferenceSession:
+        so = session_options(options)
+        partial = None
+        if cache is not None:  # written under a private name, renamed once complete (no torn reads)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+            so.optimized_model_filepath = str(partial)
+        session = _create(path, so, providers)
+        if partial is not None and partial.is_file():
+            os.replace(partial, cache)
+            logger.debug("saved the optimized graph of %s to %s", path.name, cache)
+        return session
+
+    def _load_cached(self, cache: Path, options: RuntimeOptions, providers: list) -> ort.InferenceSession | None:
+        """The saved graph is already optimized: load it with optimization disabled."""
+        try:
+            session = _create(cache, session_options(options, level="disable"), providers)
+        except RuntimeFailure as exc:
+            logger.warning("ignoring the unreadable optimized-graph cache %s (%s)", cache, exc)
+            cache.unlink(missing_ok=True)
+            return None
+        self.loaded_from = cache
+        logger.debug("loaded %s from the optimized-graph cache %s", self.path.name, cache)
+        return session
+
+    def _check_provider(self, asked: str) -> None:
+        # onnxruntime falls back to CPU when a GPU provider cannot start (missing CUDA libraries):
+        # that would silently measure the CPU, so it is an error here.
+        if asked not in self._session.get_providers():
+            raise ProviderError(
+                f"onnxruntime could not start {asked} for {self.path.name} and fell back to "
+                f"{', '.join(self._session.get_providers())}; check the provider's libraries "
+                "(CUDA/cuDNN for cuda and tensorrt) and its provider_options."
+            )
+
+
+def _create(path: Path, so: ort.SessionOptions, providers: list) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    except Exception as exc:  # onnxruntime raises several unrelated types here
+        raise RuntimeFailure(
+            f"onnxruntime could not load {path}: {_first_line(exc)}. The file is corrupt "
+            "or was exported for a newer onnxruntime; re-export or upgrade onnxruntime."
+        ) from None
 
 
 def open_session(path: Path, options: RuntimeOptions) -> OrtSession:
