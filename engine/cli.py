@@ -26,6 +26,8 @@ def _export(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise SeqportError(f"{EXPORT_HINT} ({exc.name} is missing)") from None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # exporter chatter about torchvision
+    # onnxruntime's optimizer imports its modules top-level: symbolic-dim chatter of its shape inference
+    logging.getLogger("symbolic_shape_infer").setLevel(logging.ERROR)
     manifest = pipeline.export_model(
         args.source,
         args.out,
