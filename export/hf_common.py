@@ -1,0 +1,173 @@
+"""What the HuggingFace encoder-decoder adapters (t5.py, bart.py, marian.py) share.
+
+Loading a model folder with transformers, normalising its special ids and generation defaults
+once into ModelSpec fields, turning its tokenizer into a tokenizer.json, and the attention
+arithmetic every adapter drives with the HF modules' own weights. transformers is imported only
+here and only when a HuggingFace folder is exported.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqport.engine.errors import ArtifactError, ExportError
+
+logger = logging.getLogger(__name__)
+TOKENIZER_FILE = "tokenizer.json"
+
+#: generation_config.json fields copied as they are; their names are GenerationConfig's.
+_COPIED = (
+    "max_new_tokens",
+    "min_new_tokens",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
+    "bad_words_ids",
+    "suppress_tokens",
+    "forced_bos_token_id",
+    "num_return_sequences",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+)
+#: fields with no seqport equivalent: logged when a checkpoint sets them, never silently dropped.
+_UNSUPPORTED = (
+    "forced_eos_token_id",
+    "begin_suppress_tokens",
+    "encoder_no_repeat_ngram_size",
+    "typical_p",
+    "num_beam_groups",
+    "exponential_decay_length_penalty",
+)
+
+
+def load_seq2seq(folder: Path, model_types: tuple[str, ...]):
+    """Load a HuggingFace encoder-decoder folder in float32, eval mode.
+
+    Raises:
+        ExportError: transformers is missing, cannot load the folder, or the model_type is not
+            one of `model_types`.
+    """
+    try:
+        from transformers import AutoModelForSeq2SeqLM
+    except ImportError:
+        raise ExportError("exporting a HuggingFace model needs transformers: pip install transformers") from None
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"transformers could not load {folder}: {first}") from exc
+    if model.config.model_type not in model_types:
+        raise ExportError(
+            f"{folder} holds a {model.config.model_type!r} model; this adapter exports: {', '.join(model_types)}"
+        )
+    return model.float().eval()
+
+
+def special_ids(model) -> dict[str, Any]:
+    """eos (list), pad, bos, decoder_start from generation_config.json, else config.json.
+
+    The decoder start falls back to bos, as transformers' generate() does.
+    """
+    gen, cfg = model.generation_config, model.config
+
+    def pick(name: str):
+        value = getattr(gen, name, None)
+        return value if value is not None else getattr(cfg, name, None)
+
+    eos = pick("eos_token_id")
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    start = pick("decoder_start_token_id")
+    if start is None:
+        start = pick("bos_token_id")
+    return {"eos": eos, "pad": pick("pad_token_id"), "bos": pick("bos_token_id"), "decoder_start": start}
+
+
+def generation_defaults(model) -> dict[str, Any]:
+    """GenerationConfig defaults from the values generation_config.json (or config.json) sets.
+
+    transformers counts the decoder start in `max_length`/`min_length` of an encoder-decoder;
+    seqport counts new tokens only, hence the `- 1`.
+    """
+    given = {k: v for k, v in model.generation_config.to_diff_dict().items() if v is not None}
+    out = {name: given[name] for name in _COPIED if name in given}
+    if "max_new_tokens" not in out and given.get("max_length", 0) > 1:
+        out["max_new_tokens"] = given["max_length"] - 1
+    if "min_new_tokens" not in out and given.get("min_length", 0) > 1:
+        out["min_new_tokens"] = given["min_length"] - 1
+    if not out.get("do_sample"):
+        for name in ("temperature", "top_k", "top_p"):  # used only when sampling
+            out.pop(name, None)
+    elif "top_k" not in out:
+        out["top_k"] = 50  # transformers' default when sampling; seqport's default is off
+    if out.get("num_beams", 1) == 1:
+        out.pop("early_stopping", None)  # a beam-only option transformers ignores without beams
+        out.pop("length_penalty", None)
+    ignored = sorted(name for name in _UNSUPPORTED if name in given)
+    if ignored:
+        logger.warning("generation options with no seqport equivalent are not exported: %s", ", ".join(ignored))
+    return out
+
+
+def write_tokenizer(folder: Path, out: Path) -> str:
+    """Copy `folder`/tokenizer.json to `out`, or convert the folder's slow tokenizer into one.
+
+    Returns:
+        The file name written in `out`.
+
+    Raises:
+        ArtifactError: no tokenizer.json and transformers cannot build a fast tokenizer.
+    """
+    target = out / TOKENIZER_FILE
+    if (folder / TOKENIZER_FILE).is_file():
+        shutil.copyfile(folder / TOKENIZER_FILE, target)
+        return TOKENIZER_FILE
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # tokenizer classes raise anything from OSError to protobuf errors
+        raise ArtifactError(
+            f"{folder} has no tokenizer.json and transformers could not load its tokenizer ({exc}). "
+            "Save one with `AutoTokenizer.from_pretrained(...).save_pretrained(folder)`."
+        ) from None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ArtifactError(
+            f"{folder} has no tokenizer.json and {type(tokenizer).__name__} has no tokenizers converter; "
+            "the engine reads tokenizer.json only. Add one to the folder and export again."
+        )
+    backend.save(str(target))
+    return TOKENIZER_FILE
+
+
+def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    b, t, _ = x.shape
+    return x.reshape(b, t, num_heads, head_dim).transpose(1, 2)  # (B, T, H*D) -> (B, H, T, D)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v with q (B, H, T, D), k/v (B, H, S, D) → (B, T, H*D)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale + bias  # (B, H, T, S)
+    out = torch.matmul(scores.softmax(dim=-1), v).transpose(1, 2)  # (B, T, H, D)
+    return out.reshape(out.shape[0], out.shape[1], -1)
+
+
+def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """int64 (B, S) 1 = token, 0 = pad → additive (B, 1, 1, S)."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def causal_bias(new_len, past_len, dtype: torch.dtype) -> torch.Tensor:
+    """Queries at P..P+T-1 may see keys 0..their own position: additive (T, P+T)."""
+    keys = torch.arange(past_len + new_len)
+    queries = torch.arange(new_len) + past_len
+    return (keys[None, :] > queries[:, None]).to(dtype) * torch.finfo(dtype).min

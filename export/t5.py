@@ -1,0 +1,162 @@
+"""Adapter for T5, T5 v1.1 / flan-T5 (gated-GELU, untied lm_head) and mT5 checkpoints.
+
+Mirrors transformers' modeling_t5.py with the loaded modules' weights: no position embeddings
+but a learned relative position bias computed once by the first layer of each stack and shared
+by all its layers, RMS-style T5LayerNorm, unscaled attention (the 1/sqrt(d) is folded into the
+weights), pre-norm residual blocks and a final norm per stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.hf_common import (
+    attend,
+    causal_bias,
+    generation_defaults,
+    load_seq2seq,
+    padding_bias,
+    special_ids,
+    split_heads,
+    write_tokenizer,
+)
+
+MODEL_TYPES = ("t5", "mt5")
+
+
+class T5Adapter:
+    """A loaded T5ForConditionalGeneration / MT5ForConditionalGeneration split into encode and
+    decode_step. Shapes: B batch, S source, T new, P past, H heads, D d_kv, d d_model, V vocab."""
+
+    def __init__(self, model, folder: Path) -> None:
+        self.model, self.folder = model, folder
+        cfg = model.config
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.d_kv
+        self.output_scale = cfg.d_model**-0.5 if _scales_output(cfg) else 1.0
+
+    def spec(self) -> ModelSpec:
+        cfg = self.model.config
+        ids = special_ids(self.model)
+        return ModelSpec(
+            family=cfg.model_type,
+            vocab_size=self.model.lm_head.out_features,
+            max_positions=int(getattr(cfg, "n_positions", None) or 512),  # relative positions: no hard limit
+            num_layers=cfg.num_decoder_layers,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_heads,
+            head_dim=self.head_dim,
+            eos=ids["eos"],
+            pad=ids["pad"],
+            bos=ids["bos"],
+            decoder_start=ids["decoder_start"],
+            generation=generation_defaults(self.model),
+        )
+
+    def write_tokenizer(self, out: Path) -> str:
+        return write_tokenizer(self.folder, out)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, list[KV]]:
+        """int64 (B, S) ids and mask → hidden (B, S, d) and cross K/V (B, H, S, D) per decoder layer."""
+        stack = self.model.encoder
+        x = stack.embed_tokens(input_ids)  # (B, S, d)
+        s = input_ids.shape[1]
+        first = stack.block[0].layer[0].SelfAttention
+        bias = self._position_bias(first, s, s, 0) + padding_bias(attention_mask, x.dtype)  # (B, H, S, S)
+        for block in stack.block:
+            x = self._self_attention(block.layer[0], x, bias)[0]
+            x = _feed_forward(block.layer[-1], x)
+        x = stack.final_layer_norm(x)
+        cross = [self._project_kv(block.layer[1].EncDecAttention, x) for block in self.model.decoder.block]
+        return x, cross
+
+    def decode_step(
+        self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor, cross: list[KV], past: list[KV]
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H, P+T, D)."""
+        stack = self.model.decoder
+        p, t = past[0][0].shape[2], input_ids.shape[1]
+        x = stack.embed_tokens(input_ids)  # (B, T, d)
+        first = stack.block[0].layer[0].SelfAttention
+        self_bias = self._position_bias(first, t, p + t, p) + causal_bias(t, p, x.dtype)  # (1, H, T, P+T)
+        cross_bias = padding_bias(encoder_attention_mask, x.dtype)  # (B, 1, 1, S)
+        present = []
+        for block, layer_past, (cross_k, cross_v) in zip(stack.block, past, cross):
+            x, kv = self._self_attention(block.layer[0], x, self_bias, layer_past)
+            present.append(kv)
+            sub = block.layer[1]
+            q = split_heads(sub.EncDecAttention.q(sub.layer_norm(x)), self.num_heads, self.head_dim)
+            x = x + sub.EncDecAttention.o(attend(q, cross_k, cross_v, cross_bias, 1.0))
+            x = _feed_forward(block.layer[2], x)
+        return stack.final_layer_norm(x), present
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, K, d) → float32 (B, K, V); T5 with a tied lm_head rescales by d_model**-0.5 first."""
+        return tied_projection(hidden * self.output_scale, self.model.lm_head.weight)
+
+    def empty_past(self, batch: int) -> list[KV]:
+        empty = torch.zeros(batch, self.num_heads, 0, self.head_dim)
+        return [(empty, empty) for _ in range(self.model.config.num_decoder_layers)]
+
+    def _project_kv(self, attention, x: torch.Tensor) -> KV:
+        return (
+            split_heads(attention.k(x), self.num_heads, self.head_dim),
+            split_heads(attention.v(x), self.num_heads, self.head_dim),
+        )
+
+    def _self_attention(self, sub, x: torch.Tensor, bias: torch.Tensor, past: KV | None = None):
+        """Pre-norm self-attention block; returns the residual output and this step's K/V."""
+        attention = sub.SelfAttention
+        h = sub.layer_norm(x)
+        k, v = self._project_kv(attention, h)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P+T, D)
+        q = split_heads(attention.q(h), self.num_heads, self.head_dim)
+        return x + attention.o(attend(q, k, v, bias, 1.0)), (k, v)
+
+    def _position_bias(self, attention, query_len, key_len, past_len) -> torch.Tensor:
+        """Learned relative position bias (1, H, T, K) for queries at P..P+T-1 against keys 0..K-1.
+
+        The decoder's buckets are one-directional (only keys at or before the query count), the
+        encoder's bidirectional, as in T5Attention.compute_bias.
+        """
+        cfg = self.model.config
+        queries = torch.arange(query_len)[:, None] + past_len  # (T, 1)
+        keys = torch.arange(key_len)[None, :]  # (1, K)
+        buckets = attention._relative_position_bucket(
+            keys - queries,
+            bidirectional=not attention.is_decoder,
+            num_buckets=cfg.relative_attention_num_buckets,
+            max_distance=cfg.relative_attention_max_distance,
+        )  # (T, K)
+        return attention.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, T, K)
+
+
+def _feed_forward(sub, x: torch.Tensor) -> torch.Tensor:
+    """Pre-norm FFN block: ReLU (T5) or gated GELU (v1.1, mT5: act(wi_0 h) * wi_1 h)."""
+    ff, h = sub.DenseReluDense, sub.layer_norm(x)
+    inner = ff.act(ff.wi_0(h)) * ff.wi_1(h) if hasattr(ff, "wi_0") else ff.act(ff.wi(h))
+    return x + ff.wo(inner)
+
+
+def _scales_output(cfg) -> bool:
+    """Whether the decoder output is multiplied by d_model**-0.5 before lm_head.
+
+    transformers >= 5 keeps T5's rule in config.scale_decoder_outputs (original T5: yes, v1.1 with
+    tie_word_embeddings=false: no) and never scales mT5; version 4 scaled whenever the
+    embeddings were tied.
+    """
+    explicit = getattr(cfg, "scale_decoder_outputs", None)
+    if explicit is not None:
+        return bool(explicit)
+    import transformers
+
+    if cfg.model_type == "mt5" and int(transformers.__version__.split(".")[0]) >= 5:
+        return False
+    return bool(getattr(cfg, "tie_word_embeddings", True))
+
+
+def load(folder: Path) -> T5Adapter:
+    return T5Adapter(load_seq2seq(folder, MODEL_TYPES), folder)
