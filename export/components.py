@@ -7,9 +7,10 @@ Graph names follow the optimum convention (STYLE.md §5) so other tools can read
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from seqport.engine.manifest import TensorSpec
 from seqport.export.adapter import KV, EncoderDecoderAdapter
-from torch import nn
 
 B, S, T, P, K = (
     "batch_size",

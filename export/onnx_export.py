@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 import torch
+
 from seqport.engine.errors import ExportError
 from seqport.engine.manifest import TensorSpec, expand_layers
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import onnx
 import torch
+from tqdm import tqdm
+
 from seqport.engine.errors import ArtifactError, ExportError
 from seqport.engine.manifest import (
     FORMAT_VERSION,
@@ -39,7 +41,6 @@ from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_
 from seqport.export.families import load_adapter
 from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
 from seqport.export.validate import validate, validate_decoder_only
-from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"

@@ -4,6 +4,7 @@ PyTorch-eager side of `seqport demo`."""
 from __future__ import annotations
 
 import torch
+
 from seqport.export.models.transformer import Transformer
 
 

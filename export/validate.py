@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from seqport.engine.errors import ParityError
 from seqport.engine.feeds import Signature
 from seqport.engine.manifest import Component, Validation
