@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqport.engine.causal_lm import CausalLMModel
+from seqport.engine.device_loop import open_device, wants_device_loop
 from seqport.engine.encoder_only import EncoderModel
 from seqport.engine.errors import ManifestError
 from seqport.engine.manifest import component_path, load_manifest
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.seq2seq import Seq2SeqModel
+from seqport.engine.tensorrt import is_tensorrt, tensorrt_options
 from seqport.engine.tokenizer import TextTokenizer
 
 _MODELS = {"encoder-decoder": Seq2SeqModel, "encoder-only": EncoderModel, "decoder-only": CausalLMModel}
@@ -46,5 +48,11 @@ def load(
     options = RuntimeOptions(**{**(options.__dict__ if options else {}), "provider": provider})
     paths = {name: component_path(folder, manifest, name, verify) for name in manifest.components}
     tokenizer = TextTokenizer(folder / manifest.tokenizer.file, manifest.tokenizer.add_special_tokens)
-    runtimes = {name: open_runtime(p, options) for name, p in paths.items()}
-    return model_class(folder, manifest, tokenizer, runtimes)
+    per_component = {name: options for name in paths}
+    if is_tensorrt(options):  # profile shapes from the manifest, engine cache, fp16
+        per_component = {name: tensorrt_options(manifest, name, options) for name in paths}
+    runtimes = {name: open_runtime(p, per_component[name]) for name, p in paths.items()}
+    model = model_class(folder, manifest, tokenizer, runtimes)
+    if model_class is not EncoderModel and wants_device_loop(options):
+        model.device = open_device(runtimes, options)
+    return model

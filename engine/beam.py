@@ -83,7 +83,7 @@ class BeamSearch:
         return np.repeat(self._active, self._k)  # K consecutive rows per active input
 
     def update(self, logits: np.ndarray) -> StepDecision | None:
-        scores = proc.apply(self._processors, log_softmax(logits), self._history(), self._step)  # (N, V)
+        scores = self._scores(logits)  # (N, V)
         self._step += 1
         rows, tokens, still = [], [], []
         for i, source in enumerate(self._active):
@@ -109,14 +109,25 @@ class BeamSearch:
         ]
         return np.concatenate(parts, axis=0)
 
-    def _advance(self, beams: _Beams, scores: np.ndarray) -> np.ndarray:
-        """One step of one input: scores float64 (K, V) → parent beam of each new beam (K,)."""
-        k, vocab = scores.shape
+    def _scores(self, logits: np.ndarray) -> np.ndarray:
+        """float (N, V) logits → processed log-probabilities float64 (N, V)."""
+        return proc.apply(self._processors, log_softmax(logits), self._history(), self._step)
+
+    def _candidates(self, beams: _Beams, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The best continuations of one input, best first: parent beam, token, total score and
+        the token's logprob, each (2K,), from scores float64 (K, V)."""
+        vocab = scores.shape[1]
         candidates = (scores + beams.scores[:, None]).ravel()  # (K·V,)
         order = _top(candidates, min(self._keep, candidates.size))
-        parent, token, value = order // vocab, order % vocab, candidates[order]
+        parent, token = order // vocab, order % vocab
+        return parent, token, candidates[order], scores[parent, token]
+
+    def _advance(self, beams: _Beams, scores: np.ndarray) -> np.ndarray:
+        """One step of one input: scores float64 (K, V) → parent beam of each new beam (K,)."""
+        k = self._k
+        parent, token, value, token_logprob = self._candidates(beams, scores)
         seqs = np.concatenate([beams.tokens[parent], token[:, None]], axis=1)  # (2K, n)
-        logprobs = np.concatenate([beams.logprobs[parent], scores[parent, token][:, None]], axis=1)
+        logprobs = np.concatenate([beams.logprobs[parent], token_logprob[:, None]], axis=1)
         reasons = [self._ending(seq) for seq in seqs]
         if not (self._early is True and len(beams.finished) == k):
             new = [self._finish(seqs[c], logprobs[c], value[c], reasons[c]) for c in range(k) if reasons[c]]

@@ -36,6 +36,7 @@ def _export(args: argparse.Namespace) -> int:
         task=args.task,
         optimize=args.optimize,
         quantize=args.quantize,
+        dtype=args.dtype,
     )
     print(f"exported {manifest.family} to {args.out}")
     _print_validation(manifest)
@@ -388,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=["int8"],
         help="store weights as int8 (dynamic quantization), gated on greedy token agreement with fp32",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: weights and activations in float16 (float32 graph I/O), gated on greedy token "
+        "agreement with fp32; T5 stays fp32 (docs/gpu.md)",
     )
     p.set_defaults(run=_export)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqport.engine.device_array import DeviceArray
 from seqport.engine.errors import InputError
 from seqport.engine.manifest import Component, TensorSpec, expand_layers
 
@@ -52,7 +53,7 @@ class Signature:
         return {self._graph_to_logical[name]: value for name, value in outputs.items()}
 
     def _check(self, logical, spec: TensorSpec, value, sizes) -> list[str]:
-        if not isinstance(value, np.ndarray):
+        if not isinstance(value, (np.ndarray, DeviceArray)):
             return [f"{logical}: expected a numpy array, got {type(value).__name__}"]
         if value.dtype != np.dtype(spec.dtype):
             return [f"{logical}: expected dtype {spec.dtype}, got {value.dtype}"]

@@ -47,6 +47,7 @@ class GenerativeModel:
             for name, component in manifest.components.items()
         }
         self.default_config = GenerationConfig.from_defaults(manifest.generation)
+        self.device = None  # set by load() for the device loop (engine/device_loop.py)
 
     def generate(
         self,
@@ -183,6 +184,10 @@ class GenerativeModel:
         self, batch: list[list[int]], config: GenerationConfig, indices: Sequence[int]
     ) -> tuple[StepFn, Search, KVCache, np.ndarray]:
         """What the decode loop needs for one batch: step, search, empty cache, first tokens."""
+        if self.device is not None:
+            from seqport.engine.device_loop import start_on_device  # it imports the model kinds
+
+            return start_on_device(self, batch, config, indices)
         eos = config.eos_token_ids or tuple(self.manifest.special_ids.eos)
         first_tokens, step = self._prepare(batch, config)
         stops = StopStrings(self.tokenizer.decode, config.stop) if config.stop else None

@@ -53,6 +53,15 @@ class RuntimeOptions:
             keeping tensors on a device.
         torch_checkpoint: torch backend only: the checkpoint folder to load the reference
             model from; None uses the manifest's provenance.source.
+        device_loop: generate with the KV cache, encoder outputs and logits kept on the
+            provider's device, only token ids (and k candidates) crossing to the host (see
+            docs/gpu.md). None: on for the cuda and tensorrt providers, off otherwise; True
+            runs the same code on the CPU.
+        engine_cache_dir: tensorrt only: where compiled TensorRT engines are kept between
+            loads (default: optimized_model_dir; None for both builds engines on every load).
+        trt_fp16: tensorrt only: let TensorRT run layers in fp16 (trt_fp16_enable).
+        trt_max_batch: tensorrt only: the largest batch of the optimization profile built
+            from the manifest's dims (see engine/tensorrt.py).
     """
 
     backend: str = "onnxruntime"
@@ -65,6 +74,10 @@ class RuntimeOptions:
     provider_options: dict[str, str] = field(default_factory=dict)
     io_binding: bool = False
     torch_checkpoint: str | None = None
+    device_loop: bool | None = None
+    engine_cache_dir: str | None = None
+    trt_fp16: bool = False
+    trt_max_batch: int = 16
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -78,6 +91,8 @@ class RuntimeOptions:
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ProviderError("thread counts must be >= 0 (0 lets the backend decide)")
+        if self.trt_max_batch < 1:
+            raise ProviderError(f"trt_max_batch must be >= 1, got {self.trt_max_batch}")
 
 
 def open_runtime(path: str | Path, options: RuntimeOptions) -> Runtime:

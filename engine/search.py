@@ -107,9 +107,7 @@ class TokenSearch:
         return self._active // self._samples
 
     def update(self, logits: np.ndarray) -> StepDecision | None:
-        scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
-        next_ids = self._choose(scores, self._active)  # (N,)
-        logprobs = log_softmax_at(scores, next_ids)
+        next_ids, logprobs = self._select(logits)  # (N,), (N,)
         self._step += 1
         reasons = [self._record(int(r), int(t), float(lp)) for r, t, lp in zip(self._active, next_ids, logprobs)]
         self.emitted = [
@@ -120,6 +118,12 @@ class TokenSearch:
         self._active = self._active[rows]
         self._history = np.concatenate([self._history, next_ids[:, None]], axis=1)[rows]
         return StepDecision(next_ids[rows].astype(np.int64), rows) if len(rows) else None
+
+    def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
+        scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
+        next_ids = self._choose(scores, self._active)  # (N,)
+        return next_ids, log_softmax_at(scores, next_ids)
 
     def _record(self, row: int, token: int, logprob: float) -> str | None:
         ids = self._ids[row]

@@ -101,6 +101,7 @@ def export_model(
     task: str | None = None,
     optimize: bool = False,
     quantize: str | None = None,
+    dtype: str = "fp32",
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
 
@@ -116,6 +117,8 @@ def export_model(
             (export/optimize.py); the manifest records the fusions and the figures.
         quantize: "int8": dynamic int8 weights, gated on greedy token agreement with fp32
             (export/quantize.py); the manifest records the figures.
+        dtype: "fp32", or "fp16": weights and activations in float16 (float32 graph I/O),
+            gated on greedy token agreement with fp32 (export/fp16.py); T5 must stay fp32.
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -127,20 +130,24 @@ def export_model(
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize {quantize!r} is not supported; supported: {', '.join(QUANTIZE_MODES)}")
+    if dtype not in ("fp32", "fp16") or (dtype == "fp16" and quantize is not None):
+        raise ExportError(f"--dtype must be fp32 or fp16 (fp16 without --quantize), got {dtype!r}")
     source = Path(source)
     adapter = load_adapter(source, family, task)
     with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
         tokenizer = _tokenizer_file(adapter, source, Path(staging))
         manifest = export_adapter(adapter, tokenizer, out, progress=progress, source=source)
-    return _post_process(adapter, Path(out), manifest, optimize, quantize)
+    return _post_process(adapter, Path(out), manifest, optimize, quantize, dtype)
 
 
 QUANTIZE_MODES = ("int8",)
 
 
-def _post_process(adapter, out: Path, manifest: Manifest, optimize: bool, quantize: str | None) -> Manifest:
-    """--optimize, then --quantize: rewrite the components in place, re-validate, re-save."""
-    if not optimize and quantize is None:
+def _post_process(
+    adapter, out: Path, manifest: Manifest, optimize: bool, quantize: str | None, dtype: str = "fp32"
+) -> Manifest:
+    """--optimize, then --quantize or --dtype fp16: rewrite the components in place, re-validate, re-save."""
+    if not optimize and quantize is None and dtype == "fp32":
         return manifest
     (out / MANIFEST_FILE).unlink()  # the components change below: a half-done folder must not look valid
     if optimize:
@@ -151,6 +158,10 @@ def _post_process(adapter, out: Path, manifest: Manifest, optimize: bool, quanti
         from seqport.export.quantize import quantize_artifact
 
         manifest = quantize_artifact(out, manifest)
+    if dtype == "fp16":
+        from seqport.export.fp16 import fp16_artifact
+
+        manifest = fp16_artifact(out, manifest)
     manifest.save(out)
     return manifest
 

@@ -81,6 +81,8 @@ def resolve_provider(name: str) -> list[str]:
         hint = ""
         if full in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
             hint = " For GPUs install seqport[gpu] (onnxruntime-gpu) instead of seqport[cpu]."
+        if full == "TensorrtExecutionProvider":
+            hint += " TensorRT also needs NVIDIA's TensorRT libraries (pip install tensorrt) on the library path."
         raise ProviderError(
             f"execution provider {name!r} is not available in this onnxruntime "
             f"({ort.__version__}); available: {known}.{hint}"
@@ -170,6 +172,11 @@ class OrtSession:
     @property
     def providers(self) -> list[str]:
         return self._session.get_providers()
+
+    @property
+    def inference_session(self) -> ort.InferenceSession:
+        """The underlying onnxruntime session (the device loop binds OrtValues to it)."""
+        return self._session
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

@@ -1,0 +1,52 @@
+"""TensorRT provider options from the manifest (engine/tensorrt.py), and the error a CPU-only
+installation gives for the tensorrt provider. No GPU needed."""
+
+from __future__ import annotations
+
+import pytest
+
+import seqport.engine as sp
+from seqport.engine.errors import ProviderError
+from seqport.engine.manifest import load_manifest
+from seqport.engine.runtime import RuntimeOptions
+from seqport.engine.tensorrt import profile_shapes, tensorrt_options
+
+
+def _shapes(text: str) -> dict[str, str]:
+    return dict(item.split(":") for item in text.split(","))
+
+
+def test_tensorrt_without_onnxruntime_gpu_says_what_to_install(tiny_artifact):
+    with pytest.raises(ProviderError, match=r"seqport\[gpu\] \(onnxruntime-gpu\).*pip install tensorrt"):
+        sp.load(tiny_artifact, provider="tensorrt")
+
+
+def test_profile_covers_prefill_and_every_step(tiny_artifact):
+    manifest = load_manifest(tiny_artifact)  # 3 layers, 3 kv heads, head_dim 8, 40 positions
+    shapes = profile_shapes(manifest, "decoder", max_batch=4)
+    low, opt, high = (_shapes(shapes[f"trt_profile_{w}_shapes"]) for w in ("min", "opt", "max"))
+    assert len(low) == 3 + 4 * 3  # ids, mask, logits_positions + past/cross key/value per layer
+    assert low["past_key_values.2.decoder.key"] == "1x3x0x8"  # empty past at the first step
+    assert high["past_key_values.2.decoder.key"] == "4x3x40x8"
+    assert (low["input_ids"], opt["input_ids"], high["input_ids"]) == ("1x1", "4x1", "4x40")
+    assert high["past_key_values.0.encoder.value"] == "4x3x40x8"
+    assert _shapes(profile_shapes(manifest, "encoder", 4)["trt_profile_max_shapes"]) == {
+        "input_ids": "4x40",
+        "attention_mask": "4x40",
+    }
+
+
+def test_engine_cache_fp16_and_user_options(tiny_artifact, tmp_path):
+    manifest = load_manifest(tiny_artifact)
+    options = RuntimeOptions(provider="tensorrt", engine_cache_dir=str(tmp_path), trt_fp16=True)
+    filled = tensorrt_options(manifest, "decoder", options).provider_options
+    assert filled["trt_engine_cache_enable"] == "True" and filled["trt_engine_cache_path"] == str(tmp_path)
+    assert filled["trt_fp16_enable"] == "True" and "trt_profile_opt_shapes" in filled
+    mine = RuntimeOptions(provider="tensorrt", provider_options={"trt_fp16_enable": "False"}, trt_fp16=True)
+    assert tensorrt_options(manifest, "encoder", mine).provider_options["trt_fp16_enable"] == "False"
+    assert "trt_engine_cache_path" not in tensorrt_options(manifest, "encoder", RuntimeOptions()).provider_options
+
+
+def test_trt_max_batch_is_validated():
+    with pytest.raises(ProviderError, match="trt_max_batch must be >= 1"):
+        RuntimeOptions(trt_max_batch=0)
