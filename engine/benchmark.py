@@ -1,0 +1,389 @@
+"""`seqport bench`: load time, time to first token, per-step latency, tokens/s and peak RSS.
+
+Each (runtime, batch size) runs in a fresh Python process (`python -m seqport.engine.benchmark
+PLAN`), so its peak RSS (getrusage ru_maxrss) is its own and no runtime warms another's caches.
+A run loads the artifact once, then generates warmup + repeats times exactly `new_tokens` tokens
+per input from synthetic inputs of `input_length` ids; the median and p90 of the repeats are
+reported. Exactly N tokens: min_new_tokens = max_new_tokens = N (as HF and CTranslate2 are
+driven), so EOS cannot end a run early; every run is checked to have produced N per input.
+
+Time stamps come from a thin proxy around each loaded component (`Runtime.run`): time to first
+token is generate-start → end of the first decoder call (source encoding and prompt prefill
+included); a step is the time between the ends of two consecutive decoder calls (the engine's
+search, cache update and feed checks included).
+
+Torch-free: the torch backend is only imported inside its worker, through the runtime registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqport.engine.config import GenerationConfig
+from seqport.engine.errors import ConfigError, SeqportError
+from seqport.engine.manifest import Manifest, load_manifest
+from seqport.engine.runtime import BACKENDS, RuntimeOptions
+
+SCHEMA = "seqport.bench/1"
+GENERATING = ("encoder-decoder", "decoder-only")
+STEP_COMPONENTS = ("decoder_init", "decoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchPlan:
+    """One measured run: one runtime, one batch size, in its own process.
+
+    Args:
+        artifact: the artifact folder.
+        runtime: backend name ("onnxruntime", "torch").
+        provider: execution provider / device ("cpu", "cuda", ...).
+        batch: inputs per generate call.
+        new_tokens: tokens generated per input, exactly.
+        input_length: ids per synthetic input (an encoder-decoder source ends with EOS).
+        warmup: unmeasured generate calls first.
+        repeats: measured generate calls.
+        threads: intra-op threads (0: the backend decides).
+    """
+
+    artifact: str
+    runtime: str = "onnxruntime"
+    provider: str = "cpu"
+    batch: int = 1
+    new_tokens: int = 64
+    input_length: int = 32
+    warmup: int = 2
+    repeats: int = 5
+    threads: int = 0
+
+    def problems(self, manifest: Manifest) -> list[str]:
+        """Everything wrong with this plan for that artifact (empty when it can run)."""
+        found = []
+        if self.runtime not in BACKENDS:
+            found.append(f"unknown runtime {self.runtime!r}; supported runtimes are: {', '.join(BACKENDS)}")
+        for name in ("batch", "new_tokens", "input_length", "repeats"):
+            if getattr(self, name) < 1:
+                found.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.threads < 0:
+            found.append("warmup and threads must be >= 0")
+        if manifest.architecture not in GENERATING:
+            found.append(f"bench measures generation; a {manifest.architecture} artifact does not generate")
+        needed = (
+            self.input_length + self.new_tokens
+            if manifest.architecture == "decoder-only"
+            else max(self.input_length, self.new_tokens)
+        )
+        if needed > manifest.max_positions:
+            found.append(
+                f"input_length {self.input_length} and new_tokens {self.new_tokens} need {needed} positions; "
+                f"this model has {manifest.max_positions}: lower --input-length or --new-tokens"
+            )
+        return found
+
+
+def run_benchmarks(
+    artifact: str | Path,
+    runtimes: Sequence[str],
+    batch_sizes: Sequence[int],
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float | None = None,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """Measure every (runtime, batch size), each in a fresh process; returns one record per run.
+
+    Args:
+        artifact: the artifact folder.
+        runtimes: backend names, e.g. ["onnxruntime", "torch"].
+        batch_sizes: e.g. [1, 8].
+        on_record: called with each record as soon as it is measured.
+        timeout: seconds allowed per run.
+        **settings: the other BenchPlan fields (new_tokens, input_length, warmup, ...).
+
+    Raises:
+        ConfigError: a setting that cannot run on this artifact (all problems at once).
+        SeqportError: a run failed (its error is quoted).
+    """
+    manifest = load_manifest(artifact)
+    plans = [BenchPlan(str(artifact), runtime=r, batch=b, **settings) for r in runtimes for b in batch_sizes]
+    problems = sorted({p for plan in plans for p in plan.problems(manifest)})
+    if problems:
+        raise ConfigError("cannot benchmark: " + "; ".join(problems))
+    records = []
+    for plan in plans:
+        records.append(run_in_subprocess(plan, timeout))
+        if on_record is not None:
+            on_record(records[-1])
+    return records
+
+
+def run_in_subprocess(plan: BenchPlan, timeout: float | None = None) -> dict[str, Any]:
+    """One plan measured by `python -m seqport.engine.benchmark` (fresh process, own RSS)."""
+    command = [sys.executable, "-m", "seqport.engine.benchmark", json.dumps(dataclasses.asdict(plan))]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SeqportError(f"bench run {plan.runtime} batch {plan.batch} took over {timeout:g} s") from None
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:]) or f"exit status {done.returncode}"
+        raise SeqportError(f"bench run {plan.runtime} batch {plan.batch} failed: {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class _Timed:
+    """A loaded component that logs (component, end time) of every call; same Runtime interface."""
+
+    def __init__(self, runtime, name: str, log: list[tuple[str, float]]) -> None:
+        self._runtime, self._name, self._log = runtime, name, log
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._runtime.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._runtime.output_names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._runtime.run(feeds)
+        self._log.append((self._name, time.perf_counter()))
+        return outputs
+
+
+def synthetic_inputs(manifest: Manifest, batch: int, length: int, seed: int = 0) -> list[list[int]]:
+    """`batch` inputs of `length` ids above every special id (an encoder-decoder source ends with EOS)."""
+    ids = manifest.special_ids
+    special = [*ids.eos, ids.pad, ids.bos, ids.unk, ids.decoder_start]
+    low = max(i for i in special if i is not None) + 1
+    rows = np.random.default_rng(seed).integers(low, manifest.vocab_size, size=(batch, length))  # (B, L)
+    if manifest.architecture == "encoder-decoder":
+        rows[:, -1] = ids.eos[0]
+    return rows.tolist()
+
+
+def exact_length_config(new_tokens: int) -> GenerationConfig:
+    """Greedy decoding of exactly `new_tokens` per input: EOS is forbidden until the last one."""
+    return GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+
+def measure(plan: BenchPlan) -> dict[str, Any]:
+    """Run `plan` in this process (called by the worker) and return its record."""
+    from seqport.engine.api import load
+
+    started = time.perf_counter()
+    model = load(
+        plan.artifact,
+        provider=plan.provider,
+        options=RuntimeOptions(backend=plan.runtime, intra_op_threads=plan.threads),
+    )
+    load_s = time.perf_counter() - started
+    rss_after_load = peak_rss_mb()
+    log: list[tuple[str, float]] = []
+    model.runtimes = {name: _Timed(rt, name, log) for name, rt in model.runtimes.items()}
+    inputs = synthetic_inputs(model.manifest, plan.batch, plan.input_length)
+    texts = [model.tokenizer.decode(ids) for ids in inputs]
+    config = exact_length_config(plan.new_tokens)
+    samples: dict[str, list[float]] = {"tokenize": [], "ttft": [], "step": [], "generate": []}
+    for repeat in range(plan.warmup + plan.repeats):
+        tick = time.perf_counter()
+        model.input_ids(texts)
+        tokenize = time.perf_counter() - tick
+        log.clear()
+        start = time.perf_counter()
+        results = model.generate_ids(inputs, config)
+        total = time.perf_counter() - start
+        _check_lengths(results, plan.new_tokens)
+        steps = [t for name, t in log if name in STEP_COMPONENTS]
+        if repeat >= plan.warmup:
+            samples["tokenize"].append(tokenize)
+            samples["ttft"].append(steps[0] - start)
+            samples["step"].extend(np.diff(steps).tolist())
+            samples["generate"].append(total)
+    record = _context(plan, model.manifest)
+    record.update({f"{k}_ms": _percentiles(v) for k, v in samples.items()})
+    record.update(
+        load_s=round(load_s, 4),
+        tokens_per_s=round(plan.batch * plan.new_tokens / float(np.median(samples["generate"])), 2),
+        rss_after_load_mb=rss_after_load,
+        peak_rss_mb=peak_rss_mb(),
+    )
+    return record
+
+
+def _check_lengths(results, expected: int) -> None:
+    counts = [len(r.ids) + (r.finish_reason == "eos") for r in results]
+    if any(c != expected for c in counts):
+        raise SeqportError(f"asked for exactly {expected} new tokens per input, got {counts}")
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    if not seconds:  # one new token: no step between two decoder calls
+        return {"p50": None, "p90": None, "n": 0}
+    ms = np.asarray(seconds) * 1e3
+    return {"p50": round(float(np.median(ms)), 4), "p90": round(float(np.percentile(ms, 90)), 4), "n": len(ms)}
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process in MiB (None where getrusage is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)  # bytes on macOS, KiB on Linux
+
+
+def _context(plan: BenchPlan, manifest: Manifest) -> dict[str, Any]:
+    """Everything a record needs to be compared later: versions, device, threads, sizes."""
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "artifact": plan.artifact,
+        "family": manifest.family,
+        "architecture": manifest.architecture,
+        "weights": "int8" if manifest.quantization else manifest.kv.dtype,
+        "optimized": manifest.optimization is not None,
+        "runtime": plan.runtime,
+        "provider": plan.provider,
+        "versions": versions(),
+        "device": device(),
+        "threads": {"intra_op": plan.threads, "inter_op": 0, "cpu_count": os.cpu_count()},
+        "batch": plan.batch,
+        "lengths": {"input": plan.input_length, "new_tokens": plan.new_tokens},
+        "shapes": shapes(manifest),
+        "warmup": plan.warmup,
+        "repeats": plan.repeats,
+        "forced_length": "min_new_tokens=max_new_tokens",
+    }
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of Python and of every package a run may use ("" if absent)."""
+    found = {"python": platform.python_version()}
+    for name in ("seqport", "numpy", "tokenizers", "onnxruntime", "onnxruntime-gpu", "torch"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = ""
+    return found
+
+
+def device() -> dict[str, Any]:
+    """CPU model, logical CPUs, OS and architecture of this machine."""
+    model = platform.processor() or ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": model, "cpu_count": os.cpu_count(), "system": platform.system(), "machine": platform.machine()}
+
+
+def shapes(manifest: Manifest) -> dict[str, Any]:
+    """Model geometry and each component's named input/output dimensions, from the manifest."""
+    kv = manifest.kv
+    return {
+        "vocab_size": manifest.vocab_size,
+        "max_positions": manifest.max_positions,
+        "kv": dataclasses.asdict(kv) if kv else None,
+        "components": {
+            name: {
+                "inputs": {k: s.shape for k, s in sorted(c.inputs.items())},
+                "outputs": {k: s.shape for k, s in sorted(c.outputs.items())},
+            }
+            for name, c in sorted(manifest.components.items())
+        },
+    }
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """The records as an aligned text table (ms figures are p50/p90)."""
+    header = ("runtime", "batch", "load s", "ttft ms", "step ms", "tokens/s", "peak RSS MiB")
+    rows = [header]
+    for r in records:
+        rows.append(
+            (
+                f"{r['runtime']}:{r['provider']}",
+                str(r["batch"]),
+                f"{r['load_s']:.2f}",
+                _pair(r["ttft_ms"], 1),
+                _pair(r["step_ms"], 2),
+                f"{r['tokens_per_s']:.1f}",
+                f"{r['peak_rss_mb']}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def _pair(figures: dict[str, Any], digits: int) -> str:
+    if figures["p50"] is None:
+        return "-"
+    return f"{figures['p50']:.{digits}f}/{figures['p90']:.{digits}f}"
+
+
+def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Tokens/s and per-step latency against batch size, one line per runtime (needs matplotlib).
+
+    Raises:
+        SeqportError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SeqportError("--plot needs matplotlib: pip install matplotlib") from None
+    figure, (speed, step) = plt.subplots(1, 2, figsize=(10, 4))
+    for runtime in sorted({f"{r['runtime']}:{r['provider']}" for r in records}):
+        mine = sorted((r for r in records if f"{r['runtime']}:{r['provider']}" == runtime), key=lambda r: r["batch"])
+        batches = [r["batch"] for r in mine]
+        speed.plot(batches, [r["tokens_per_s"] for r in mine], marker="o", label=runtime)
+        step.errorbar(
+            batches,
+            [r["step_ms"]["p50"] for r in mine],
+            yerr=[[0] * len(mine), [r["step_ms"]["p90"] - r["step_ms"]["p50"] for r in mine]],
+            marker="o",
+            capsize=3,
+            label=runtime,
+        )
+    first = records[0]
+    title = f"{first['family']}: {first['lengths']['new_tokens']} new tokens"
+    speed.set(xlabel="batch size", ylabel="tokens/s", title=title)
+    step.set(xlabel="batch size", ylabel="ms per step (p50, bar to p90)", title="per-step latency")
+    for axes in (speed, step):
+        axes.set_yscale("log")  # runtimes differ by orders of magnitude
+        axes.set_xticks(sorted({r["batch"] for r in records}))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _worker(argv: list[str]) -> int:
+    """`python -m seqport.engine.benchmark PLAN_JSON`: print one JSON record on stdout."""
+    try:
+        record = measure(BenchPlan(**json.loads(argv[0])))
+    except SeqportError as exc:
+        print(f"seqport: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(record, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))
