@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from seqport.engine.causal_lm import CausalLMModel
@@ -19,7 +20,7 @@ _MODELS = {"encoder-decoder": Seq2SeqModel, "encoder-only": EncoderModel, "decod
 
 def load(
     path: str | Path,
-    provider: str = "cpu",
+    provider: str | None = None,
     options: RuntimeOptions | None = None,
     verify: bool = True,
 ) -> Seq2SeqModel | EncoderModel | CausalLMModel:
@@ -27,8 +28,9 @@ def load(
 
     Args:
         path: the artifact folder (holds seqport.json).
-        provider: execution provider: "cpu", "cuda", "tensorrt", ... (see `seqport info`).
-        options: backend knobs (threads, graph optimization); `provider` overrides its provider.
+        provider: execution provider: "cpu", "cuda", "tensorrt", ... (see `seqport info`);
+            None uses `options.provider` ("cpu" by default).
+        options: backend knobs (threads, graph optimization); a `provider` given here wins.
         verify: check each component's sha256 against the manifest (catches corrupt files).
 
     Raises:
@@ -45,7 +47,9 @@ def load(
         raise ManifestError(
             f"this engine cannot run {manifest.architecture} artifacts yet; supported: {', '.join(_MODELS)}"
         )
-    options = RuntimeOptions(**{**(options.__dict__ if options else {}), "provider": provider})
+    options = options or RuntimeOptions()
+    if provider is not None:
+        options = dataclasses.replace(options, provider=provider)
     paths = {name: component_path(folder, manifest, name, verify) for name in manifest.components}
     tokenizer = TextTokenizer(folder / manifest.tokenizer.file, manifest.tokenizer.add_special_tokens)
     per_component = {name: options for name in paths}
