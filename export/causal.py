@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from seqport.engine.errors import ExportError
 from seqport.engine.manifest import Component, TensorSpec, sha256_of
 from seqport.export.adapter import KV, ModelSpec
 from seqport.export.components import flat_kv
+from seqport.export.hf_common import load_hf_model
 from seqport.export.onnx_export import dynamic_axes, export_component
 
 B, T, P, K = "batch_size", "sequence_length", "past_sequence_length", "num_logits"
@@ -144,26 +144,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 
 
 def load_causal_lm(folder: Path, model_types: tuple[str, ...]):
-    """Load a HuggingFace causal-LM folder in float32, eval mode.
-
-    Raises:
-        ExportError: transformers is missing, cannot load the folder, or the model_type is not
-            one of `model_types`.
-    """
-    try:
-        from transformers import AutoModelForCausalLM
-    except ImportError:
-        raise ExportError("exporting a HuggingFace model needs transformers: pip install transformers") from None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"transformers could not load {folder}: {first}") from exc
-    if model.config.model_type not in model_types:
-        raise ExportError(
-            f"{folder} holds a {model.config.model_type!r} model; this adapter exports: {', '.join(model_types)}"
-        )
-    return model.eval()
+    """A decoder-only folder (AutoModelForCausalLM) in float32, eval mode."""
+    return load_hf_model(folder, model_types, "AutoModelForCausalLM")
 
 
 def generation_defaults(generation_config: Any) -> dict[str, Any]:

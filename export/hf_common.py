@@ -49,19 +49,19 @@ _UNSUPPORTED = (
 )
 
 
-def load_seq2seq(folder: Path, model_types: tuple[str, ...]):
-    """Load a HuggingFace encoder-decoder folder in float32, eval mode.
+def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = "AutoModelForSeq2SeqLM"):
+    """Load a HuggingFace model folder with `transformers.<auto_class>` in float32, eval mode.
 
     Raises:
         ExportError: transformers is missing, cannot load the folder, or the model_type is not
             one of `model_types`.
     """
     try:
-        from transformers import AutoModelForSeq2SeqLM
+        import transformers
     except ImportError:
-        raise ExportError("exporting a HuggingFace model needs transformers: pip install transformers") from None
+        raise ExportError("exporting a HuggingFace model needs transformers: pip install 'seqport[hf]'") from None
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(folder))
+        model = getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"transformers could not load {folder}: {first}") from exc
@@ -70,6 +70,11 @@ def load_seq2seq(folder: Path, model_types: tuple[str, ...]):
             f"{folder} holds a {model.config.model_type!r} model; this adapter exports: {', '.join(model_types)}"
         )
     return model.float().eval()
+
+
+def load_seq2seq(folder: Path, model_types: tuple[str, ...]):
+    """An encoder-decoder folder (AutoModelForSeq2SeqLM)."""
+    return load_hf_model(folder, model_types, "AutoModelForSeq2SeqLM")
 
 
 def special_ids(model) -> dict[str, Any]:
