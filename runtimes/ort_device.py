@@ -7,10 +7,10 @@ CUDA and TensorRT providers, "cpu" otherwise, where the same code runs):
 - inputs are bound with IOBinding (`bind_ortvalue_input`), outputs are allocated on the device
   (`bind_output(name, device)`) and returned as OrtValues, so step n's present K/V is bound as
   step n+1's past K/V without a host copy;
-- small graphs built here with onnx.helper (no torch, so old artifacts work) select tokens on
-  the device: top-k values and ids plus the row's log-sum-exp, so the host receives (N, k)
-  instead of (N, V); and gather rows (beam reorder, finished rows leaving) of many tensors at
-  once.
+- small helper graphs select tokens on the device: top-k values and ids plus the row's
+  log-sum-exp, so the host receives (N, k) instead of (N, V); and gather rows (beam reorder,
+  finished rows leaving). They are built at development time (runtimes/graphs/build.py) and
+  shipped as package data, so the engine needs no `onnx` package and old artifacts work.
 
 Every host→device upload and device→host fetch goes through `upload`/`fetch`, which record
 their bytes in `transfers` (tests assert that only token ids and the k candidates move).
@@ -19,17 +19,15 @@ their bytes in `transfers` (tests assert that only token ids and the k candidate
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
 
 from seqport.engine.device_array import DeviceArray
 from seqport.engine.errors import RuntimeFailure
 from seqport.runtimes.onnxruntime import OrtSession
 
-_OPSET = 17
 #: providers whose outputs live in CUDA memory.
 _CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _ORT_TO_NUMPY = {
@@ -40,7 +38,6 @@ _ORT_TO_NUMPY = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
-_NUMPY_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 
 
 @dataclass
@@ -76,6 +73,7 @@ class OrtDevice:
             else ["CPUExecutionProvider"]
         )
         self._helpers: dict[tuple, ort.InferenceSession] = {}
+        self._k_values: dict[int, DeviceArray] = {}
         self.transfers = TransferLog()
 
     def upload(self, array: np.ndarray, label: str = "") -> DeviceArray:
@@ -97,12 +95,12 @@ class OrtDevice:
 
     def take(self, values: list[DeviceArray], rows: np.ndarray) -> list[DeviceArray]:
         """Rows `rows` (int64 (M,)) of every value along axis 0, in one device call."""
-        dtypes = tuple(str(v.dtype) for v in values)
-        session = self._helper(("take", dtypes), lambda: _take_graph(dtypes))
-        feeds = {f"x{i}": v for i, v in enumerate(values)}
-        feeds["rows"] = self.upload(rows.astype(np.int64), "rows")
-        out = self._run(session, feeds, [f"y{i}" for i in range(len(values))], "take")
-        return [out[f"y{i}"] for i in range(len(values))]
+        device_rows = self.upload(rows.astype(np.int64), "rows")
+        taken = []
+        for value in values:  # one Gather per tensor: the shipped graph takes a single input
+            session = self._helper(("take", str(value.dtype)), f"take_{value.dtype}.onnx")
+            taken.append(self._run(session, {"x": value, "rows": device_rows}, ["y"], "take")["y"])
+        return taken
 
     def select(self, logits: DeviceArray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k of the last position's logits, on the device.
@@ -116,18 +114,18 @@ class OrtDevice:
             each whole row; only these cross to the host.
         """
         k = min(k, logits.shape[-1])
-        session = self._helper(("select", k, str(logits.dtype)), lambda: _select_graph(k, logits.dtype))
-        out = self._run(session, {"logits": logits}, ["values", "ids", "lse"], "select")
+        session = self._helper(("select", str(logits.dtype)), f"select_{logits.dtype}.onnx")
+        if k not in self._k_values:  # k lives on the device, uploaded once per value of k
+            self._k_values[k] = self.upload(np.array([k], dtype=np.int64), "k")
+        feeds = {"logits": logits, "k": self._k_values[k]}
+        out = self._run(session, feeds, ["values", "ids", "lse"], "select")
         return tuple(self.fetch(out[name], name) for name in ("values", "ids", "lse"))  # type: ignore[return-value]
 
-    def _helper(self, key: tuple, build) -> ort.InferenceSession:
+    def _helper(self, key: tuple, graph: str) -> ort.InferenceSession:
         if key not in self._helpers:
             so = ort.SessionOptions()
             so.log_severity_level = 3
-            model = build()
-            self._helpers[key] = ort.InferenceSession(
-                model.SerializeToString(), sess_options=so, providers=self._helper_providers
-            )
+            self._helpers[key] = ort.InferenceSession(_graph(graph), sess_options=so, providers=self._helper_providers)
         return self._helpers[key]
 
     def _run(self, session, feeds: dict[str, DeviceArray], outputs: list[str], what: str) -> dict[str, DeviceArray]:
@@ -149,45 +147,9 @@ def _wrap(value: ort.OrtValue) -> DeviceArray:
     return DeviceArray(value, tuple(value.shape()), np.dtype(_ORT_TO_NUMPY[value.data_type()]))
 
 
-def _select_graph(k: int, dtype: np.dtype) -> onnx.ModelProto:
-    """logits (N, 1, V) → values float (N, k), ids int64 (N, k), lse float (N,)."""
-    nodes = [
-        helper.make_node("Squeeze", ["logits", "axis1"], ["raw"]),  # (N, V)
-        helper.make_node("Cast", ["raw"], ["x"], to=TensorProto.FLOAT),  # fp16 logits: select in fp32
-        helper.make_node("TopK", ["x", "k"], ["values", "ids"], axis=-1, largest=1, sorted=1),
-        helper.make_node("ReduceMax", ["x"], ["m"], axes=[-1], keepdims=1),  # (N, 1)
-        helper.make_node("Sub", ["x", "m"], ["shifted"]),
-        helper.make_node("Exp", ["shifted"], ["e"]),
-        helper.make_node("ReduceSum", ["e", "last"], ["s"], keepdims=0),  # (N,)
-        helper.make_node("Log", ["s"], ["log_s"]),
-        helper.make_node("Squeeze", ["m", "last"], ["m1"]),  # (N,)
-        helper.make_node("Add", ["log_s", "m1"], ["lse"]),
-    ]
-    inits = [
-        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("last", TensorProto.INT64, [1], [-1]),
-        helper.make_tensor("k", TensorProto.INT64, [1], [k]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "seqport_select",
-        [helper.make_tensor_value_info("logits", _NUMPY_TO_ONNX[np.dtype(dtype)], ["N", 1, "V"])],
-        [
-            helper.make_tensor_value_info("values", TensorProto.FLOAT, ["N", k]),
-            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", k]),
-            helper.make_tensor_value_info("lse", TensorProto.FLOAT, ["N"]),
-        ],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], ir_version=8)
-
-
-def _take_graph(dtypes: tuple[str, ...]) -> onnx.ModelProto:
-    """x{i} (B, ...) and rows int64 (M,) → y{i} = x{i}[rows] (M, ...), one Gather each."""
-    elem = {name: helper.np_dtype_to_tensor_dtype(np.dtype(name)) for name in set(dtypes)}
-    inputs = [helper.make_tensor_value_info(f"x{i}", elem[d], None) for i, d in enumerate(dtypes)]
-    inputs.append(helper.make_tensor_value_info("rows", TensorProto.INT64, ["M"]))
-    outputs = [helper.make_tensor_value_info(f"y{i}", elem[d], None) for i, d in enumerate(dtypes)]
-    nodes = [helper.make_node("Gather", [f"x{i}", "rows"], [f"y{i}"], axis=0) for i in range(len(dtypes))]
-    graph = helper.make_graph(nodes, "seqport_take", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], ir_version=8)
+def _graph(name: str) -> bytes:
+    """A shipped helper graph (runtimes/graphs/*.onnx)."""
+    path = resources.files("seqport.runtimes") / "graphs" / name
+    if not path.is_file():
+        raise RuntimeFailure(f"the device loop has no helper graph {name}: unsupported dtype, or reinstall seqport")
+    return path.read_bytes()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import onnx
 import pytest
 
 pytestmark = pytest.mark.export
 pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
 
 import seqport.engine as sp  # noqa: E402
 from seqport.engine.errors import ExportError  # noqa: E402
