@@ -4,9 +4,10 @@
 
 Translations come from the plain PyTorch greedy decoder (export/reference.py), the same
 reference the exported engine is tested against, so these figures are what the ONNX engine
-should reproduce. Test pairs are read from CHECKPOINT_DIR/data/test.tsv (written by training),
-or from `--pairs` (a source<TAB>reference file such as test_sentences.tsv), or else rebuilt
-from bible.db with the same book split.
+should reproduce; with `--artifact DIR` they come from the exported artifact through the
+torch-free engine instead, greedy or with `--num-beams N`. Test pairs are read from
+CHECKPOINT_DIR/data/test.tsv (written by training), or from `--pairs` (a source<TAB>reference
+file such as test_sentences.tsv), or else rebuilt from bible.db with the same book split.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ def translate(model: Transformer, tokenizer: Tokenizer, sources: Sequence[str], 
     return outputs
 
 
+def translate_with_engine(artifact: Path, sources: Sequence[str], num_beams: int, batch_size: int) -> list[str]:
+    """Translations by the torch-free engine (greedy, or beam search with `num_beams`)."""
+    import seqport.engine as sp
+
+    model = sp.load(artifact)
+    results = model.generate(
+        list(sources),
+        num_beams=num_beams,
+        max_new_tokens=model.manifest.max_positions - 1,
+        batch_size=batch_size,
+        truncate=True,
+    )
+    return [r.text for r in results]
+
+
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
     """Corpus BLEU and chrF with their sacrebleu signatures (so figures are comparable)."""
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
@@ -90,6 +106,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--artifact", type=Path, help="translate with this exported artifact through the engine")
+    p.add_argument("--num-beams", type=int, default=1, help="beam width with --artifact (1: greedy)")
     return p.parse_args(argv)
 
 
@@ -102,12 +120,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.limit:
         sources, references = sources[: args.limit], references[: args.limit]
     start = time.perf_counter()
-    hypotheses = translate(model, tokenizer, sources, args.batch_size)
+    if args.artifact:
+        hypotheses = translate_with_engine(args.artifact, sources, args.num_beams, args.batch_size)
+        decoder = f"seqport engine ({args.artifact}), " + (
+            f"beam search, {args.num_beams} beams" if args.num_beams > 1 else "greedy"
+        )
+    else:
+        hypotheses = translate(model, tokenizer, sources, args.batch_size)
+        decoder = "greedy (seqport.export.reference.greedy_generate), fp32"
     result = {
         "checkpoint": str(args.checkpoint),
         "pairs": str(args.pairs or "test split"),
         "sentences": len(sources),
-        "decoder": "greedy (seqport.export.reference.greedy_generate), fp32",
+        "decoder": decoder,
         **score(hypotheses, references),
         "seconds": round(time.perf_counter() - start, 1),
         "examples": [
