@@ -6,14 +6,16 @@ prefix, no KV cache. It is checked against transformers' generate() on a tiny ra
 model, and the engine is checked against it on the committed ONNX artifact and on a numpy toy
 language model whose sharp, prefix-dependent distributions make early_stopping matter.
 
-Parity rows for exported HF families: add a row to SEARCH_ROWS-style tables with
-`run_engine(artifact_model, inputs, **cfg)` on one side and `run_hf(hf_model, inputs, **cfg)`
-on the other (see test_search_matches_transformers_generate).
+Parity rows for exported HF families: `run_engine(artifact_model, inputs, **cfg)` on one side,
+`run_hf(hf_model, inputs, **cfg)` (encoder-decoder) or `run_hf_causal(hf_model, prompts, pad,
+**cfg)` (decoder-only) on the other; T5 and GPT-2 run FAMILY_ROWS that way in
+test_exported_family_matches_transformers_generate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pytest
@@ -355,37 +357,67 @@ def hf_logits_fn(model) -> LogitsFn:
 def run_hf(model, sources: list[list[int]], **cfg) -> Outputs:
     """transformers' generate() with the same options: per input, per sequence (ids, score)."""
     import torch
-    import transformers
 
     cfg = dict(cfg)
-    prefix, eos = list(cfg.pop("prefix_ids", ())), set(cfg.pop("eos_token_ids"))
-    cfg = {
-        k: [list(w) for w in v] if k == "bad_words_ids" else list(v) if isinstance(v, tuple) else v
-        for k, v in cfg.items()
-    }
+    prefix = list(cfg.pop("prefix_ids", ()))
     start = model.config.decoder_start_token_id
-    hf_config = transformers.GenerationConfig(
-        **cfg, eos_token_id=sorted(eos), pad_token_id=0, decoder_start_token_id=start, do_sample=False,
-        return_dict_in_generate=True, output_scores=True,
-    )  # fmt: skip
     ids, mask = _padded(sources)
     decoder_input_ids = torch.tensor([[start, *prefix]] * len(sources))
     with torch.inference_mode():
         out = model.generate(
-            input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids, generation_config=hf_config
-        )
-    per_input = cfg.get("num_return_sequences", 1)
+            input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids,
+            generation_config=_hf_config(cfg, pad=0, decoder_start_token_id=start),
+        )  # fmt: skip
+    return _hf_outputs(out, 1 + len(prefix), len(sources), cfg)
+
+
+def run_hf_causal(model, prompts: list[list[int]], pad: int, **cfg) -> Outputs:
+    """generate() of a decoder-only model on the prompts left-padded with `pad` (as the engine
+    pads them) and an explicit attention mask; (ids, score) of the continuations only."""
+    import torch
+
+    from seqport.engine.causal_lm import left_pad
+
+    ids, mask = left_pad(prompts, pad)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            generation_config=_hf_config(cfg, pad=pad),
+        )  # fmt: skip
+    return _hf_outputs(out, ids.shape[1], len(prompts), cfg)
+
+
+def _hf_config(cfg: dict, pad: int, **extra):
+    """seqport options → transformers.GenerationConfig (greedy or beam, scores returned)."""
+    import transformers
+
+    options = {
+        k: [list(w) for w in v] if k == "bad_words_ids" else list(v) if isinstance(v, tuple) else v
+        for k, v in cfg.items()
+        if k != "eos_token_ids"
+    }
+    return transformers.GenerationConfig(
+        **options, **extra, eos_token_id=sorted(cfg["eos_token_ids"]), pad_token_id=pad, do_sample=False,
+        return_dict_in_generate=True, output_scores=True,
+    )  # fmt: skip
+
+
+def _hf_outputs(out, skip: int, inputs: int, cfg: dict) -> Outputs:
+    """generate()'s output → per input, per sequence (generated ids cut before the first EOS,
+    score): sequences_scores for beams; for greedy the sum of log-softmaxed processed scores,
+    EOS included. `skip`: leading columns that are not generated (decoder start, prompt)."""
+    eos, per_input = set(cfg["eos_token_ids"]), cfg.get("num_return_sequences", 1)
     rows = []
     for row, sequence in enumerate(out.sequences.tolist()):
-        generated = sequence[1 + len(prefix) :]
+        generated = sequence[skip:]
         end = next((i for i, token in enumerate(generated) if token in eos), None)
         if cfg.get("num_beams", 1) > 1:
             score = float(out.sequences_scores[row])
-        else:  # greedy: log-softmax of the processed scores, EOS included
+        else:
             steps = len(generated) if end is None else end + 1
             score = sum(float(out.scores[t][row].double().log_softmax(-1)[generated[t]]) for t in range(steps))
         rows.append((generated if end is None else generated[:end], score))
-    return [rows[i * per_input : (i + 1) * per_input] for i in range(len(sources))]
+    return [rows[i * per_input : (i + 1) * per_input] for i in range(inputs)]
 
 
 def _reference_on(logits: LogitsFn, source: list[int]) -> Callable[[list[list[int]]], np.ndarray]:
@@ -423,3 +455,99 @@ def test_search_matches_transformers_generate(marian, row):
             for source in HF_SOURCES
         ]
         assert_same(reference, expected)
+
+
+# --- against transformers' generate() on exported T5 and GPT-2 -------------------------------
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory) -> Callable[[str], tuple]:
+    """family → (engine, reference, prompts): the exported model, run_hf or run_hf_causal on the
+    transformers model with the same weights, and 3 tokenized inputs of different lengths. Each
+    family is built with the builders of test_hf_seq2seq (T5) and test_hf_causal (GPT-2) and
+    exported once per session, on first use."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import seqport.engine as sp
+    from seqport.export.pipeline import export_model
+
+    cache: dict[str, tuple] = {}
+
+    def get(family: str) -> tuple:
+        if family not in cache:
+            root = tmp_path_factory.mktemp(f"beam-{family}")
+            (root / "hf").mkdir()
+            if family == "t5":
+                from test_hf_seq2seq import SEEDS, TEXTS, build_t5
+
+                build_t5(root / "hf", SEEDS["t5"])
+                hf, texts = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(root / "hf")).eval(), TEXTS
+            else:
+                from test_hf_causal import PROMPTS, _write_checkpoint
+
+                _write_checkpoint("gpt2", root / "hf")
+                hf = transformers.AutoModelForCausalLM.from_pretrained(root / "hf", dtype=torch.float32).eval()
+                texts = PROMPTS
+            export_model(root / "hf", root / "artifact", progress=False)
+            engine = sp.load(root / "artifact")
+            if family == "t5":
+                assert engine.manifest.special_ids.pad == 0  # run_hf pads sources with 0
+                reference = partial(run_hf, hf)
+            else:
+                reference = partial(run_hf_causal, hf, pad=engine.manifest.special_ids.pad)
+            cache[family] = (engine, reference, engine.input_ids(texts))
+        return cache[family]
+
+    return get
+
+
+FAMILY_EOS = {  # two ids each tiny model produces: hypotheses end after 0 to 10 tokens
+    "t5": (16, 51),
+    "gpt2": (61, 246),
+}
+FAMILY_ROWS = [
+    dict(num_beams=1),
+    dict(num_beams=4, length_penalty=1.0, early_stopping=True),
+    dict(num_beams=4, length_penalty=1.0, early_stopping=False),
+    dict(num_beams=4, length_penalty=0.6, early_stopping=True),
+    dict(num_beams=4, length_penalty=0.6, early_stopping=False),
+    dict(num_beams=4, length_penalty=0.6, early_stopping=False, num_return_sequences=2),
+    dict(num_beams=4, length_penalty=0.6, early_stopping=False, num_return_sequences=4),  # where GPT-2's ES shows
+]
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("family", FAMILY_EOS)
+@pytest.mark.parametrize("row", FAMILY_ROWS, ids=_row_id)
+def test_exported_family_matches_transformers_generate(family_models, family, row):
+    """The exported model through the engine (ONNX, KV cache, batch of 3 inputs of different
+    lengths) equals transformers' generate() on the same weights: ids token for token,
+    sequence scores within 1e-4."""
+    engine, reference, prompts = family_models(family)
+    cfg = dict(row, max_new_tokens=10, eos_token_ids=FAMILY_EOS[family])
+    expected = reference(prompts, **cfg)
+    assert_same(run_engine(engine, prompts, **cfg), expected)
+    assert len({len(ids) for seqs in expected for ids, _ in seqs}) > 1  # rows end at different lengths
+
+
+#: length penalties under which early_stopping changes the 4 best hypotheses. Not 0.6 for T5: its
+#: near-flat next-token distributions keep the running beams below the finished ones once 4 are
+#: finished, so early_stopping=False stops at the same step as True.
+EARLY_STOPPING_MATTERS = {"t5": (1.0,), "gpt2": (1.0, 0.6)}
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("family", FAMILY_EOS)
+def test_exported_family_rows_make_the_options_matter(family_models, family):
+    """The rows above are only worth something if early_stopping and length_penalty change
+    which hypotheses come out (compared on ids: scores differ with length_penalty anyway)."""
+    engine, _, prompts = family_models(family)
+
+    def ids(**cfg):
+        cfg = dict(cfg, num_beams=4, num_return_sequences=4, max_new_tokens=10, eos_token_ids=FAMILY_EOS[family])
+        return [[ids for ids, _ in seqs] for seqs in run_engine(engine, prompts, **cfg)]
+
+    for penalty in EARLY_STOPPING_MATTERS[family]:
+        assert ids(length_penalty=penalty, early_stopping=True) != ids(length_penalty=penalty, early_stopping=False)
+    for early in (True, False):
+        assert ids(length_penalty=1.0, early_stopping=early) != ids(length_penalty=0.6, early_stopping=early)
