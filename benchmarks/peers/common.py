@@ -1,0 +1,132 @@
+"""What every runner shares: the plan it reads, the timing protocol, peak RSS, versions.
+
+Stdlib + numpy only: the Optimum runner imports this from its own virtual environment, where
+seqport is not installed. Each runner is one process running one system on one (model, batch),
+so `peak_rss_mb` (VmHWM, see there) is that system's own.
+
+Timing protocol, identical for every system: `warmup` unmeasured calls, then `repeats` rounds of
+one generate call for exactly N new tokens per input and one for exactly 1. Per-step time is
+(median t(N) − median t(1)) / (N − 1): the same decode-step definition for every system, whatever
+it exposes (encoder pass and prompt prefill are in t(1), not in the step).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: generate(batch_ids, n) -> new-token count per input; each call must produce exactly n per input.
+Generate = Callable[[list[list[int]], int], list[int]]
+
+
+def read_plan() -> dict[str, Any]:
+    """The plan a runner gets as its only argument: a path to a JSON file."""
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: {Path(sys.argv[0]).name} PLAN.json")
+    return json.loads(Path(sys.argv[1]).read_text())
+
+
+def emit(record: dict[str, Any]) -> None:
+    """The runner's result: one JSON line, the last line of stdout."""
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process image in MiB.
+
+    VmHWM from /proc/self/status where there is one: it starts afresh at exec. getrusage's
+    ru_maxrss does not (Linux keeps it across fork and exec), so a runner would inherit its
+    parent's peak; it is the fallback elsewhere (KiB on Linux, bytes on macOS).
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
+
+def versions(*names: str) -> dict[str, str]:
+    """python and each named distribution's version ("" if absent)."""
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = ""
+    return found
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _percentiles(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50": round(float(np.median(ms)), 3), "p90": round(float(np.percentile(ms, 90)), 3), "n": len(ms)}
+
+
+def _timed(generate: Generate, inputs: list[list[int]], n: int) -> float:
+    start = time.perf_counter()
+    counts = generate(inputs, n)
+    elapsed = time.perf_counter() - start
+    if list(counts) != [n] * len(inputs):
+        raise RuntimeError(f"asked for exactly {n} new tokens per input, got {list(counts)}")
+    return elapsed
+
+
+def measure(generate: Generate, plan: dict[str, Any]) -> dict[str, Any]:
+    """Run the protocol above on plan["inputs"] with plan["new_tokens"]; returns the timing fields."""
+    inputs, n = plan["inputs"], plan["new_tokens"]
+    for _ in range(plan["warmup"]):
+        _timed(generate, inputs, n)
+        _timed(generate, inputs, 1)
+    full, first = [], []
+    for _ in range(plan["repeats"]):
+        full.append(_timed(generate, inputs, n))
+        first.append(_timed(generate, inputs, 1))
+    generate_ms, first_ms = _percentiles(full), _percentiles(first)
+    step = (generate_ms["p50"] - first_ms["p50"]) / (n - 1) if n > 1 else None
+    return {
+        "generate_ms": generate_ms,
+        "first_token_ms": first_ms,
+        "ms_per_step": round(step, 3) if step is not None else None,
+        "tokens_per_s": round(len(inputs) * n / (generate_ms["p50"] / 1e3), 2),
+    }
+
+
+def run(
+    load: Callable[[], Generate], plan: dict[str, Any], names: Sequence[str], import_s: float | None = None
+) -> None:
+    """Load (timed), measure, emit one record with import and load times, peak RSS and versions.
+
+    `import_s`: seconds the runner spent importing its system's modules before calling this.
+    """
+    start = time.perf_counter()
+    generate = load()
+    load_s = time.perf_counter() - start
+    record = {
+        "import_s": None if import_s is None else round(import_s, 3),
+        "load_s": round(load_s, 3),
+        "rss_after_load_mb": peak_rss_mb(),
+    }
+    record.update(measure(generate, plan))
+    record.update(peak_rss_mb=peak_rss_mb(), versions=versions(*names))
+    emit(record)

@@ -1,0 +1,38 @@
+"""seqport through its public API: `seqport.engine.load` + `generate_ids`, exactly N new tokens.
+
+    python benchmarks/peers/run_seqport.py PLAN.json
+
+PLAN: common plan fields + {"artifact"}. intra_op_threads = plan["threads"]; greedy with
+min_new_tokens = max_new_tokens = N, so EOS cannot end a row early. Torch-free process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from common import read_plan, run
+
+
+def main() -> None:
+    plan = read_plan()
+    start = time.perf_counter()
+    import onnxruntime  # noqa: F401  (the engine imports its backend at load: count it as an import)
+
+    import seqport.engine as sp
+
+    import_s = time.perf_counter() - start
+
+    def load():
+        model = sp.load(plan["artifact"], "cpu", options=sp.RuntimeOptions(intra_op_threads=plan["threads"]))
+
+        def generate(inputs: list[list[int]], n: int) -> list[int]:
+            config = sp.GenerationConfig(max_new_tokens=n, min_new_tokens=n)
+            return [len(r.ids) + (r.finish_reason == "eos") for r in model.generate_ids(inputs, config)]
+
+        return generate
+
+    run(load, plan, ("seqport", "numpy", "onnxruntime", "tokenizers"), import_s)
+
+
+if __name__ == "__main__":
+    main()
