@@ -220,8 +220,8 @@ def validate_decoder_only(
 
 def _left_padded(spec: ModelSpec, batch: int, length: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random prompts (B, L); with batch > 1, rows 1 and 2 are left-padded (each keeps ≥ 1 token)."""
-    low = max(spec.eos + [spec.pad or 0, spec.bos or 0]) + 1
-    ids = torch.randint(low, spec.vocab_size, (batch, length), generator=gen)
+    low, high = _plain_ids(spec)  # GPT-2's <|endoftext|> is its last id
+    ids = torch.randint(low, high, (batch, length), generator=gen)
     mask = torch.ones_like(ids)
     for row, pads in enumerate([0, 3, 5][:batch]):
         pads = min(pads, length - 1)

@@ -10,6 +10,7 @@ and a padded row must equal the same prompt alone.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -391,3 +392,18 @@ def test_forcing_another_family_names_both(exported):
     _, _, engine = exported
     with pytest.raises(ExportError, match="holds a 'gpt2' model; this adapter exports: llama, mistral, qwen2"):
         load_adapter(Path(engine.manifest.provenance.source), family="llama")
+
+
+def test_gpt2_with_end_of_text_as_last_id_exports(tmp_path):
+    """Real GPT-2 checkpoints put <|endoftext|> (eos = bos = pad) at the last id: validation must
+    still find ordinary ids to draw prompts from."""
+    from seqport.export.pipeline import export_model
+
+    checkpoint = _write_checkpoint("gpt2", tmp_path / "checkpoint")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.update(bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    (checkpoint / "generation_config.json").unlink(missing_ok=True)
+    manifest = export_model(checkpoint, tmp_path / "artifact", progress=False)
+    assert manifest.special_ids.eos == [VOCAB - 1]
+    assert manifest.validation.max_abs_diff["decoder"]["logits"] <= 1e-4
