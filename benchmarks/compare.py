@@ -239,6 +239,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prepare-only", action="store_true", help="build the artifacts under --work, measure nothing")
     p.add_argument("--fresh", action="store_true", help="rebuild the HF folders and artifacts under --work")
     p.add_argument("--seed", type=int, default=0, help="seed of the input ids")
+    p.add_argument(
+        "--render", type=Path, metavar="JSON", help="only rewrite compare.md/png in --out from a compare.json"
+    )
     p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
     args = p.parse_args(argv)
     args.models = args.models.split(",")
@@ -268,10 +271,22 @@ def _write(args: argparse.Namespace, meta: dict, records: list[dict]) -> None:
     (args.out / "compare.md").write_text(markdown(meta, records))
 
 
+def render(args: argparse.Namespace) -> int:
+    """compare.md and compare.png again from a compare.json (same figures, current report code)."""
+    document = json.loads(args.render.read_text())
+    meta, records = document["meta"], document["records"]
+    if not args.no_plot:
+        plot(records, args.out / "compare.png")
+    _write(args, meta, records)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     if args.setup_optimum_venv:
         return setup_optimum_venv(args.setup_optimum_venv)
+    if args.render:
+        return render(args)
     meta = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": list(argv if argv is not None else sys.argv[1:]),

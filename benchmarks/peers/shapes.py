@@ -8,10 +8,6 @@ torch and transformers. Shapes follow the real checkpoints:
           scale_embedding (MarianConfig() defaults are a larger model: every field is set).
   gpt2    GPT2Config() defaults = GPT-2 small: 768-d, 12 layers, 12 heads, vocab 50257.
 
-GPT-2's <|endoftext|> is id 0 here, not 50256 (= vocab − 1): seqport's decoder-only export
-validation draws ids in [max special id + 1, vocab), an empty range when a special id is the last
-one. Which id ends a sequence changes no cost: every system generates exactly N tokens.
-
 `quick` shapes are tiny versions for tests. The tokenizer is a WordLevel vocabulary with one
 token per model id (the special tokens at the model's ids), so every system's vocabulary maps
 ids to tokens one to one and the suite feeds the same ids to all of them.
@@ -75,7 +71,7 @@ def config_kwargs(name: str, quick: bool) -> dict[str, Any]:
     elif name == "t5":
         kwargs.update(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     else:
-        kwargs.update(bos_token_id=0, eos_token_id=0)  # GPT-2's is vocab - 1: see the module docstring
+        kwargs.update(bos_token_id=vocab - 1, eos_token_id=vocab - 1)  # <|endoftext|>: GPT-2's last id
     return kwargs
 
 
@@ -85,7 +81,7 @@ def special_tokens(name: str, vocab: int) -> dict[str, tuple[int, str]]:
         return {"pad": (0, "<pad>"), "eos": (1, "</s>"), "unk": (2, "<unk>")}
     if name == "marian":
         return {"eos": (0, "</s>"), "unk": (1, "<unk>"), "pad": (vocab - 1, "<pad>")}
-    return {role: (0, "<|endoftext|>") for role in ("bos", "eos", "unk")}
+    return {role: (vocab - 1, "<|endoftext|>") for role in ("bos", "eos", "unk")}
 
 
 def token_range(name: str, vocab: int) -> tuple[int, int]:
