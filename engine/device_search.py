@@ -31,7 +31,8 @@ from seqport.engine import processors as proc
 from seqport.engine.beam import BeamSearch, _Beams
 from seqport.engine.config import GenerationConfig
 from seqport.engine.device_array import Candidates
-from seqport.engine.search import Sampler, Search, TokenSearch, greedy_chooser, log_softmax_at
+from seqport.engine.generation import make_search
+from seqport.engine.search import Search, TokenSearch, log_softmax_at
 from seqport.engine.stopping import StopStrings
 
 #: most candidates per row fetched for sampling; a larger top_k (or none) fetches full logits.
@@ -103,12 +104,6 @@ def make_device_search(
     stops: StopStrings | None,
 ) -> Search:
     """make_search's strategies, accepting `Candidates` as well as full logits."""
-    processors = proc.build_processors(config, eos)
-    if config.num_beams > 1:
-        return DeviceBeamSearch(first_tokens, eos, config, processors, stops)
-    if not config.do_sample:
-        return DeviceTokenSearch(first_tokens, eos, config.max_new_tokens, processors, greedy_chooser, 1, stops)
-    samples = config.num_return_sequences
-    indices = range(len(first_tokens)) if indices is None else indices
-    chooser = Sampler(config.seed, indices, samples)
-    return DeviceTokenSearch(first_tokens, eos, config.max_new_tokens, processors, chooser, samples, stops)
+    return make_search(
+        config, first_tokens, eos, indices, stops, token_search=DeviceTokenSearch, beam_search=DeviceBeamSearch
+    )

@@ -60,6 +60,9 @@ def make_search(
     eos: tuple[int, ...],
     indices: Sequence[int] | None = None,
     stops: StopStrings | None = None,
+    *,
+    token_search: type[TokenSearch] = TokenSearch,
+    beam_search: type[BeamSearch] = BeamSearch,
 ) -> Search:
     """The search strategy `config` asks for over a batch.
 
@@ -70,13 +73,15 @@ def make_search(
         indices: each input's position in the caller's whole input list, which seeds its
             sampling generator (default 0..B-1).
         stops: stop strings checker, or None.
+        token_search, beam_search: the classes to build (the device loop passes subclasses
+            that also accept on-device top-k candidates).
     """
     processors = build_processors(config, eos)
     if config.num_beams > 1:
-        return BeamSearch(first_tokens, eos, config, processors, stops)
+        return beam_search(first_tokens, eos, config, processors, stops)
     if not config.do_sample:
-        return TokenSearch(first_tokens, eos, config.max_new_tokens, processors, greedy_chooser, 1, stops)
+        return token_search(first_tokens, eos, config.max_new_tokens, processors, greedy_chooser, 1, stops)
     samples = config.num_return_sequences
     indices = range(len(first_tokens)) if indices is None else indices
     chooser = Sampler(config.seed, indices, samples)
-    return TokenSearch(first_tokens, eos, config.max_new_tokens, processors, chooser, samples, stops)
+    return token_search(first_tokens, eos, config.max_new_tokens, processors, chooser, samples, stops)
