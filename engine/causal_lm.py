@@ -35,6 +35,20 @@ def positions(mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0)
 
 
+def step_mask(prompt_mask: np.ndarray, cache: KVCache, new: int) -> tuple[np.ndarray, np.ndarray]:
+    """The step's attention mask and position ids (N, T) after the (N, T0) prompt mask.
+
+    Generated tokens count as ones. The mask covers the P+T slots of a growing cache, or all
+    C slots of preallocated buffers (slots not yet written are 0; the graph's causal limit
+    hides them anyway).
+    """
+    rows, seen = prompt_mask.shape[0], cache.length + new
+    mask = np.ones((rows, max(seen, cache.capacity if cache.is_preallocated else seen)), dtype=np.int64)
+    mask[:, : prompt_mask.shape[1]] = prompt_mask
+    mask[:, seen:] = 0
+    return mask, positions(mask[:, :seen])[:, -new:]
+
+
 class CausalLMModel(GenerativeModel):
     """Decoder-only generation (GPT-2, Llama, Mistral, Qwen2, ...): the prompt is the first step."""
 
@@ -75,10 +89,9 @@ class CausalLMModel(GenerativeModel):
         rest_mask[[len(ids) == 1 for ids in targets], 0] = 0  # one-token targets feed nothing after the prompt
         ids, mask = np.concatenate([prompt, rest], axis=1), np.concatenate([prompt_mask, rest_mask], axis=1)
         longest, start = max(map(len, targets)), prompt.shape[1] - 1
-        kv = self.manifest.kv
-        cache = KVCache.empty(len(targets), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask), **cache.feeds()}
-        logits = self.decoder_step({**feeds, "logits_positions": np.arange(start, start + longest)})["logits"]
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
+        feeds["logits_positions"] = np.arange(start, start + longest)
+        logits = self.run_decoder(feeds, self.new_cache(len(targets), ids.shape[1]))["logits"]
         return target_logprobs(logits, targets, offset=0)  # logits (B, L, V)
 
     def _pad_id(self) -> int:
@@ -97,18 +110,11 @@ class _Stepper:
         self._model, self._prompt_mask = model, prompt_mask  # (B, T0) per input
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray:
-        rows, new = tokens.shape
-        generated = cache.length + new - self._prompt_mask.shape[1]  # tokens after the prompt
-        ones = np.ones((rows, generated), dtype=np.int64)
-        mask = np.concatenate([self._prompt_mask[sources], ones], axis=1)  # (N, P+T)
-        outputs = self._model.decoder_step(
-            {
-                "input_ids": tokens,
-                "attention_mask": mask,
-                "position_ids": positions(mask)[:, -new:],  # (N, T)
-                "logits_positions": np.array([new - 1], dtype=np.int64),
-                **cache.feeds(),
-            }
-        )
-        cache.update(outputs)
-        return outputs["logits"][:, -1, :]  # (N, V)
+        mask, position_ids = step_mask(self._prompt_mask[sources], cache, tokens.shape[1])
+        values = {
+            "input_ids": tokens,
+            "attention_mask": mask,
+            "position_ids": position_ids,
+            "logits_positions": np.array([tokens.shape[1] - 1], dtype=np.int64),
+        }
+        return self._model.run_decoder(values, cache)["logits"][:, -1, :]  # (N, V)

@@ -37,6 +37,7 @@ def _export(args: argparse.Namespace) -> int:
         optimize=args.optimize,
         quantize=args.quantize,
         dtype=args.dtype,
+        kv_cache=args.kv_cache,
     )
     print(f"exported {manifest.family} to {args.out}")
     _print_validation(manifest)
@@ -254,7 +255,7 @@ def _info(args: argparse.Namespace) -> int:
         if m.kv:
             print(
                 f"  decoder: {m.kv.num_layers} layers · {m.kv.num_heads} heads "
-                f"({m.kv.num_kv_heads} kv) · head_dim {m.kv.head_dim} · {m.kv.dtype}"
+                f"({m.kv.num_kv_heads} kv) · head_dim {m.kv.head_dim} · {m.kv.dtype} · {m.kv.allocation} KV cache"
             )
         if m.pooling:
             modes = "+".join(m.pooling.modes)
@@ -396,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="fp16: weights and activations in float16 (float32 graph I/O), gated on greedy token "
         "agreement with fp32; T5 stays fp32 (docs/gpu.md)",
+    )
+    p.add_argument(
+        "--kv-cache",
+        choices=["growing", "preallocated"],
+        default="growing",
+        help="growing: the decoder returns past + new K/V each step (concatenation); preallocated: the "
+        "engine sizes one buffer per request and the decoder writes the new K/V into it in place "
+        "(docs/manifest.md; benchmarks/kv_growth.py measures both)",
     )
     p.set_defaults(run=_export)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from seqport.engine.causal_lm import left_pad, positions
+from seqport.engine.causal_lm import left_pad, step_mask
 from seqport.engine.config import GenerationConfig
 from seqport.engine.device_array import Candidates, DeviceArray
 from seqport.engine.device_search import Selection, make_device_search, plan_selection
@@ -46,7 +46,15 @@ class Device(Protocol):
 
     def fetch(self, value: DeviceArray, label: str = "") -> np.ndarray: ...
 
-    def run(self, component: str, feeds: dict[str, DeviceArray], outputs: list[str]) -> dict[str, DeviceArray]: ...
+    def run(
+        self,
+        component: str,
+        feeds: dict[str, DeviceArray],
+        outputs: list[str],
+        into: dict[str, DeviceArray] | None = None,
+    ) -> dict[str, DeviceArray]: ...
+
+    def zeros(self, shape: tuple[int, ...], dtype: str) -> DeviceArray: ...
 
     def take(self, values: list[DeviceArray], rows: np.ndarray) -> list[DeviceArray]: ...
 
@@ -78,8 +86,10 @@ def open_device(runtimes: dict[str, Runtime], options: RuntimeOptions) -> Device
 class DeviceKVCache(KVCache):
     """KVCache of DeviceArrays: `take` gathers every layer's rows in one device call."""
 
-    def __init__(self, keys: list[DeviceArray], values: list[DeviceArray], device: Device) -> None:
-        super().__init__(keys, values)  # type: ignore[arg-type]
+    def __init__(
+        self, keys: list[DeviceArray], values: list[DeviceArray], device: Device, filled: int | None = None
+    ) -> None:
+        super().__init__(keys, values, filled=filled)  # type: ignore[arg-type]
         self._device = device
 
     @classmethod
@@ -88,6 +98,16 @@ class DeviceKVCache(KVCache):
     ) -> DeviceKVCache:
         zero = device.upload(np.zeros((batch, heads, 0, head_dim), dtype=dtype), "empty cache")  # (B, H, 0, D)
         return cls([zero] * num_layers, [zero] * num_layers, device)
+
+    @classmethod
+    def preallocated_on_device(
+        cls, device: Device, batch: int, num_layers: int, heads: int, head_dim: int, capacity: int, dtype: str
+    ) -> DeviceKVCache:
+        """Zero-filled (B, H_kv, capacity, D) buffers made on the device: nothing crosses the bus."""
+        shape = (batch, heads, capacity, head_dim)
+        keys = [device.zeros(shape, dtype) for _ in range(num_layers)]
+        values = [device.zeros(shape, dtype) for _ in range(num_layers)]
+        return cls(keys, values, device, filled=0)
 
     def take(self, rows: np.ndarray) -> None:
         taken = self._device.take(self.keys + self.values, rows)  # type: ignore[operator]
@@ -107,10 +127,13 @@ def start_on_device(
         first_tokens, step = _causal_step(model, device, batch, config, selection)
     stops = StopStrings(model.tokenizer.decode, config.stop) if config.stop else None
     search = make_device_search(config, first_tokens, eos, indices, stops)
-    kv = m.kv
-    cache = DeviceKVCache.on_device(
-        device, len(search.row_sources()), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype
-    )
+    kv, rows = m.kv, len(search.row_sources())
+    if kv.allocation == "preallocated":
+        capacity = first_tokens.shape[1] + config.max_new_tokens
+        geometry = (kv.num_layers, kv.num_kv_heads, kv.head_dim, capacity, kv.dtype)
+        cache = DeviceKVCache.preallocated_on_device(device, rows, *geometry)
+    else:
+        cache = DeviceKVCache.on_device(device, rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
     return step, search, cache, first_tokens
 
 
@@ -146,10 +169,15 @@ class _DeviceStep:
             self._positions[new] = self._device.upload(np.array([new - 1], dtype=np.int64), "logits_positions")
         return self._positions[new]
 
-    def _run(self, feeds: dict[str, DeviceArray], cache: KVCache) -> np.ndarray | Candidates:
-        graph_feeds = self._signature.feeds({**feeds, **cache.feeds()})
-        outputs = self._signature.by_logical(self._device.run("decoder", graph_feeds, self._outputs))
-        cache.update(outputs)
+    def _run(self, feeds: dict[str, DeviceArray], cache: KVCache, new: int) -> np.ndarray | Candidates:
+        values = cache.feeds(new)
+        if "cache_position" in values:  # preallocated: the slots to write, T int64
+            values["cache_position"] = self._device.upload(values["cache_position"], "cache_position")
+        graph_feeds = self._signature.feeds({**feeds, **values})
+        into = {self._signature.outputs[name].name: v for name, v in cache.outputs_into().items()}
+        raw = self._device.run("decoder", graph_feeds, self._outputs, into)  # present written in place
+        outputs = self._signature.by_logical(raw)
+        cache.update(outputs, new)
         return self._select(outputs["logits"])  # logits (N, 1, V) stay on the device
 
     def _select(self, logits: DeviceArray) -> np.ndarray | Candidates:
@@ -184,7 +212,7 @@ class _Seq2SeqDeviceStep(_DeviceStep):
             "logits_positions": self._logits_position(tokens.shape[1]),
             **self._cross,
         }
-        return self._run(feeds, cache)
+        return self._run(feeds, cache, tokens.shape[1])
 
 
 class _CausalDeviceStep(_DeviceStep):
@@ -193,13 +221,12 @@ class _CausalDeviceStep(_DeviceStep):
         self._prompt_mask = prompt_mask  # (B, T0) per input
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
-        rows, new = tokens.shape
-        generated = cache.length + new - self._prompt_mask.shape[1]  # tokens after the prompt
-        mask = np.concatenate([self._prompt_mask[sources], np.ones((rows, generated), np.int64)], axis=1)  # (N, P+T)
+        new = tokens.shape[1]
+        mask, position_ids = step_mask(self._prompt_mask[sources], cache, new)  # (N, P+T or C), (N, T)
         feeds = {
             "input_ids": self._device.upload(tokens, "input_ids"),
             "attention_mask": self._device.upload(mask, "attention_mask"),
-            "position_ids": self._device.upload(positions(mask)[:, -new:], "position_ids"),  # (N, T)
+            "position_ids": self._device.upload(position_ids, "position_ids"),
             "logits_positions": self._logits_position(new),
         }
-        return self._run(feeds, cache)
+        return self._run(feeds, cache, new)

@@ -192,9 +192,29 @@ class GenerativeModel:
         first_tokens, step = self._prepare(batch, config)
         stops = StopStrings(self.tokenizer.decode, config.stop) if config.stop else None
         search = make_search(config, first_tokens, eos, indices, stops)
-        kv = self.manifest.kv
-        cache = KVCache.empty(len(search.row_sources()), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
+        cache = self.new_cache(len(search.row_sources()), first_tokens.shape[1] + config.max_new_tokens)
         return step, search, cache, first_tokens
+
+    def new_cache(self, rows: int, capacity: int) -> KVCache:
+        """An empty self-attention cache for `rows` rows of at most `capacity` tokens (the
+        capacity sizes preallocated buffers; a growing cache ignores it)."""
+        kv = self.manifest.kv
+        if kv.allocation == "preallocated":
+            return KVCache.preallocated(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, capacity, kv.dtype)
+        return KVCache.empty(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
+
+    def run_decoder(self, values: dict[str, np.ndarray], cache: KVCache) -> dict[str, np.ndarray]:
+        """One decoder call on logical feeds plus the cache's; the cache then holds the present
+        K/V (written in place into preallocated buffers where the runtime can)."""
+        new = values["input_ids"].shape[1]
+        signature = self.signatures["decoder"]
+        into = {signature.outputs[name].name: array for name, array in cache.outputs_into().items()}
+        feeds = signature.feeds({**values, **cache.feeds(new)})
+        runtime = self.runtimes["decoder"]
+        raw = runtime.run(feeds, into=into) if into else runtime.run(feeds)
+        outputs = signature.by_logical(raw)
+        cache.update(outputs, new)
+        return outputs
 
     def _text(self, ids: list[int], finish_reason: str, config: GenerationConfig) -> str:
         text = self.tokenizer.decode(ids)

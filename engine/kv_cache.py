@@ -1,4 +1,11 @@
-"""The self-attention cache as engine state: per layer key and value of (B, H_kv, P, D)."""
+"""The self-attention cache as engine state: per layer key and value of (B, H_kv, P, D).
+
+Two allocations, as the manifest's `kv.allocation` says:
+- growing: the decoder returns past + new (P+T slots) and the cache holds what it returned;
+- preallocated: buffers of C slots (the request's whole length) are made once, the decoder
+  writes the new tokens' K/V at `cache_position` and returns the same buffers. A runtime that
+  can write outputs in place (`Runtime.run(..., into=)`) then moves only T slots per step.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +27,19 @@ class KVCache:
     dropping finished rows (rows = the rows still active). The row-gather is a function so a
     runtime that keeps values on a device can supply its own (see whisper's
     rearrange_kv_cache for the same idea).
+
+    Args:
+        keys, values: one array per layer, (B, H_kv, P, D), or (B, H_kv, C, D) buffers.
+        take: the row gather.
+        filled: for preallocated buffers, how many slots hold tokens; None for a growing cache.
     """
 
-    def __init__(self, keys: list[np.ndarray], values: list[np.ndarray], take: Take = take_rows) -> None:
+    def __init__(
+        self, keys: list[np.ndarray], values: list[np.ndarray], take: Take = take_rows, filled: int | None = None
+    ) -> None:
         self.keys, self.values = keys, values
         self._take = take
+        self._filled = filled
 
     @classmethod
     def empty(
@@ -33,24 +48,67 @@ class KVCache:
         zero = np.zeros((batch, num_kv_heads, 0, head_dim), dtype=dtype)  # (B, H, 0, D)
         return cls([zero] * num_layers, [zero] * num_layers)
 
+    @classmethod
+    def preallocated(
+        cls, batch: int, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int, dtype: str = "float32"
+    ) -> KVCache:
+        """Zero-filled buffers (B, H_kv, capacity, D), one per layer and K/V (zeros: a masked slot
+        holding NaN would still poison the attention)."""
+        shape = (batch, num_kv_heads, capacity, head_dim)
+        return cls(
+            [np.zeros(shape, dtype) for _ in range(num_layers)],
+            [np.zeros(shape, dtype) for _ in range(num_layers)],
+            filled=0,
+        )
+
+    @property
+    def is_preallocated(self) -> bool:
+        return self._filled is not None
+
     @property
     def length(self) -> int:
+        """Slots holding tokens: the past length P."""
+        return self._filled if self._filled is not None else int(self.keys[0].shape[2])
+
+    @property
+    def capacity(self) -> int:
+        """Slots the buffers hold (= length for a growing cache)."""
         return int(self.keys[0].shape[2])
 
     @property
     def batch(self) -> int:
         return int(self.keys[0].shape[0])
 
-    def feeds(self) -> dict[str, np.ndarray]:
-        """Logical decoder inputs past_key.{i} / past_value.{i}."""
+    def feeds(self, new: int = 1) -> dict[str, np.ndarray]:
+        """Logical decoder inputs past_key.{i} / past_value.{i} for a step of `new` tokens, and
+        cache_position (T,) for preallocated buffers.
+
+        Raises:
+            ValueError: the step would write past the buffers' end (an engine bug, not user input).
+        """
         out = {f"past_key.{i}": k for i, k in enumerate(self.keys)}
         out.update({f"past_value.{i}": v for i, v in enumerate(self.values)})
+        if self._filled is not None:
+            if self._filled + new > self.capacity:
+                raise ValueError(f"KV buffers of {self.capacity} slots cannot take {new} more after {self._filled}")
+            out["cache_position"] = np.arange(self._filled, self._filled + new, dtype=np.int64)
         return out
 
-    def update(self, outputs: dict[str, np.ndarray]) -> None:
-        """Replace the cache with a step's present_key.{i} / present_value.{i} (B, H, P+T, D)."""
+    def outputs_into(self) -> dict[str, np.ndarray]:
+        """Outputs a runtime may write in place: each present buffer is the past one."""
+        if self._filled is None:
+            return {}
+        out = {f"present_key.{i}": k for i, k in enumerate(self.keys)}
+        out.update({f"present_value.{i}": v for i, v in enumerate(self.values)})
+        return out
+
+    def update(self, outputs: dict[str, np.ndarray], new: int = 1) -> None:
+        """Hold a step's present_key.{i} / present_value.{i}: (B, H, P+T, D) growing, or the
+        buffers with `new` more slots filled."""
         self.keys = [outputs[f"present_key.{i}"] for i in range(len(self.keys))]
         self.values = [outputs[f"present_value.{i}"] for i in range(len(self.values))]
+        if self._filled is not None:
+            self._filled += new
 
     def take(self, rows: np.ndarray) -> None:
         """Keep/reorder batch rows: new row r is old row rows[r]."""

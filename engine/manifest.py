@@ -24,6 +24,9 @@ ARCHITECTURES = ("encoder-decoder", "decoder-only", "encoder-only")
 DTYPES = ("int64", "int32", "float32", "float16", "bool")
 #: pooling modes of encoder-only embeddings, in the order they are concatenated (sentence-transformers).
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
+#: how the decoder's self-attention cache grows: concatenated per step, or written into buffers
+#: sized for the whole request (past and present are then the same (B, H_kv, C, D) buffer).
+KV_ALLOCATIONS = ("growing", "preallocated")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,12 @@ class Component:
 
 @dataclass(frozen=True)
 class KVGeometry:
-    """Shape of the self-attention cache: per layer, key and value of (B, H_kv, P, D)."""
+    """Shape of the self-attention cache: per layer, key and value of (B, H_kv, P, D).
+
+    `allocation` "growing": past (B, H_kv, P, D) in, present (B, H_kv, P+T, D) out.
+    "preallocated": past and present are (B, H_kv, C, D) buffers and the decoder takes
+    `cache_position` (T,), the slots its new tokens are written to (docs/manifest.md).
+    """
 
     num_layers: int
     num_heads: int
@@ -60,6 +68,7 @@ class KVGeometry:
     head_dim: int
     dtype: str = "float32"
     layout: str = "BHSD"
+    allocation: str = "growing"
 
 
 @dataclass(frozen=True)
@@ -323,6 +332,17 @@ def _semantic_problems(m: Manifest) -> list[str]:
                     )
     if m.architecture != "encoder-only" and m.kv is None:
         problems.append(f"$.kv: a {m.architecture} artifact needs its KV geometry")
+    if m.kv is not None and m.kv.allocation not in KV_ALLOCATIONS:
+        problems.append(f"$.kv.allocation: {m.kv.allocation!r} is not one of {KV_ALLOCATIONS}")
+    decoder = m.components.get("decoder")
+    if m.kv is not None and decoder is not None:
+        takes_position = "cache_position" in decoder.inputs
+        if takes_position != (m.kv.allocation == "preallocated"):
+            problems.append(
+                f"$.components.decoder.inputs: a {m.kv.allocation} cache "
+                + ("needs" if not takes_position else "has no")
+                + " cache_position input"
+            )
     if not m.special_ids.eos and m.architecture != "encoder-only":
         problems.append("$.special_ids.eos: at least one end-of-sequence id is needed")
     if m.architecture == "encoder-only":

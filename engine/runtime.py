@@ -28,7 +28,13 @@ class Runtime(Protocol):
     @property
     def output_names(self) -> list[str]: ...
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(
+        self, feeds: dict[str, np.ndarray], into: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Graph-named feeds → graph-named outputs. `into` names outputs the backend may write
+        in place into the given arrays (a preallocated KV buffer that is also an input); the
+        returned dict is always the truth, whether or not the backend did."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,9 @@ class Seq2SeqModel(GenerativeModel):
         ids, mask = pad_batch(sources, self.manifest.special_ids.pad or 0)
         cross = {k: v for k, v in self.encode(ids, mask).items() if k.startswith("cross_")}
         tokens = teacher_forcing_inputs(targets, [self._start_id()], self.manifest.special_ids.pad or 0)  # (B, T)
-        kv = self.manifest.kv
-        cache = KVCache.empty(len(targets), kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
-        feeds = {"input_ids": tokens, "encoder_attention_mask": mask, **cross, **cache.feeds()}
-        logits = self.decoder_step({**feeds, "logits_positions": np.arange(tokens.shape[1])})["logits"]  # (B, T, V)
+        cache = self.new_cache(len(targets), tokens.shape[1])
+        feeds = {"input_ids": tokens, "encoder_attention_mask": mask, "logits_positions": np.arange(tokens.shape[1])}
+        logits = self.run_decoder({**feeds, **cross}, cache)["logits"]  # (B, T, V)
         return target_logprobs(logits, targets, offset=0)
 
     def _start_id(self) -> int:
@@ -61,14 +60,10 @@ class _Stepper:
             self._sources = sources  # rows left or beams regrouped: re-select encoder outputs once
             self._mask = self._all_mask[sources]
             self._cross = {k: v[sources] for k, v in self._all_cross.items()}
-        outputs = self._model.decoder_step(
-            {
-                "input_ids": tokens,
-                "encoder_attention_mask": self._mask,
-                "logits_positions": np.array([tokens.shape[1] - 1], dtype=np.int64),
-                **self._cross,
-                **cache.feeds(),
-            }
-        )
-        cache.update(outputs)
-        return outputs["logits"][:, -1, :]  # (N, V)
+        values = {
+            "input_ids": tokens,
+            "encoder_attention_mask": self._mask,
+            "logits_positions": np.array([tokens.shape[1] - 1], dtype=np.int64),
+            **self._cross,
+        }
+        return self._model.run_decoder(values, cache)["logits"][:, -1, :]  # (N, V)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.cache_slots import step_slots
 from seqport.export.hf_common import (
     attend,
-    causal_bias,
     generation_defaults,
     load_seq2seq,
     padding_bias,
@@ -66,7 +66,7 @@ class BartAdapter:
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, list[KV]]:
         """int64 (B, S) ids and mask → hidden (B, S, d) and cross K/V (B, H, S, D) per decoder layer."""
         stack = self.core.encoder
-        x = self._embed(stack, input_ids, 0)  # (B, S, d)
+        x = self._embed(stack, input_ids, torch.arange(input_ids.shape[1]))  # (B, S, d)
         bias = padding_bias(attention_mask, x.dtype)  # (B, 1, 1, S)
         for layer in stack.layers:
             x = self._sublayer(
@@ -78,20 +78,25 @@ class BartAdapter:
         return x, cross
 
     def decode_step(
-        self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor, cross: list[KV], past: list[KV]
+        self,
+        input_ids: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        cross: list[KV],
+        past: list[KV],
+        cache_position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
-        """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H, P+T, D)."""
+        """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H, P+T, D),
+        or, with `cache_position`, written into the preallocated (B, H, C, D) past."""
         stack = self.core.decoder
-        p, t = past[0][0].shape[2], input_ids.shape[1]
-        x = self._embed(stack, input_ids, p)  # (B, T, d)
-        self_bias = causal_bias(t, p, x.dtype)  # (T, P+T)
+        slots = step_slots(past[0], input_ids.shape[1], cache_position)
+        x = self._embed(stack, input_ids, slots.positions)  # (B, T, d)
+        self_bias = slots.causal_bias(x.dtype)  # (T, P+T or C)
         cross_bias = padding_bias(encoder_attention_mask, x.dtype)  # (B, 1, 1, S)
         present: list[KV] = []
         for layer, layer_past, layer_cross in zip(stack.layers, past, cross):
 
             def self_attention(h, layer=layer, layer_past=layer_past):
-                k, v = self._project_kv(layer.self_attn, h)
-                k, v = torch.cat([layer_past[0], k], dim=2), torch.cat([layer_past[1], v], dim=2)  # (B,H,P+T,D)
+                k, v = slots.extend(layer_past, self._project_kv(layer.self_attn, h))  # (B, H, P+T or C, D)
                 present.append((k, v))
                 return self._attend(layer.self_attn, h, k, v, self_bias)
 
@@ -111,14 +116,13 @@ class BartAdapter:
         empty = torch.zeros(batch, self.num_heads, 0, self.head_dim)
         return [(empty, empty) for _ in range(self.model.config.decoder_layers)]
 
-    def _embed(self, stack, input_ids: torch.Tensor, past_len) -> torch.Tensor:
-        """Token embedding (scaled) + position embedding (+ layernorm_embedding when present)."""
+    def _embed(self, stack, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token embedding (scaled) + position embedding at int64 positions (T,) (+ layernorm_embedding)."""
         tokens = stack.embed_tokens
         # BART/mBART scale inside the embedding module; Marian's stack holds the scale instead.
         scale = 1.0 if hasattr(tokens, "embed_scale") else getattr(stack, "embed_scale", 1.0)
-        positions = stack.embed_positions
-        ids = torch.arange(input_ids.shape[1]) + past_len + getattr(positions, "offset", 0)  # (T,)
-        x = tokens(input_ids) * scale + F.embedding(ids, positions.weight)  # (B, T, d)
+        table = stack.embed_positions
+        x = tokens(input_ids) * scale + F.embedding(positions + getattr(table, "offset", 0), table.weight)  # (B, T, d)
         norm = getattr(stack, "layernorm_embedding", None)
         return norm(x) if norm is not None else x
 

@@ -17,12 +17,12 @@ from torch import nn
 
 from seqport.engine.manifest import Component, TensorSpec, sha256_of
 from seqport.export.adapter import KV, ModelSpec
-from seqport.export.components import flat_kv
+from seqport.export.cache_slots import StepSlots, preallocate
+from seqport.export.components import cache_dims, flat_kv
 from seqport.export.hf_common import load_hf_model
 from seqport.export.onnx_export import dynamic_axes, export_component
 
-B, T, P, K = "batch_size", "sequence_length", "past_sequence_length", "num_logits"
-PT = "past_sequence_length + sequence_length"
+B, T, K = "batch_size", "sequence_length", "num_logits"
 
 
 class DecoderOnlyAdapter(Protocol):
@@ -56,21 +56,30 @@ class DecoderOnlyAdapter(Protocol):
         ...
 
 
-def causal_contract(dtype: str) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
-    """Logical → graph names, dtypes and named dims of the decoder-only `decoder` graph."""
+def causal_contract(
+    dtype: str, allocation: str = "growing"
+) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    """Logical → graph names, dtypes and named dims of the decoder-only `decoder` graph.
+
+    With a preallocated cache the mask covers all C slots and `cache_position` (T,) says
+    where the new tokens go (export/cache_slots.py).
+    """
     kv = [B, "num_kv_heads"]
+    past, present = cache_dims(allocation)
     inputs = {
         "input_ids": TensorSpec("input_ids", "int64", [B, T]),
-        "attention_mask": TensorSpec("attention_mask", "int64", [B, PT]),
+        "attention_mask": TensorSpec("attention_mask", "int64", [B, present]),
         "position_ids": TensorSpec("position_ids", "int64", [B, T]),
         "logits_positions": TensorSpec("logits_positions", "int64", [K]),
-        "past_key.{i}": TensorSpec("past_key_values.{i}.key", dtype, kv + [P, "head_dim"]),
-        "past_value.{i}": TensorSpec("past_key_values.{i}.value", dtype, kv + [P, "head_dim"]),
     }
+    if allocation == "preallocated":
+        inputs["cache_position"] = TensorSpec("cache_position", "int64", [T])
+    inputs["past_key.{i}"] = TensorSpec("past_key_values.{i}.key", dtype, kv + [past, "head_dim"])
+    inputs["past_value.{i}"] = TensorSpec("past_key_values.{i}.value", dtype, kv + [past, "head_dim"])
     outputs = {
         "logits": TensorSpec("logits", "float32", [B, K, "vocab_size"]),
-        "present_key.{i}": TensorSpec("present.{i}.key", dtype, kv + [PT, "head_dim"]),
-        "present_value.{i}": TensorSpec("present.{i}.value", dtype, kv + [PT, "head_dim"]),
+        "present_key.{i}": TensorSpec("present.{i}.key", dtype, kv + [present, "head_dim"]),
+        "present_value.{i}": TensorSpec("present.{i}.value", dtype, kv + [present, "head_dim"]),
     }
     return inputs, outputs
 
@@ -92,28 +101,41 @@ class CausalDecoderComponent(nn.Module):
         return (logits.float(), *flat_kv(present))
 
 
+class PreallocatedCausalDecoderComponent(CausalDecoderComponent):
+    """CausalDecoderComponent over preallocated (B, H_kv, C, D) buffers written at `cache_position`."""
+
+    def forward(
+        self, input_ids, attention_mask, position_ids, logits_positions, cache_position, past_keys, past_values
+    ):
+        past = list(zip(past_keys, past_values))
+        hidden, present = self.adapter.decode_step(
+            input_ids, attention_mask, position_ids, past, cache_position=cache_position
+        )
+        logits = self.adapter.logits(hidden.index_select(1, logits_positions))  # (B, K, V)
+        return (logits.float(), *flat_kv(present))
+
+
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """int64 (B, L) mask → (B, L) position ids: cumsum - 1, left pads clipped to 0 (as HF generate)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def attention_bias(
-    attention_mask: torch.Tensor, new: int, dtype: torch.dtype, window: int | None = None
+    attention_mask: torch.Tensor, slots: StepSlots, dtype: torch.dtype, window: int | None = None
 ) -> torch.Tensor:
-    """Causal + padding (+ sliding window) mask as an additive bias (B, 1, T, P+T).
+    """Causal + padding (+ sliding window) mask as an additive bias (B, 1, T, L).
 
-    Query t sits at slot P+t of the P+T slots; it sees slot j when j ≤ P+t, the mask holds 1 at
-    j and, with a window, P+t - j < window (transformers' sliding_window_overlay). Blocked slots
-    get finfo.min, not -inf: a left-pad query sees nothing, and a row of equal finite scores
+    L is P+T for a growing cache, C for a preallocated one (the mask then covers every slot).
+    Query t sits at slot s_t; it sees slot j when j ≤ s_t, the mask holds 1 at j and, with a
+    window, s_t - j < window (transformers' sliding_window_overlay). Blocked slots get
+    finfo.min, not -inf: a left-pad query sees nothing, and a row of equal finite scores
     softmaxes to a finite uniform row instead of NaN (its output is never read by real tokens).
     """
-    total = attention_mask.shape[1]
-    keys = torch.arange(total, device=attention_mask.device)  # (P+T,)
-    queries = keys[total - new :, None]  # (T, 1): slots P..P+T-1
-    allowed = keys[None, :] <= queries  # (T, P+T)
+    allowed = slots.allowed()  # (T, L)
     if window is not None:
-        allowed = allowed & (queries - keys[None, :] < window)
-    allowed = allowed[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, P+T)
+        keys = torch.arange(slots.key_count, device=attention_mask.device)
+        allowed = allowed & (slots.positions[:, None] - keys[None, :] < window)
+    allowed = allowed[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, L)
     zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
 
@@ -183,16 +205,18 @@ def eos_ids(*values: int | list[int] | None) -> list[int]:
     return []
 
 
-def export_decoder_only(adapter: DecoderOnlyAdapter, spec: ModelSpec, folder: Path) -> Component:
+def export_decoder_only(
+    adapter: DecoderOnlyAdapter, spec: ModelSpec, folder: Path, allocation: str = "growing"
+) -> Component:
     """Export the `decoder` graph of a decoder-only model to `folder/decoder.onnx`.
 
-    Example sizes are ≥ 2 on every dynamic axis (torch.export specialises 0 and 1); validation
-    then proves that batch 1 and past 0 work. The example prompt is left-padded.
+    Example sizes are ≥ 2 and distinct on every dynamic axis (torch.export specialises 0 and
+    1); validation then proves that batch 1 and past 0 work. The example prompt is left-padded.
 
     Raises:
         ExportError: torch.onnx could not export the graph.
     """
-    inputs, outputs = causal_contract("float32")
+    inputs, outputs = causal_contract("float32", allocation)
     low = max(spec.eos + [spec.pad or 0, spec.bos or 0]) + 1
     ids = (torch.arange(7, dtype=torch.long).repeat(2, 1) + low) % spec.vocab_size  # (2, 7)
     mask = torch.ones(2, 7, dtype=torch.long)
@@ -200,17 +224,18 @@ def export_decoder_only(adapter: DecoderOnlyAdapter, spec: ModelSpec, folder: Pa
     positions = positions_from_mask(mask)
     with torch.inference_mode():
         _, past = adapter.decode_step(ids[:, :4], mask[:, :4], positions[:, :4], adapter.empty_past(2))
-    past = [t.clone() for t in flat_kv(past)]  # inference tensors cannot be export inputs
     n = spec.num_layers
-    args = (ids[:, 4:], mask, positions[:, 4:], torch.tensor([1, 2]), past[:n], past[n:])
-    dyn = (
-        dynamic_axes(inputs["input_ids"]),
-        dynamic_axes(inputs["attention_mask"]),
-        dynamic_axes(inputs["position_ids"]),
-        dynamic_axes(inputs["logits_positions"]),
-        [dynamic_axes(inputs["past_key.{i}"])] * n,
-        [dynamic_axes(inputs["past_value.{i}"])] * n,
-    )
+    head = (ids[:, 4:], mask, positions[:, 4:], torch.tensor([1, 2]))
+    component = CausalDecoderComponent(adapter)
+    if allocation == "preallocated":  # 3 new tokens at slots 4..6 of a 9-slot buffer
+        past = preallocate(past, 9)
+        head = (ids[:, 4:], torch.nn.functional.pad(mask, (0, 2)), positions[:, 4:], torch.tensor([1, 2]))
+        head += (torch.arange(4, 7),)
+        component = PreallocatedCausalDecoderComponent(adapter)
+    past = [t.clone() for t in flat_kv(past)]  # inference tensors cannot be export inputs
+    args = (*head, past[:n], past[n:])
+    dyn = tuple(dynamic_axes(inputs[name]) for name in inputs if "{i}" not in name)
+    dyn += ([dynamic_axes(inputs["past_key.{i}"])] * n, [dynamic_axes(inputs["past_value.{i}"])] * n)
     path = folder / "decoder.onnx"
-    export_component(CausalDecoderComponent(adapter), args, dyn, inputs, outputs, n, path)
+    export_component(component, args, dyn, inputs, outputs, n, path)
     return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)

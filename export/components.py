@@ -20,6 +20,7 @@ B, S, T, P, K = (
     "num_logits",
 )
 PT = "past_sequence_length + sequence_length"
+C = "cache_length"  # slots of a preallocated self-attention cache
 
 
 def _pairs(keys: list[torch.Tensor], values: list[torch.Tensor]) -> list[KV]:
@@ -44,21 +45,36 @@ def encoder_contract(dtype: str) -> tuple[dict[str, TensorSpec], dict[str, Tenso
     return inputs, outputs
 
 
-def decoder_contract(dtype: str) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+def cache_dims(allocation: str) -> tuple[str, str]:
+    """Named slot dims of past and present self-attention K/V for a cache allocation."""
+    return (C, C) if allocation == "preallocated" else (P, PT)
+
+
+def decoder_contract(
+    dtype: str, allocation: str = "growing"
+) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    """The encoder-decoder `decoder` step; a preallocated cache adds `cache_position` (T,)."""
     kv = [B, "num_kv_heads"]
+    past, present = cache_dims(allocation)
     inputs = {
         "input_ids": TensorSpec("input_ids", "int64", [B, T]),
         "encoder_attention_mask": TensorSpec("encoder_attention_mask", "int64", [B, S]),
         "logits_positions": TensorSpec("logits_positions", "int64", [K]),
-        "cross_key.{i}": TensorSpec("past_key_values.{i}.encoder.key", dtype, kv + [S, "head_dim"]),
-        "cross_value.{i}": TensorSpec("past_key_values.{i}.encoder.value", dtype, kv + [S, "head_dim"]),
-        "past_key.{i}": TensorSpec("past_key_values.{i}.decoder.key", dtype, kv + [P, "head_dim"]),
-        "past_value.{i}": TensorSpec("past_key_values.{i}.decoder.value", dtype, kv + [P, "head_dim"]),
     }
+    if allocation == "preallocated":
+        inputs["cache_position"] = TensorSpec("cache_position", "int64", [T])
+    inputs.update(
+        {
+            "cross_key.{i}": TensorSpec("past_key_values.{i}.encoder.key", dtype, kv + [S, "head_dim"]),
+            "cross_value.{i}": TensorSpec("past_key_values.{i}.encoder.value", dtype, kv + [S, "head_dim"]),
+            "past_key.{i}": TensorSpec("past_key_values.{i}.decoder.key", dtype, kv + [past, "head_dim"]),
+            "past_value.{i}": TensorSpec("past_key_values.{i}.decoder.value", dtype, kv + [past, "head_dim"]),
+        }
+    )
     outputs = {
         "logits": TensorSpec("logits", "float32", [B, K, "vocab_size"]),
-        "present_key.{i}": TensorSpec("present.{i}.decoder.key", dtype, kv + [PT, "head_dim"]),
-        "present_value.{i}": TensorSpec("present.{i}.decoder.value", dtype, kv + [PT, "head_dim"]),
+        "present_key.{i}": TensorSpec("present.{i}.decoder.key", dtype, kv + [present, "head_dim"]),
+        "present_value.{i}": TensorSpec("present.{i}.decoder.value", dtype, kv + [present, "head_dim"]),
     }
     return inputs, outputs
 
@@ -102,5 +118,28 @@ class DecoderComponent(nn.Module):
     ):
         cross, past = _pairs(cross_keys, cross_values), _pairs(past_keys, past_values)
         hidden, present = self.adapter.decode_step(input_ids, encoder_attention_mask, cross, past)
+        logits = self.adapter.logits(hidden.index_select(1, logits_positions))  # (B, K, V)
+        return (logits.float(), *flat_kv(present))
+
+
+class PreallocatedDecoderComponent(DecoderComponent):
+    """DecoderComponent over a preallocated cache: past K/V are (B, H_kv, C, D) buffers, the new
+    tokens' K/V are written at `cache_position` (T,) and the buffers come back as present."""
+
+    def forward(
+        self,
+        input_ids,
+        encoder_attention_mask,
+        logits_positions,
+        cache_position,
+        cross_keys,
+        cross_values,
+        past_keys,
+        past_values,
+    ):
+        cross, past = _pairs(cross_keys, cross_values), _pairs(past_keys, past_values)
+        hidden, present = self.adapter.decode_step(
+            input_ids, encoder_attention_mask, cross, past, cache_position=cache_position
+        )
         logits = self.adapter.logits(hidden.index_select(1, logits_positions))  # (B, K, V)
         return (logits.float(), *flat_kv(present))

@@ -12,6 +12,7 @@ import torch
 
 from seqport.engine.errors import ExportError
 from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.cache_slots import step_slots
 from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
 
 ARCHITECTURE = "decoder-only"
@@ -48,16 +49,22 @@ class GPT2Adapter:
         )
 
     def decode_step(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: list[KV]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: list[KV],
+        cache_position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
         body = self.model.transformer
+        slots = step_slots(past[0], input_ids.shape[1], cache_position)
         x = body.wte(input_ids) + body.wpe(position_ids)  # (B, T, d)
-        bias = attention_bias(attention_mask, input_ids.shape[1], x.dtype)  # (B, 1, T, P+T)
+        bias = attention_bias(attention_mask, slots, x.dtype)  # (B, 1, T, P+T or C)
         present = []
         for block, (past_k, past_v) in zip(body.h, past):
             q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.config.n_embd, dim=2)  # 3 × (B, T, d)
             q, k, v = (split_heads(t, self.head_dim) for t in (q, k, v))  # (B, H, T, D)
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, P+T, D)
+            k, v = slots.extend((past_k, past_v), (k, v))  # (B, H, P+T or C, D)
             present.append((k, v))
             x = x + block.attn.c_proj(attend(q, k, v, bias, block.attn.scaling))
             x = x + block.mlp(block.ln_2(x))

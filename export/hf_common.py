@@ -169,10 +169,3 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """int64 (B, S) 1 = token, 0 = pad → additive (B, 1, 1, S)."""
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
-def causal_bias(new_len, past_len, dtype: torch.dtype) -> torch.Tensor:
-    """Queries at P..P+T-1 may see keys 0..their own position: additive (T, P+T)."""
-    keys = torch.arange(past_len + new_len)
-    queries = torch.arange(new_len) + past_len
-    return (keys[None, :] > queries[:, None]).to(dtype) * torch.finfo(dtype).min

@@ -14,6 +14,7 @@ import torch
 
 from seqport.engine.errors import ExportError
 from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.cache_slots import step_slots
 from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
 
 ARCHITECTURE = "decoder-only"
@@ -80,18 +81,24 @@ class LlamaAdapter:
         return (emb.cos() * rope.attention_scaling)[:, None], (emb.sin() * rope.attention_scaling)[:, None]
 
     def decode_step(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: list[KV]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: list[KV],
+        cache_position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
         body = self.model.model
+        slots = step_slots(past[0], input_ids.shape[1], cache_position)
         x = body.embed_tokens(input_ids)  # (B, T, d)
         cos, sin = self.rotary(position_ids)
-        biases = {w: attention_bias(attention_mask, input_ids.shape[1], x.dtype, w) for w in set(self.windows)}
+        biases = {w: attention_bias(attention_mask, slots, x.dtype, w) for w in set(self.windows)}
         present = []
         for layer, window, (past_k, past_v) in zip(body.layers, self.windows, past):
             attn, h = layer.self_attn, layer.input_layernorm(x)
             q, k, v = (split_heads(proj(h), self.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # (B, H|H_kv, T, D)
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H_kv, P+T, D)
+            k, v = slots.extend((past_k, past_v), (k, v))  # (B, H_kv, P+T or C, D)
             present.append((k, v))
             x = x + attn.o_proj(attend(q, k, v, biases[window], attn.scaling))
             x = x + layer.mlp(layer.post_attention_layernorm(x))

@@ -7,6 +7,7 @@ is always an artifact whose components were checked against PyTorch.
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from seqport.engine.errors import ArtifactError, ExportError
 from seqport.engine.manifest import (
     FORMAT_VERSION,
+    KV_ALLOCATIONS,
     MANIFEST_FILE,
     Component,
     KVGeometry,
@@ -29,10 +31,12 @@ from seqport.engine.manifest import (
     sha256_of,
 )
 from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
+from seqport.export.cache_slots import preallocate
 from seqport.export.causal import export_decoder_only
 from seqport.export.components import (
     DecoderComponent,
     EncoderComponent,
+    PreallocatedDecoderComponent,
     decoder_contract,
     encoder_contract,
     flat_kv,
@@ -64,32 +68,27 @@ def _export_encoder(adapter, spec: ModelSpec, folder: Path) -> Component:
     return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
 
 
-def _export_decoder(adapter, spec: ModelSpec, folder: Path) -> Component:
-    inputs, outputs = decoder_contract("float32")
+def _export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "growing") -> Component:
+    inputs, outputs = decoder_contract("float32", allocation)
     ids, mask = _example_sources(spec)
     with torch.inference_mode():
         _, cross = adapter.encode(ids, mask)
         prefix = torch.full((2, 4), 5 % spec.vocab_size, dtype=torch.long)
         _, past = adapter.decode_step(prefix, mask, cross, adapter.empty_past(2))
-    cross, past = [t.clone() for t in flat_kv(cross)], [t.clone() for t in flat_kv(past)]
     n = spec.num_layers
+    # 3 new tokens after 4 past ones; a preallocated cache holds them in a 9-slot buffer
+    head = (prefix[:, :3], mask, torch.tensor([1, 2]))
+    component = DecoderComponent(adapter)
+    if allocation == "preallocated":
+        past, head = preallocate(past, 9), (*head, torch.arange(4, 7))
+        component = PreallocatedDecoderComponent(adapter)
     # clone: a tensor made under inference_mode cannot feed an embedding while torch.export traces
-    args = (prefix[:, :3].clone(), mask, torch.tensor([1, 2]), cross[:n], cross[n:], past[:n], past[n:])
-
-    def per_layer(name):
-        return [dynamic_axes(inputs[name])] * n
-
-    dyn = (
-        dynamic_axes(inputs["input_ids"]),
-        dynamic_axes(inputs["encoder_attention_mask"]),
-        dynamic_axes(inputs["logits_positions"]),
-        per_layer("cross_key.{i}"),
-        per_layer("cross_value.{i}"),
-        per_layer("past_key.{i}"),
-        per_layer("past_value.{i}"),
-    )
+    cross, past = [t.clone() for t in flat_kv(cross)], [t.clone() for t in flat_kv(past)]
+    args = (*(t.clone() for t in head), cross[:n], cross[n:], past[:n], past[n:])
+    dyn = tuple(dynamic_axes(inputs[name]) for name in inputs if "{i}" not in name)
+    dyn += tuple([dynamic_axes(inputs[name])] * n for name in inputs if "{i}" in name)
     path = folder / "decoder.onnx"
-    export_component(DecoderComponent(adapter), args, dyn, inputs, outputs, n, path)
+    export_component(component, args, dyn, inputs, outputs, n, path)
     return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
 
 
@@ -102,6 +101,7 @@ def export_model(
     optimize: bool = False,
     quantize: str | None = None,
     dtype: str = "fp32",
+    kv_cache: str = "growing",
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
 
@@ -119,6 +119,9 @@ def export_model(
             (export/quantize.py); the manifest records the figures.
         dtype: "fp32", or "fp16": weights and activations in float16 (float32 graph I/O),
             gated on greedy token agreement with fp32 (export/fp16.py); T5 must stay fp32.
+        kv_cache: "growing" (past + new concatenated each step) or "preallocated" (the
+            engine sizes one buffer per request and the decoder writes into it; see
+            export/cache_slots.py and docs/manifest.md).
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -132,11 +135,13 @@ def export_model(
         raise ExportError(f"--quantize {quantize!r} is not supported; supported: {', '.join(QUANTIZE_MODES)}")
     if dtype not in ("fp32", "fp16") or (dtype == "fp16" and quantize is not None):
         raise ExportError(f"--dtype must be fp32 or fp16 (fp16 without --quantize), got {dtype!r}")
+    if kv_cache not in KV_ALLOCATIONS:
+        raise ExportError(f"--kv-cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
     source = Path(source)
     adapter = load_adapter(source, family, task)
     with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
         tokenizer = _tokenizer_file(adapter, source, Path(staging))
-        manifest = export_adapter(adapter, tokenizer, out, progress=progress, source=source)
+        manifest = export_adapter(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
     return _post_process(adapter, Path(out), manifest, optimize, quantize, dtype)
 
 
@@ -182,6 +187,7 @@ def export_adapter(
     *,
     progress: bool = True,
     source: str | Path | None = None,
+    kv_cache: str = "growing",
 ) -> Manifest:
     """Export a model you wrapped yourself (see docs/own-model.md) with the same validation.
 
@@ -192,6 +198,8 @@ def export_adapter(
         out: the artifact folder to write; created if needed.
         progress: show a progress bar on stderr.
         source: recorded as the manifest's provenance source (default: the adapter's class).
+        kv_cache: "growing" or "preallocated" (as for export_model); preallocated needs a
+            decode_step that takes `cache_position` (see export/cache_slots.py).
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -210,6 +218,7 @@ def export_adapter(
     spec = adapter.spec()
     if isinstance(spec, EncoderSpec):
         return _export_encoder_only(adapter, spec, tokenizer, out, source, progress)
+    _check_allocation(adapter, kv_cache)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
     steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
     components: dict[str, Component] = {}
@@ -220,14 +229,15 @@ def export_adapter(
                 components["encoder"] = _export_encoder(adapter, spec, out)
             elif step == "decoder":
                 export = export_decoder_only if decoder_only else _export_decoder
-                components["decoder"] = export(adapter, spec, out)
+                components["decoder"] = export(adapter, spec, out, kv_cache)
             else:
                 fixed = {
                     "num_kv_heads": spec.num_kv_heads,
                     "head_dim": spec.head_dim,
                     "vocab_size": spec.vocab_size,
                 }
-                validation = (validate_decoder_only if decoder_only else validate)(adapter, out, components, fixed)
+                check = validate_decoder_only if decoder_only else validate
+                validation = check(adapter, out, components, fixed, allocation=kv_cache)
     shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -236,7 +246,7 @@ def export_adapter(
         vocab_size=spec.vocab_size,
         max_positions=spec.max_positions,
         components=components,
-        kv=KVGeometry(spec.num_layers, spec.num_heads, spec.num_kv_heads, spec.head_dim),
+        kv=KVGeometry(spec.num_layers, spec.num_heads, spec.num_kv_heads, spec.head_dim, allocation=kv_cache),
         special_ids=SpecialIds(
             eos=list(spec.eos), pad=spec.pad, bos=spec.bos, decoder_start=spec.decoder_start, unk=spec.unk
         ),
@@ -247,6 +257,18 @@ def export_adapter(
     )
     manifest.save(out)
     return manifest
+
+
+def _check_allocation(adapter, kv_cache: str) -> None:
+    """A preallocated cache needs an adapter whose decode_step writes at `cache_position`."""
+    if kv_cache not in KV_ALLOCATIONS:
+        raise ExportError(f"kv_cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
+    if kv_cache == "preallocated" and "cache_position" not in inspect.signature(adapter.decode_step).parameters:
+        raise ExportError(
+            f"{type(adapter).__name__}.decode_step takes no cache_position, so it cannot write into a "
+            "preallocated cache; export with kv_cache='growing', or add the parameter "
+            "(docs/own-model.md shows how with seqport.export.cache_slots.step_slots)"
+        )
 
 
 def _export_encoder_only(

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.cache_slots import StepSlots, step_slots
 from seqport.export.hf_common import (
     attend,
-    causal_bias,
     generation_defaults,
     load_seq2seq,
     padding_bias,
@@ -64,7 +64,7 @@ class T5Adapter:
         x = stack.embed_tokens(input_ids)  # (B, S, d)
         s = input_ids.shape[1]
         first = stack.block[0].layer[0].SelfAttention
-        bias = self._position_bias(first, s, s, 0) + padding_bias(attention_mask, x.dtype)  # (B, H, S, S)
+        bias = self._position_bias(first, torch.arange(s), s) + padding_bias(attention_mask, x.dtype)  # (B, H, S, S)
         for block in stack.block:
             x = self._self_attention(block.layer[0], x, bias)[0]
             x = _feed_forward(block.layer[-1], x)
@@ -73,18 +73,24 @@ class T5Adapter:
         return x, cross
 
     def decode_step(
-        self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor, cross: list[KV], past: list[KV]
+        self,
+        input_ids: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        cross: list[KV],
+        past: list[KV],
+        cache_position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
-        """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H, P+T, D)."""
+        """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H, P+T, D),
+        or, with `cache_position`, written into the preallocated (B, H, C, D) past."""
         stack = self.model.decoder
-        p, t = past[0][0].shape[2], input_ids.shape[1]
+        slots = step_slots(past[0], input_ids.shape[1], cache_position)
         x = stack.embed_tokens(input_ids)  # (B, T, d)
         first = stack.block[0].layer[0].SelfAttention
-        self_bias = self._position_bias(first, t, p + t, p) + causal_bias(t, p, x.dtype)  # (1, H, T, P+T)
+        self_bias = self._position_bias(first, slots.positions, slots.key_count) + slots.causal_bias(x.dtype)
         cross_bias = padding_bias(encoder_attention_mask, x.dtype)  # (B, 1, 1, S)
         present = []
         for block, layer_past, (cross_k, cross_v) in zip(stack.block, past, cross):
-            x, kv = self._self_attention(block.layer[0], x, self_bias, layer_past)
+            x, kv = self._self_attention(block.layer[0], x, self_bias, slots, layer_past)
             present.append(kv)
             sub = block.layer[1]
             q = split_heads(sub.EncDecAttention.q(sub.layer_norm(x)), self.num_heads, self.head_dim)
@@ -106,27 +112,28 @@ class T5Adapter:
             split_heads(attention.v(x), self.num_heads, self.head_dim),
         )
 
-    def _self_attention(self, sub, x: torch.Tensor, bias: torch.Tensor, past: KV | None = None):
+    def _self_attention(
+        self, sub, x: torch.Tensor, bias: torch.Tensor, slots: StepSlots | None = None, past: KV | None = None
+    ):
         """Pre-norm self-attention block; returns the residual output and this step's K/V."""
         attention = sub.SelfAttention
         h = sub.layer_norm(x)
         k, v = self._project_kv(attention, h)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P+T, D)
+        if slots is not None and past is not None:
+            k, v = slots.extend(past, (k, v))  # (B, H, P+T or C, D)
         q = split_heads(attention.q(h), self.num_heads, self.head_dim)
         return x + attention.o(attend(q, k, v, bias, 1.0)), (k, v)
 
-    def _position_bias(self, attention, query_len, key_len, past_len) -> torch.Tensor:
-        """Learned relative position bias (1, H, T, K) for queries at P..P+T-1 against keys 0..K-1.
+    def _position_bias(self, attention, queries: torch.Tensor, key_len) -> torch.Tensor:
+        """Learned relative position bias (1, H, T, K) for queries at positions (T,) against keys 0..K-1.
 
         The decoder's buckets are one-directional (only keys at or before the query count), the
         encoder's bidirectional, as in T5Attention.compute_bias.
         """
         cfg = self.model.config
-        queries = torch.arange(query_len)[:, None] + past_len  # (T, 1)
         keys = torch.arange(key_len)[None, :]  # (1, K)
         buckets = attention._relative_position_bucket(
-            keys - queries,
+            keys - queries[:, None],
             bidirectional=not attention.is_decoder,
             num_buckets=cfg.relative_attention_num_buckets,
             max_distance=cfg.relative_attention_max_distance,

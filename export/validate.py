@@ -109,8 +109,12 @@ def validate(
     components: dict[str, Component],
     fixed: dict[str, int],
     options: RuntimeOptions | None = None,
+    allocation: str = "growing",
 ) -> Validation:
     """Run PyTorch and onnxruntime on the validation cases; raise if any output is off.
+
+    PyTorch always runs the growing cache, so a preallocated graph is checked against the
+    model's own semantics, not against a second copy of the scatter (see `_PreallocatedFeeds`).
 
     Raises:
         ParityError: naming the component, output, case and figures of every failure.
@@ -130,7 +134,7 @@ def validate(
         recorder.compare("encoder", f"batch={batch} padded", ours, theirs, sigs["encoder"])
         for case in (c for c in DECODER_CASES if c.batch == batch):
             _check_decoder(
-                adapter, spec, case, mask, cross, gen, sigs["decoder"], runtimes["decoder"], recorder
+                adapter, spec, case, mask, cross, gen, sigs["decoder"], runtimes["decoder"], recorder, allocation
             )
     if recorder.failures:
         raise ParityError(
@@ -143,7 +147,7 @@ def validate(
     )
 
 
-def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runtime, recorder) -> None:
+def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runtime, recorder, allocation) -> None:
     low, high = _plain_ids(spec)
     past = adapter.empty_past(case.batch)
     if case.past:
@@ -161,7 +165,7 @@ def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runti
         **_kv_values("cross", cross),
         **_kv_values("past", past),
     }
-    ours = signature.by_logical(runtime.run(signature.feeds(values)))
+    ours = _run_decoder(signature, runtime, values, case, allocation, recorder)
     recorder.compare("decoder", case.label, ours, theirs, signature)
 
 
@@ -183,8 +187,10 @@ def validate_decoder_only(
     components: dict[str, Component],
     fixed: dict[str, int],
     options: RuntimeOptions | None = None,
+    allocation: str = "growing",
 ) -> Validation:
-    """Run a decoder-only model's `decoder` in PyTorch and onnxruntime on DECODER_ONLY_CASES.
+    """Run a decoder-only model's `decoder` in PyTorch and onnxruntime on DECODER_ONLY_CASES
+    (a preallocated graph against PyTorch's growing cache, as in `validate`).
 
     Raises:
         ParityError: naming the output, case and figures of every failure.
@@ -210,7 +216,9 @@ def validate_decoder_only(
         values = {"input_ids": ids[:, new].numpy(), "attention_mask": mask.numpy()}
         values.update({"position_ids": positions[:, new].numpy(), "logits_positions": keep.numpy()})
         values.update(_kv_values("past", past))
-        ours = signature.by_logical(runtime.run(signature.feeds(values)))
+        ours = _run_decoder(signature, runtime, values, case, allocation, recorder)
+        if allocation == "preallocated":  # a left-pad query attends to nothing: its output is unspecified
+            _blank_pads(ours, theirs, mask.numpy(), case.past + keep.numpy())
         labels.append(case.label + (" left-padded" if case.batch > 1 else ""))
         recorder.compare("decoder", labels[-1], ours, theirs, signature)
     if recorder.failures:
@@ -228,3 +236,64 @@ def _left_padded(spec: ModelSpec, batch: int, length: int, gen: torch.Generator)
         mask[row, :pads] = 0
         ids[row, :pads] = spec.pad or 0
     return ids, mask
+
+
+#: slots a validation buffer has beyond the step's P+T: filled with noise the mask must hide.
+SPARE_SLOTS = 3
+
+
+def _run_decoder(signature, runtime, values: dict, case: Case, allocation: str, recorder) -> dict[str, np.ndarray]:
+    """Run the exported decoder on growing-cache `values`; a preallocated graph gets them as
+    buffers (see `_as_buffers`) and its present buffers come back cut to P+T slots."""
+    if allocation != "preallocated":
+        return signature.by_logical(runtime.run(signature.feeds(values)))
+    values, spare = _as_buffers(values, case)
+    ours = signature.by_logical(runtime.run(signature.feeds(values)))
+    written = case.past + case.new
+    for name, noise in spare.items():
+        if not np.array_equal(ours[name][:, :, written:], noise):
+            recorder.failures.append(f"decoder.{name} [{case.label}]: slots after the new tokens were changed")
+        ours[name] = ours[name][:, :, :written]
+    return ours
+
+
+def _as_buffers(values: dict, case: Case) -> tuple[dict, dict[str, np.ndarray]]:
+    """Growing-cache feeds → preallocated ones: each past K/V copied into slots 0..P-1 of a
+    buffer of P+T+SPARE_SLOTS slots whose other slots hold noise, cache_position P..P+T-1, and
+    a decoder-only mask widened over the buffer with random 0/1 (causality must hide them).
+
+    Returns the feeds and, per present output, the noise its buffer must still hold after the
+    written slots.
+    """
+    rng = np.random.default_rng(case.past * 10 + case.new)
+    written = case.past + case.new
+    out, spare = dict(values), {}
+    for name, past in values.items():
+        if not name.startswith("past_"):
+            continue
+        b, h, _, d = past.shape
+        buffer = rng.standard_normal((b, h, written + SPARE_SLOTS, d)).astype(past.dtype)
+        buffer[:, :, : case.past] = past
+        out[name] = buffer
+        spare[name.replace("past_", "present_", 1)] = buffer[:, :, written:].copy()
+    out["cache_position"] = np.arange(case.past, written, dtype=np.int64)
+    if "attention_mask" in values:
+        mask = values["attention_mask"]
+        noise = rng.integers(0, 2, (mask.shape[0], SPARE_SLOTS), dtype=mask.dtype)
+        out["attention_mask"] = np.concatenate([mask, noise], axis=1)
+    return out, spare
+
+
+def _blank_pads(ours: dict, theirs: dict, mask: np.ndarray, logit_slots: np.ndarray) -> None:
+    """Zero what left-pad positions produce, in both result sets. A pad query sees no slot, so
+    softmax spreads it uniformly over every slot it is given: P+T in PyTorch's growing cache,
+    C in a buffer. Real tokens never read those values (the mask hides pad slots)."""
+    pad_slots = mask == 0  # (B, P+T)
+    for name, expected in theirs.items():
+        got = ours[name]
+        if name == "logits":  # (B, K, V): queries at logit_slots
+            hidden = pad_slots[:, logit_slots]
+            got[hidden], expected[hidden] = 0.0, 0.0
+        else:  # (B, H, P+T, D)
+            hidden = np.broadcast_to(pad_slots[:, None, :, None], got.shape)
+            got[hidden], expected[hidden] = 0.0, 0.0

@@ -178,8 +178,11 @@ class OrtSession:
         """The underlying onnxruntime session (the device loop binds OrtValues to it)."""
         return self._session
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], into: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run on numpy feeds; outputs named in `into` are written in place (see `_run_into`)."""
         try:
+            if into and self._device in (None, "cpu"):
+                return self._run_into(feeds, into)
             if self._device is None:
                 values = self._session.run(self._outputs, feeds)
             else:
@@ -187,6 +190,28 @@ class OrtSession:
         except Exception as exc:  # translate, never let a raw onnxruntime trace reach users
             raise RuntimeFailure(f"onnxruntime failed running {self.path.name}: {_first_line(exc)}") from None
         return dict(zip(self._outputs, values))
+
+    def _run_into(self, feeds: dict[str, np.ndarray], into: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """IOBinding on host memory: every feed and every `into` array is wrapped, not copied
+        (OrtValue.ortvalue_from_numpy), so an output bound to the array its input came from is
+        written in place; a preallocated decoder's ScatterElements then touches only the new
+        slots. Other outputs are allocated by onnxruntime."""
+        binding = self._session.io_binding()
+        keep = []  # the OrtValues must outlive the run
+        for name, value in feeds.items():
+            keep.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
+            binding.bind_ortvalue_input(name, keep[-1])
+        for name in self._outputs:
+            if name in into:
+                keep.append(ort.OrtValue.ortvalue_from_numpy(into[name]))
+                binding.bind_ortvalue_output(name, keep[-1])
+            else:
+                binding.bind_output(name, "cpu")
+        self._session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return {
+            name: into[name] if name in into else value.numpy() for name, value in zip(self._outputs, values)
+        }
 
     def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """IOBinding: inputs bound from host memory, outputs allocated on the provider's device."""

@@ -89,9 +89,23 @@ class OrtDevice:
         self.transfers.fetches.append((label, array.nbytes))
         return array
 
-    def run(self, component: str, feeds: dict[str, DeviceArray], outputs: list[str]) -> dict[str, DeviceArray]:
-        """Run a component on device values; graph names in, `outputs` (graph names) out."""
-        return self._run(self._sessions[component], feeds, outputs, component)
+    def run(
+        self,
+        component: str,
+        feeds: dict[str, DeviceArray],
+        outputs: list[str],
+        into: dict[str, DeviceArray] | None = None,
+    ) -> dict[str, DeviceArray]:
+        """Run a component on device values; graph names in, `outputs` (graph names) out.
+        Outputs named in `into` are written into those values (a preallocated KV buffer bound
+        as both past and present is updated in place)."""
+        return self._run(self._sessions[component], feeds, outputs, component, into or {})
+
+    def zeros(self, shape: tuple[int, ...], dtype: str) -> DeviceArray:
+        """A zero-filled value made on the device (only the shape crosses, counted)."""
+        session = self._helper(("zeros", str(dtype)), f"zeros_{dtype}.onnx")
+        feeds = {"shape": self.upload(np.array(shape, dtype=np.int64), "buffer shape")}
+        return self._run(session, feeds, ["y"], "zeros")["y"]
 
     def take(self, values: list[DeviceArray], rows: np.ndarray) -> list[DeviceArray]:
         """Rows `rows` (int64 (M,)) of every value along axis 0, in one device call."""
@@ -128,19 +142,25 @@ class OrtDevice:
             self._helpers[key] = ort.InferenceSession(_graph(graph), sess_options=so, providers=self._helper_providers)
         return self._helpers[key]
 
-    def _run(self, session, feeds: dict[str, DeviceArray], outputs: list[str], what: str) -> dict[str, DeviceArray]:
+    def _run(
+        self, session, feeds: dict[str, DeviceArray], outputs: list[str], what: str, into: dict | None = None
+    ) -> dict[str, DeviceArray]:
+        into = into or {}
         try:
             binding = session.io_binding()
             for name, value in feeds.items():
                 binding.bind_ortvalue_input(name, value.handle)
             for name in outputs:
-                binding.bind_output(name, self.device, self.device_id)
+                if name in into:
+                    binding.bind_ortvalue_output(name, into[name].handle)
+                else:
+                    binding.bind_output(name, self.device, self.device_id)
             session.run_with_iobinding(binding)
             values = binding.get_outputs()
         except Exception as exc:  # translate, never let a raw onnxruntime trace reach users
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise RuntimeFailure(f"onnxruntime failed running {what} on {self.device}: {first}") from None
-        return {name: _wrap(value) for name, value in zip(outputs, values)}
+        return {name: into[name] if name in into else _wrap(value) for name, value in zip(outputs, values)}
 
 
 def _wrap(value: ort.OrtValue) -> DeviceArray:

@@ -65,21 +65,24 @@ def _wrapper_and_contract(manifest: Manifest, component: str, adapter):
         from seqport.export.encoder_only import EncoderOnlyComponent, encoder_only_contract
 
         return EncoderOnlyComponent(adapter), encoder_only_contract(adapter.spec())
-    dtype = manifest.kv.dtype
+    dtype, allocation = manifest.kv.dtype, manifest.kv.allocation
+    preallocated = allocation == "preallocated"
     if manifest.architecture == "decoder-only" and component == "decoder":
-        from seqport.export.causal import CausalDecoderComponent, causal_contract
+        from seqport.export import causal
 
-        return CausalDecoderComponent(adapter), causal_contract(dtype)
+        wrapper = causal.PreallocatedCausalDecoderComponent if preallocated else causal.CausalDecoderComponent
+        return wrapper(adapter), causal.causal_contract(dtype, allocation)
     from seqport.export import components as c
 
-    table = {"encoder": (c.EncoderComponent, c.encoder_contract), "decoder": (c.DecoderComponent, c.decoder_contract)}
-    if manifest.architecture != "encoder-decoder" or component not in table:
+    if manifest.architecture != "encoder-decoder" or component not in ("encoder", "decoder"):
         raise ProviderError(
             f"the torch backend cannot run component {component!r} of a {manifest.architecture} artifact; "
             "it runs: encoder-decoder encoder/decoder, decoder-only decoder, encoder-only encoder"
         )
-    wrapper, contract = table[component]
-    return wrapper(adapter), contract(dtype)
+    if component == "encoder":
+        return c.EncoderComponent(adapter), c.encoder_contract(dtype)
+    wrapper = c.PreallocatedDecoderComponent if preallocated else c.DecoderComponent
+    return wrapper(adapter), c.decoder_contract(dtype, allocation)
 
 
 def _device(options: RuntimeOptions) -> torch.device:
@@ -133,7 +136,8 @@ class TorchSession:
     def output_names(self) -> list[str]:
         return self._outputs
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], into: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run the module; `into` is ignored (outputs are new arrays, which the protocol allows)."""
         with torch.inference_mode():
             args = [
                 [self._tensor(feeds[name]) for name in names] if is_list else self._tensor(feeds[names[0]])

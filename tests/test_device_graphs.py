@@ -41,6 +41,9 @@ def test_shipped_graphs_compute_what_they_promise():
     np.testing.assert_array_equal(ids, [[1, 3], [2, 1]])
     np.testing.assert_allclose(values, [[3.0, 2.0], [4.0, 1.5]])
     np.testing.assert_allclose(lse, np.log(np.exp(logits[:, 0]).sum(-1)), rtol=1e-6)
+    zeros = ort.InferenceSession((GRAPHS / "zeros_float16.onnx").read_bytes(), providers=["CPUExecutionProvider"])
+    (made,) = zeros.run(None, {"shape": np.array([2, 3, 5, 4], dtype=np.int64)})
+    assert made.shape == (2, 3, 5, 4) and made.dtype == np.float16 and not made.any()
 
 
 def test_engine_device_code_does_not_import_onnx():

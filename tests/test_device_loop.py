@@ -200,3 +200,42 @@ def test_stream_runs_on_the_device(seq2seq_pair):
         pieces.setdefault(step.index, []).append(step.token_id)
     for i, result in enumerate(expected):
         assert pieces[i][: len(result.ids)] == result.ids
+
+
+@pytest.fixture(scope="module")
+def preallocated_pair(tiny_artifact, tmp_path_factory):
+    """The tiny checkpoint exported with kv_cache="preallocated": (host loop, device loop)."""
+    pytest.importorskip("torch")
+    from seqport.export.pipeline import export_model
+
+    out = tmp_path_factory.mktemp("preallocated") / "artifact"
+    export_model(tiny_artifact.parent / "tiny_checkpoint", out, progress=False, kv_cache="preallocated")
+    return sp.load(out), sp.load(out, options=DEVICE)
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("case", ["greedy", "beam", "sample", "fallback"])
+def test_preallocated_cache_equals_growing_on_both_loops(seq2seq_pair, preallocated_pair, case):
+    grown, _ = seq2seq_pair
+    host, device = preallocated_pair
+    _assert_same(grown, host, SOURCES, CASES[case])
+    _assert_same(grown, device, SOURCES, CASES[case])
+
+
+@pytest.mark.export
+def test_preallocated_buffers_are_written_in_place_on_the_device(preallocated_pair):
+    """Each step uploads only the new ids and their cache_position (8 bytes a token); while the
+    rows stay the same the K/V buffers keep their device memory (ScatterElements in place)."""
+    _, model = preallocated_pair
+    src_len = max(map(len, SOURCES))
+    config = model.default_config.replace(max_new_tokens=10, **CASES["greedy"])
+    step, search, cache, first = model._start(SOURCES, config, range(len(SOURCES)))
+    assert cache.capacity == 1 + 10 and cache.length == 0
+    log, pointers = model.device.transfers, []
+    log.clear()
+    for _ in decode_steps(step, search, cache, first):
+        _check_uploads(log.uploads, len(SOURCES), src_len, first_len=1, extra={"cache_position": 8})
+        assert [label for label, _ in log.fetches] == ["values", "ids", "lse"]
+        pointers.append(cache.keys[0].handle.data_ptr())
+        log.clear()
+    assert cache.length == len(pointers) and len(set(pointers)) == 1

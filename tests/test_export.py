@@ -110,9 +110,7 @@ def test_validation_failure_names_component_output_and_figures(tmp_path, tiny_ch
     from seqport.export.pipeline import export_model
 
     monkeypatch.setitem(validate.TOLERANCES, "float32", 1e-12)
-    with pytest.raises(
-        ParityError, match=r"decoder\.logits \[batch=1 past=0.*max abs diff .* > tolerance 1e-12"
-    ):
+    with pytest.raises(ParityError, match=r"decoder\.logits \[batch=1 past=0.*max abs diff .* > tolerance 1e-12"):
         export_model(tiny_checkpoint, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "seqport.json").exists()
 
@@ -189,3 +187,46 @@ def test_cli_export_then_generate(tmp_path, tiny_checkpoint):
     )
     assert ids.returncode == 0, ids.stderr
     assert json.loads(ids.stdout)["ids"] == [12, 34, 34, 100]
+
+
+def test_preallocated_export_writes_in_place_and_matches(fresh_export, tmp_path):
+    """kv_cache="preallocated" on the reference Transformer: greedy and beam ids equal the
+    growing export's, and a step writes into the very numpy buffers the cache holds."""
+    import seqport.engine as sp
+    from seqport.export.pipeline import export_model
+
+    checkpoint, grown_folder = fresh_export
+    manifest = export_model(checkpoint, tmp_path / "pre", progress=False, kv_cache="preallocated")
+    assert manifest.kv.allocation == "preallocated"
+    assert manifest.components["decoder"].outputs["present_key.{i}"].shape[2] == "cache_length"
+    grown, pre = sp.load(grown_folder), sp.load(tmp_path / "pre")
+    for options in (dict(), dict(num_beams=3, num_return_sequences=2)):
+        want, got = (
+            m.generate_ids(SOURCES, m.default_config.replace(max_new_tokens=9, **options)) for m in (grown, pre)
+        )
+        assert [[s.ids for s in r.sequences] for r in got] == [[s.ids for s in r.sequences] for r in want]
+    cache = pre.new_cache(2, 6)
+    buffers = cache.keys + cache.values
+    ids, mask = pad_batch(SOURCES[:2], 0)
+    cross = {k: v for k, v in pre.encode(ids, mask).items() if k.startswith("cross_")}
+    feeds = {"input_ids": np.ones((2, 2), np.int64), "encoder_attention_mask": mask, "logits_positions": np.array([1])}
+    pre.run_decoder({**feeds, **cross}, cache)
+    assert all(a is b for a, b in zip(cache.keys + cache.values, buffers)) and cache.length == 2
+    assert np.abs(buffers[0][:, :, :2]).sum() > 0 and not buffers[0][:, :, 2:].any()
+
+
+def test_preallocated_export_needs_an_adapter_that_takes_cache_position(tmp_path, tiny_checkpoint):
+    from seqport.export.families import load_adapter
+    from seqport.export.pipeline import export_adapter
+
+    real = load_adapter(tiny_checkpoint)
+
+    class OldAdapter:  # a user adapter written before preallocated caches existed
+        spec, encode, logits, empty_past = real.spec, real.encode, real.logits, real.empty_past
+
+        def decode_step(self, input_ids, encoder_attention_mask, cross, past):
+            return real.decode_step(input_ids, encoder_attention_mask, cross, past)
+
+    with pytest.raises(ExportError, match="takes no cache_position"):
+        export_adapter(OldAdapter(), tiny_checkpoint / "tokenizer.json", tmp_path / "a", kv_cache="preallocated")
+    assert not (tmp_path / "a" / "seqport.json").exists()

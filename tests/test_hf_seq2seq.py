@@ -502,3 +502,36 @@ def test_generation_options_without_equivalent_are_logged(caplog):
     model = SimpleNamespace(generation_config=transformers.GenerationConfig(forced_eos_token_id=2, num_beams=3))
     assert generation_defaults(model) == {"num_beams": 3}
     assert "no seqport equivalent are not exported: forced_eos_token_id" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["t5", "mbart", "marian"])
+def test_preallocated_cache_matches_transformers(exported, name, tmp_path):
+    """kv_cache="preallocated": the decoder writes into buffers sized for the request (in place
+    through IOBinding). Greedy equals transformers token for token, on the host loop and the
+    device loop; beam search and scoring equal the growing-cache artifact's."""
+    import seqport.engine as sp
+    from seqport.export.pipeline import export_model
+
+    exp = exported(name)
+    manifest = export_model(exp.hf, tmp_path / "artifact", progress=False, kv_cache="preallocated")
+    assert manifest.kv.allocation == "preallocated" and "cache_position" in manifest.components["decoder"].inputs
+    host = sp.load(tmp_path / "artifact")
+    device = sp.load(tmp_path / "artifact", options=sp.RuntimeOptions(device_loop=True))
+    batch = exp.engine.input_ids(TEXTS)
+    ids, mask = pad_batch(batch, exp.manifest.special_ids.pad)
+    sequences, _, scores = hf_generate(exp.model, ids, mask)
+    for engine in (host, device):
+        check_same_generation(
+            exp, engine.generate_ids(batch, GenerationConfig(max_new_tokens=STEPS)), sequences, scores
+        )
+    beams = GenerationConfig(max_new_tokens=STEPS, num_beams=3, num_return_sequences=2)
+    grown = exp.engine.generate_ids(batch, beams)
+    for engine in (host, device):
+        for ours, theirs in zip(engine.generate_ids(batch, beams), grown):
+            assert [s.ids for s in ours.sequences] == [s.ids for s in theirs.sequences]
+            np.testing.assert_allclose(
+                [s.score for s in ours.sequences], [s.score for s in theirs.sequences], atol=1e-4
+            )
+    targets = [r.ids for r in grown[0].sequences] + [[5, 6, 7]]
+    for ours, theirs in zip(host.score(batch[:3], targets), exp.engine.score(batch[:3], targets)):
+        np.testing.assert_allclose(ours.token_logprobs, theirs.token_logprobs, atol=1e-5, rtol=0)

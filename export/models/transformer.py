@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqport.export.cache_slots import StepSlots, step_slots
+
 KV = tuple[torch.Tensor, torch.Tensor]  # key, value: (B, H, S, D)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -149,12 +151,11 @@ class DecoderLayer(nn.Module):
         self.self_block, self.cross_block = Sublayer(cfg), Sublayer(cfg)
         self.ffn_block = Sublayer(cfg)
 
-    def forward(self, x, past: KV, cross: KV, self_bias, cross_bias) -> tuple[torch.Tensor, KV]:
+    def forward(self, x, past: KV, cross: KV, self_bias, cross_bias, slots: StepSlots) -> tuple[torch.Tensor, KV]:
         present: list[KV] = []
 
         def attend_self(h):
-            k, v = self.self_attn.project_kv(h)
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B,H,P+T,D)
+            k, v = slots.extend(past, self.self_attn.project_kv(h))  # (B, H, P+T or C, D)
             present.append((k, v))
             return self.self_attn(h, k, v, self_bias)
 
@@ -183,8 +184,9 @@ class Transformer(nn.Module):
             nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
         )
 
-    def embed_tokens(self, input_ids: torch.Tensor, offset) -> torch.Tensor:
-        positions = self.positions[offset : offset + input_ids.shape[1]]  # (T, d)
+    def embed_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) at int64 positions (T,) → scaled embeddings plus sinusoids (B, T, d)."""
+        positions = self.positions.index_select(0, positions)  # (T, d)
         scaled = self.embed(input_ids) * math.sqrt(self.config.d_model)
         return self.embed_dropout(scaled + positions)
 
@@ -194,7 +196,7 @@ class Transformer(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, list[KV]]:
         """input_ids, attention_mask: (B, S) → hidden (B, S, d) and per decoder layer cross K/V."""
-        x = self.embed_tokens(input_ids, 0)
+        x = self.embed_tokens(input_ids, torch.arange(input_ids.shape[1], device=input_ids.device))
         bias = self.padding_bias(attention_mask, x.dtype)
         for layer in self.encoder_layers:
             x = layer(x, bias)
@@ -202,19 +204,19 @@ class Transformer(nn.Module):
         cross = [layer.cross_attn.project_kv(x) for layer in self.decoder_layers]
         return x, cross
 
-    def decode_step(self, input_ids, encoder_attention_mask, cross: list[KV], past: list[KV]):
-        """New tokens (B, T) on top of past K/V (B, H, P, D) → hidden (B, T, d), present K/V."""
-        past_len = past[0][0].shape[2]
-        x = self.embed_tokens(input_ids, past_len)
-        new_len = input_ids.shape[1]
-        keys = torch.arange(past_len + new_len, device=x.device)
-        queries = torch.arange(new_len, device=x.device) + past_len
-        causal = keys[None, :] > queries[:, None]  # (T, P+T) True = future
-        self_bias = causal.to(x.dtype) * torch.finfo(x.dtype).min
+    def decode_step(self, input_ids, encoder_attention_mask, cross: list[KV], past: list[KV], cache_position=None):
+        """New tokens (B, T) on top of past K/V (B, H, P, D) → hidden (B, T, d), present K/V.
+
+        With `cache_position` (T,) the past is a preallocated buffer (B, H, C, D) and the new
+        tokens are written at those slots (see seqport.export.cache_slots).
+        """
+        slots = step_slots(past[0], input_ids.shape[1], cache_position)
+        x = self.embed_tokens(input_ids, slots.positions)
+        self_bias = slots.causal_bias(x.dtype)  # (T, P+T or C)
         cross_bias = self.padding_bias(encoder_attention_mask, x.dtype)
         present = []
         for layer, layer_past, layer_cross in zip(self.decoder_layers, past, cross):
-            x, kv = layer(x, layer_past, layer_cross, self_bias, cross_bias)
+            x, kv = layer(x, layer_past, layer_cross, self_bias, cross_bias, slots)
             present.append(kv)
         return self.decoder_norm(x), present
 

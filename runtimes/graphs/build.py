@@ -67,6 +67,19 @@ def take_graph(dtype: str) -> bytes:
     return _serialise(graph)
 
 
+def zeros_graph(dtype: str) -> bytes:
+    """shape int64 (R,) → y zeros of that shape: a preallocated KV buffer made on the device
+    (uninitialised memory could hold NaN, which masking cannot hide: 0 * NaN is NaN)."""
+    zero = helper.make_tensor("value", FLOATS[dtype], [1], [0.0])
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["y"], value=zero)],
+        "seqport_zeros",
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, ["R"])],
+        [helper.make_tensor_value_info("y", FLOATS[dtype], None)],
+    )
+    return _serialise(graph)
+
+
 def _serialise(graph) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     model.producer_name = "seqport"
@@ -77,6 +90,7 @@ def all_graphs() -> dict[str, bytes]:
     """File name → serialized model, for every graph the device loop may load."""
     graphs = {f"select_{d}.onnx": select_graph(d) for d in FLOATS}
     graphs.update({f"take_{d}.onnx": take_graph(d) for d in TAKE_DTYPES})
+    graphs.update({f"zeros_{d}.onnx": zeros_graph(d) for d in FLOATS})
     return graphs
 
 
