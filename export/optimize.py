@@ -34,6 +34,32 @@ MODEL_TYPES = {
 DEFAULT_MODEL_TYPE = "bert"  # encoders and other decoders: LayerNorm/RMSNorm, Gelu, attention patterns
 
 
+def _has_biasless_gemm(path: Path) -> bool:
+    """Whether a Gemm has no C input: the exporter drops all-zero biases (randomly initialised
+    GPT-2 checkpoints), and onnxruntime's gpt2 postprocess, which rewrites each Gemm after a
+    LayerNorm or FastGelu into MatMul + Add, reads `gemm.input[2]` unconditionally
+    (IndexError: list index out of range)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type == "Gemm" and len(node.input) < 3 for node in graph.node)
+
+
+def choose_model_type(family: str, paths: list[Path]) -> str:
+    """The optimizer's pattern set for this family, or "bert" where gpt2's would crash.
+
+    On the dynamo-exported GPT-2 graph the gpt2 set fuses what the bert set fuses (its GPT attention
+    patterns match none of it) plus that Gemm rewrite, so "bert" loses no fused operator.
+    """
+    model_type = MODEL_TYPES.get(family, DEFAULT_MODEL_TYPE)
+    if model_type == "gpt2" and any(_has_biasless_gemm(path) for path in paths):
+        logger.warning(
+            "a Gemm without bias (all-zero biases dropped by the exporter) crashes onnxruntime's gpt2 "
+            "postprocess; using the %s patterns instead",
+            DEFAULT_MODEL_TYPE,
+        )
+        return DEFAULT_MODEL_TYPE
+    return model_type
+
+
 def _io_names(path: Path) -> tuple[list[str], list[str]]:
     graph = onnx.load(str(path), load_external_data=False).graph
     return [i.name for i in graph.input], [o.name for o in graph.output]
@@ -95,7 +121,7 @@ def optimize_artifact(adapter, folder: Path, manifest: Manifest) -> Manifest:
     """
     from onnxruntime import __version__ as ort_version
 
-    model_type = MODEL_TYPES.get(manifest.family, DEFAULT_MODEL_TYPE)
+    model_type = choose_model_type(manifest.family, [folder / c.file for c in manifest.components.values()])
     num_heads = manifest.kv.num_heads if manifest.kv else 0  # 0: the optimizer reads it from the graph
     hidden = num_heads * manifest.kv.head_dim if manifest.kv else 0
     components: dict[str, Component] = {}
@@ -127,4 +153,4 @@ def revalidate(adapter, folder: Path, manifest: Manifest) -> Validation:
     kv = manifest.kv
     fixed = {"num_kv_heads": kv.num_kv_heads, "head_dim": kv.head_dim, "vocab_size": manifest.vocab_size}
     run = checks.validate_decoder_only if manifest.architecture == "decoder-only" else checks.validate
-    return run(adapter, folder, manifest.components, fixed)
+    return run(adapter, folder, manifest.components, fixed, allocation=kv.allocation)
