@@ -1,25 +1,20 @@
-"""How much does growing the KV cache by concatenation cost? (issue #6)
+"""Growing vs preallocated KV cache, side by side in one process (issues #6 and #7).
 
-Today the decoder graph concatenates past and new K/V inside the graph and returns `present`
-(B, H, P+T, D) for every layer, so step t copies the whole cache: O(t) bytes per step and O(N²)
-over N steps. The alternative is a buffer allocated once for the longest sequence and written
-in place (O(1) per step), which needs a graph that takes the whole buffer plus the past length
-(onnxruntime's GroupQueryAttention with a shared past/present buffer does this).
+Two exports of the same model, one with `--kv-cache growing` (the decoder returns past + new:
+each step copies the whole cache once more) and one with `--kv-cache preallocated` (buffers
+sized for the request; the decoder writes the new slots in place through IOBinding). Both run
+the same engine loop, alternately, on the same inputs:
 
-This script measures, on one artifact's geometry:
+  step      one decoder step at past lengths P (batch B): what a step costs as the cache grows;
+  generate  exactly N new tokens (greedy, batch B), host loop and device loop (`device_loop=True`,
+            the IOBinding path GPUs use, run here on the CPU): tokens/s, median of the repeats;
+  bytes     K/V bytes each scheme writes over N steps (concatenation copies P+1 slots a step,
+            in-place writes one), from the geometry.
 
-  step    one real decoder step (public API: model.decoder_step) at growing past lengths P: how
-          the step time grows with P (attention over P positions + the in-graph concat).
-  copy    the cache traffic alone over N steps, in numpy, three ways:
-            concat          np.concatenate(past, new) per layer per step (what the graph does);
-            prealloc+view   write into a preallocated (B, H, N, D) buffer, then make the (B, H, t, D)
-                            view contiguous (what feeding a buffer slice to a runtime costs);
-            prealloc        write in place only (a graph that reads the whole buffer + length).
+    python benchmarks/kv_growth.py build/compare/t5/seqport-fp32 build/compare/t5/seqport-prealloc \\
+        --batch-sizes 1,8 --new-tokens 64,256 --threads 2 --out benchmarks/results
 
-Compare the `copy` totals with N × the step time to see how much of generation the concat
-costs at that length. Run it when the machine is quiet (docs/benchmarks.md):
-
-    python benchmarks/kv_growth.py ARTIFACT --batch 1 --steps 256 --json kv.jsonl
+writes kv_growth.json and kv_growth.md in --out. Run it on a quiet machine (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -28,137 +23,187 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import seqport.engine as sp
 from seqport.engine.benchmark import device, synthetic_inputs, versions
+from seqport.engine.kv_cache import KVCache
+
+KINDS = ("growing", "preallocated")
 
 
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1e3
-    return {"p50": round(float(np.median(ms)), 4), "p90": round(float(np.percentile(ms, 90)), 4)}
-
-
-def timed(fn, warmup: int, repeats: int) -> dict[str, float]:
+def paired_ms(first, second, warmup: int, repeats: int) -> tuple[float, float]:
+    """Median ms of two functions run alternately (first, second, first, ...), so a noisy
+    neighbour slows both alike."""
     for _ in range(warmup):
-        fn()
-    samples = []
+        first(), second()
+    samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+        for fn, times in zip((first, second), samples):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return float(np.median(samples[0]) * 1e3), float(np.median(samples[1]) * 1e3)
 
 
-def step_feeds(model, batch: int, past: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Logical decoder feeds for one new token after `past` random cached positions."""
+def step_values(model, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Logical decoder feeds (without the cache) for one new token per row."""
     m = model.manifest
-    kv = m.kv
-    cache = rng.standard_normal((batch, kv.num_kv_heads, past, kv.head_dim)).astype(kv.dtype)  # (B, H, P, D)
-    feeds = {f"past_{kind}.{i}": cache for i in range(kv.num_layers) for kind in ("key", "value")}
-    feeds["input_ids"] = np.full((batch, 1), synthetic_inputs(m, 1, 1)[0][0], dtype=np.int64)  # (B, 1)
-    feeds["logits_positions"] = np.zeros(1, dtype=np.int64)
+    values = {
+        "input_ids": np.full((batch, 1), synthetic_inputs(m, 1, 1)[0][0], dtype=np.int64),  # (B, 1)
+        "logits_positions": np.zeros(1, dtype=np.int64),
+    }
     if m.architecture == "encoder-decoder":
         source = np.asarray(synthetic_inputs(m, batch, min(16, m.max_positions)), dtype=np.int64)  # (B, S)
         mask = np.ones_like(source)
-        encoded = model.encode(source, mask)
-        feeds.update({k: v for k, v in encoded.items() if k.startswith("cross_")})
-        feeds["encoder_attention_mask"] = mask
-    else:
-        feeds["attention_mask"] = np.ones((batch, past + 1), dtype=np.int64)  # (B, P+1)
-        feeds["position_ids"] = np.full((batch, 1), past, dtype=np.int64)  # (B, 1)
-    return feeds
+        values.update({k: v for k, v in model.encode(source, mask).items() if k.startswith("cross_")})
+        values["encoder_attention_mask"] = mask
+    return values
 
 
-def measure_steps(model, batch: int, warmup: int, repeats: int) -> dict[str, dict[str, float]]:
-    rng = np.random.default_rng(0)
-    limit = model.manifest.max_positions - 1
-    lengths = sorted({p for p in (0, 8, 32, 128, 512, 2048) if p <= limit} | {limit})
-    results = {}
-    for past in lengths:
-        feeds = step_feeds(model, batch, past, rng)
-        results[str(past)] = timed(lambda feeds=feeds: model.decoder_step(feeds), warmup, repeats)
-    return results
-
-
-def grow(strategy: str, shape: tuple[int, int, int, int], layers: int, steps: int) -> None:
-    """Grow `layers` × (key, value) caches of (B, H, ·, D) by one position per step."""
-    batch, heads, _, dim = shape
-    new = np.ones((batch, heads, 1, dim), dtype=np.float32)  # (B, H, 1, D)
-    if strategy == "concat":
-        caches = [np.zeros((batch, heads, 0, dim), np.float32) for _ in range(2 * layers)]
-        for _ in range(steps):
-            caches = [np.concatenate([c, new], axis=2) for c in caches]  # (B, H, t+1, D): copies t+1
-        return
-    buffers = [np.empty((batch, heads, steps, dim), np.float32) for _ in range(2 * layers)]  # (B, H, N, D)
-    for t in range(steps):
-        for buffer in buffers:
-            buffer[:, :, t : t + 1] = new
-            if strategy == "prealloc+view":
-                np.ascontiguousarray(buffer[:, :, : t + 1])  # (B, H, t+1, D) view → contiguous copy
-
-
-def measure_copies(model, batch: int, steps: int, warmup: int, repeats: int) -> dict[str, dict]:
+def cache_at(model, batch: int, past: int, rng: np.random.Generator) -> tuple[KVCache, callable]:
+    """A cache holding `past` random positions, and a function that restores it to that state
+    (a step grows a growing cache and fills one more slot of a preallocated one)."""
     kv = model.manifest.kv
-    shape = (batch, kv.num_kv_heads, steps, kv.head_dim)
-    item = np.dtype(kv.dtype).itemsize
-    per_position = 2 * kv.num_layers * batch * kv.num_kv_heads * kv.head_dim * item  # bytes per cached position
-    copied = {
-        "concat": per_position * steps * (steps + 1) // 2,
-        "prealloc+view": per_position * (steps + steps * (steps + 1) // 2),
-        "prealloc": per_position * steps,
-    }
-    return {
-        name: {
-            "total_ms": timed(lambda name=name: grow(name, shape, kv.num_layers, steps), warmup, repeats),
-            "bytes_copied": copied[name],
-        }
-        for name in copied
-    }
+    preallocated = kv.allocation == "preallocated"
+    slots = past + 1 if preallocated else past
+    shape = (batch, kv.num_kv_heads, slots, kv.head_dim)
+    keys = [rng.standard_normal(shape).astype(kv.dtype) for _ in range(kv.num_layers)]
+    values = [rng.standard_normal(shape).astype(kv.dtype) for _ in range(kv.num_layers)]
+
+    def fresh() -> KVCache:
+        return KVCache(list(keys), list(values), filled=past if preallocated else None)
+
+    return fresh(), fresh
+
+
+def one_step(model, batch: int, past: int):
+    """A function running one decoder step after `past` cached positions."""
+    rng = np.random.default_rng(past)
+    values = step_values(model, batch, rng)
+    if model.manifest.architecture != "encoder-decoder":
+        values["attention_mask"] = np.ones((batch, past + 1), dtype=np.int64)  # P+1 slots either way
+        values["position_ids"] = np.full((batch, 1), past, dtype=np.int64)
+    _, fresh = cache_at(model, batch, past, rng)
+    return lambda: model.run_decoder(dict(values), fresh())
+
+
+def generation(model, batch: int, new: int) -> tuple[callable, list[int]]:
+    """A function generating greedily, and the list it appends each run's token count to. The
+    stop id is the vocabulary's last id instead of EOS, so random-weight rows run to N; not
+    min_new_tokens, whose processor would make the device loop fetch the logits."""
+    m = model.manifest
+    inputs = synthetic_inputs(m, batch, min(32, m.max_positions - new))
+    config = sp.GenerationConfig(max_new_tokens=new, eos_token_ids=(m.vocab_size - 1,))
+    produced: list[int] = []
+
+    def run() -> None:
+        produced.append(sum(len(r.ids) for r in model.generate_ids(inputs, config)))
+
+    return run, produced
+
+
+def bytes_written(model, batch: int, new: int) -> dict[str, int]:
+    kv = model.manifest.kv
+    per_slot = 2 * kv.num_layers * batch * kv.num_kv_heads * kv.head_dim * np.dtype(kv.dtype).itemsize
+    return {"growing": per_slot * new * (new + 1) // 2, "preallocated": per_slot * new}
+
+
+def table(record: dict) -> str:
+    lines = [
+        "# Growing vs preallocated KV cache",
+        "",
+        f"Measured {record['created']} on {record['device']['cpu']} ({record['device']['cpu_count']} logical "
+        f"CPUs), {record['threads']} threads, by `python benchmarks/kv_growth.py {' '.join(record['argv'])}`; "
+        f"family {record['family']}, median of {record['repeats']} runs (steps: 5×) after {record['warmup']} warm-up, "
+        "the two artifacts alternating run by run. Growing: the decoder concatenates past + new each step; "
+        "preallocated: request-sized buffers written in place (docs/manifest.md).",
+        "",
+        "## One decoder step (ms) by past length",
+        "",
+        "| batch | past | growing | preallocated | growing / preallocated |",
+        "|---|---|---|---|---|",
+    ]
+    for row in record["steps"]:
+        g, p = row["growing_ms"], row["preallocated_ms"]
+        lines.append(f"| {row['batch']} | {row['past']} | {g:.2f} | {p:.2f} | {g / p:.2f}× |")
+    lines += [
+        "",
+        "## Generation, N new tokens (tokens/s)",
+        "",
+        "| batch | N | loop | growing | preallocated | preallocated / growing | K/V MiB written (grow / prealloc) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in record["generate"]:
+        g, p = row["growing_tps"], row["preallocated_tps"]
+        written = row["bytes_written"]
+        mib = f"{written['growing'] / 2**20:.1f} / {written['preallocated'] / 2**20:.1f}"
+        lines.append(f"| {row['batch']} | {row['new']} | {row['loop']} | {g:.1f} | {p:.1f} | {p / g:.2f}× | {mib} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact", help="a generating artifact folder (encoder-decoder or decoder-only)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=256, help="N: cache positions grown in the copy test")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
-    parser.add_argument("--json", metavar="FILE", help="append the record (one JSON line)")
+    parser.add_argument("growing", help="artifact exported with --kv-cache growing")
+    parser.add_argument("preallocated", help="the same model exported with --kv-cache preallocated")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--new-tokens", default="64,256", help="comma-separated N for the generation runs")
+    parser.add_argument("--pasts", default="0,32,128,256", help="past lengths for the step timings")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for kv_growth.json and kv_growth.md")
     args = parser.parse_args(argv)
-    model = sp.load(args.artifact, options=sp.RuntimeOptions(intra_op_threads=args.threads))
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    news = [int(n) for n in args.new_tokens.split(",")]
+    def load(path: str, loop: str):
+        return sp.load(path, options=sp.RuntimeOptions(intra_op_threads=args.threads, device_loop=loop == "device"))
+
+    models = {
+        (kind, loop): load(path, loop)
+        for kind, path in (("growing", args.growing), ("preallocated", args.preallocated))
+        for loop in ("host", "device")
+    }
+    allocations = {kind: models[(kind, "host")].manifest.kv.allocation for kind in ("growing", "preallocated")}
+    if allocations != {"growing": "growing", "preallocated": "preallocated"}:
+        parser.error(f"expected a growing then a preallocated artifact, got {allocations}")
+    limit = models[("growing", "host")].manifest.max_positions - 1
     record = {
-        "schema": "seqport.kv_growth/1",
-        "artifact": args.artifact,
-        "family": model.manifest.family,
+        "schema": "seqport.kv_growth/2",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "family": models[("growing", "host")].manifest.family,
         "versions": versions(),
         "device": device(),
         "threads": args.threads,
-        "batch": args.batch,
-        "lengths": {"steps": args.steps, "max_positions": model.manifest.max_positions},
-        "kv": {
-            "num_layers": model.manifest.kv.num_layers,
-            "num_kv_heads": model.manifest.kv.num_kv_heads,
-            "head_dim": model.manifest.kv.head_dim,
-            "dtype": model.manifest.kv.dtype,
-        },
         "warmup": args.warmup,
         "repeats": args.repeats,
-        "step_ms_by_past": measure_steps(model, args.batch, args.warmup, args.repeats),
-        "copy": measure_copies(model, args.batch, args.steps, args.warmup, args.repeats),
+        "steps": [],
+        "generate": [],
     }
-    print("decoder step (ms p50/p90) by past length:")
-    for past, figures in record["step_ms_by_past"].items():
-        print(f"  P={past:>5}: {figures['p50']:.3f}/{figures['p90']:.3f}")
-    print(f"cache growth over {args.steps} steps (ms p50/p90, MiB copied):")
-    for name, figures in record["copy"].items():
-        total = figures["total_ms"]
-        print(f"  {name:>14}: {total['p50']:.2f}/{total['p90']:.2f}  {figures['bytes_copied'] / 2**20:.1f}")
-    if args.json:
-        with open(args.json, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+    for batch in batches:
+        for past in (int(p) for p in args.pasts.split(",") if int(p) <= limit):
+            steps = [one_step(models[(kind, "host")], batch, past) for kind in ("growing", "preallocated")]
+            grown, pre = paired_ms(*steps, args.warmup, 5 * args.repeats)
+            row = {"batch": batch, "past": past, "growing_ms": grown, "preallocated_ms": pre}
+            record["steps"].append(row)
+            print(f"step  B={batch} P={past}: {row['growing_ms']:.2f} / {row['preallocated_ms']:.2f} ms", flush=True)
+        for new in news:
+            for loop in ("host", "device"):
+                (run_g, made_g), (run_p, made_p) = (generation(models[(k, loop)], batch, new) for k in KINDS)
+                ms_g, ms_p = paired_ms(run_g, run_p, args.warmup, args.repeats)
+                row = {"batch": batch, "new": new, "loop": loop, "tokens": made_g[-1]}
+                row.update(growing_tps=made_g[-1] / ms_g * 1e3, preallocated_tps=made_p[-1] / ms_p * 1e3)
+                row["bytes_written"] = bytes_written(models[("growing", loop)], batch, new)
+                record["generate"].append(row)
+                print(f"gen   B={batch} N={new} {loop}: {row['growing_tps']:.1f} / {row['preallocated_tps']:.1f} tok/s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kv_growth.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "kv_growth.md").write_text(table(record), encoding="utf-8")
+    print(f"wrote {out / 'kv_growth.json'} and {out / 'kv_growth.md'}")
     return 0
 
 

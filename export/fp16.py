@@ -59,7 +59,7 @@ def fp16_artifact(folder: Path, manifest: Manifest, min_agreement: float = MIN_A
     stage = Path(tempfile.mkdtemp(prefix=".fp16-", dir=folder))
     try:
         files, nodes = _convert(folder, manifest, stage / "fp16")
-        converted = _with_files(manifest, files)
+        converted = _half_kv_contract(_with_files(manifest, files))
         reference = load(_stage(folder, manifest, stage / "fp32", {}))
         candidate = load(_stage(folder, converted, stage / "fp16", files))
         figures = _figures(reference, candidate, _fit(reference.input_ids(SENTENCES), manifest))
@@ -93,16 +93,48 @@ def fp16_artifact(folder: Path, manifest: Manifest, min_agreement: float = MIN_A
     return dataclasses.replace(converted, quantization=record)
 
 
+#: logical I/O names of the KV cache, which crosses the graph boundary in float16.
+KV_PREFIXES = ("past_key.", "past_value.", "present_key.", "present_value.", "cross_key.", "cross_value.")
+
+
+def _is_kv(logical: str) -> bool:
+    return logical.startswith(KV_PREFIXES)
+
+
+def _float32_io(manifest: Manifest, name: str) -> list[str]:
+    """Graph names of a component's float I/O that stay float32: everything but the KV cache
+    (logits, hidden states), so only K/V change dtype at the boundary."""
+    component = manifest.components[name]
+    specs = {**component.inputs, **component.outputs}
+    return [spec.name for logical, spec in specs.items() if spec.dtype == "float32" and not _is_kv(logical)]
+
+
+def _half_kv_contract(manifest: Manifest) -> Manifest:
+    """The manifest of float16 components: K/V specs and kv.dtype become float16."""
+
+    def half(specs: dict) -> dict:
+        return {k: dataclasses.replace(v, dtype="float16") if _is_kv(k) else v for k, v in specs.items()}
+
+    components = {
+        name: dataclasses.replace(c, inputs=half(c.inputs), outputs=half(c.outputs))
+        for name, c in manifest.components.items()
+    }
+    return dataclasses.replace(manifest, components=components, kv=dataclasses.replace(manifest.kv, dtype="float16"))
+
+
 def _convert(folder: Path, manifest: Manifest, out: Path) -> tuple[dict[str, Path], dict[str, int]]:
-    """Each component converted to float16 (float32 I/O); per component the float16 node count."""
+    """Each component converted to float16, its K/V I/O too (the cache is half the memory and a
+    preallocated buffer is written in place, not through a Cast copy), other float I/O kept
+    float32; per component the float16 node count."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     out.mkdir(parents=True)
     files, nodes = {}, {}
     for name, component in manifest.components.items():
         model = onnx.load(str(folder / component.file))
+        keep = _float32_io(manifest, name)
         try:
-            half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+            half = convert_float_to_float16(model, keep_io_types=keep, disable_shape_infer=True)
         except Exception as exc:  # the converter raises many types on graphs it cannot handle
             raise ExportError(f"onnxruntime could not convert {component.file} to float16: {exc}") from exc
         files[name] = out / component.file

@@ -246,25 +246,22 @@ def _figures(reference, candidate, sources: list[list[int]]) -> Figures:
 def _teacher_forced(model, ids: list[int], target: list[int]) -> dict[str, np.ndarray]:
     """Logits (T, V) for each target position given the previous target tokens (one call)."""
     m = model.manifest
-    kv = m.kv
-    past = np.zeros((1, kv.num_kv_heads, 0, kv.head_dim), dtype=kv.dtype)  # (1, H, 0, D)
-    values = {f"past_{kind}.{i}": past for i in range(kv.num_layers) for kind in ("key", "value")}
     source = np.asarray([ids], dtype=np.int64)  # (1, S)
     if m.architecture == "encoder-decoder":
         mask = np.ones_like(source)
         encoded = model.run("encoder", {"input_ids": source, "attention_mask": mask})
         start = m.special_ids.decoder_start if m.special_ids.decoder_start is not None else (m.special_ids.bos or 0)
         tokens = np.asarray([[start] + target[:-1]], dtype=np.int64)  # (1, T)
-        values.update({k: v for k, v in encoded.items() if k.startswith("cross_")})
+        values = {k: v for k, v in encoded.items() if k.startswith("cross_")}
         values.update(input_ids=tokens, encoder_attention_mask=mask, logits_positions=np.arange(len(target)))
-        out = model.run("decoder", values)
+        out = model.run_decoder(values, model.new_cache(1, tokens.shape[1]))
         return {"encoder_hidden_states": encoded["encoder_hidden_states"][0], "logits": out["logits"][0]}
     tokens = np.asarray([ids + target[:-1]], dtype=np.int64)  # (1, L + T - 1): prompt, then target
     length = tokens.shape[1]
-    values.update(
+    values = dict(
         input_ids=tokens,
         attention_mask=np.ones_like(tokens),
         position_ids=np.arange(length, dtype=np.int64)[None, :],
         logits_positions=np.arange(len(ids) - 1, length, dtype=np.int64),
     )
-    return {"logits": model.run("decoder", values)["logits"][0]}
+    return {"logits": model.run_decoder(values, model.new_cache(1, length))["logits"][0]}
