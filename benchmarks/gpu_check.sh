@@ -5,7 +5,8 @@
 #
 # 1. a fresh venv with seqport[gpu,export,hf] (onnxruntime-gpu, never beside onnxruntime) + torch;
 # 2. exports the bundled translator and a GPT-2-size model (GPT2Config defaults, random weights),
-#    each in fp32 and fp16;
+#    each in fp32 and fp16, and the GPT-2 in fp16 with --kv-cache preallocated (buffers written
+#    in place on the device);
 # 3. parity on CUDA: the device loop (IOBinding, on-device selection) against the plain loop;
 # 4. `seqport bench` for onnxruntime CUDA, onnxruntime TensorRT and PyTorch CUDA eager at
 #    batch 1 and 16, writing JSON Lines and a markdown table to OUT.
@@ -72,6 +73,9 @@ for name in translator gpt2; do
     done
 done
 
+"$SEQPORT" export "$WORK/gpt2" "$WORK/art-gpt2-fp16-prealloc" --dtype fp16 --kv-cache preallocated -q \
+    || fail "export gpt2 fp16 preallocated"
+
 step "parity on CUDA: device loop vs plain loop"
 "$PY" - "$WORK" "$OUT" <<'EOF' || fail "parity"
 import json, sys
@@ -100,17 +104,15 @@ for art in sorted(work.glob("art-*")):
 EOF
 
 step "seqport bench"
-for name in translator gpt2; do
-    for dtype in fp32 fp16; do
-        art="$WORK/art-$name-$dtype"
-        [ -f "$art/seqport.json" ] || continue
-        timeout 120 "$SEQPORT" bench "$art" --runtimes onnxruntime,torch --provider cuda --batch-sizes 1,16 \
-            --new-tokens 64 --warmup 1 --repeats 3 -q --json "$OUT/bench-$name-$dtype-cuda.jsonl" \
-            >"$OUT/bench-$name-$dtype-cuda.md" || fail "bench $name $dtype cuda"
-        timeout 150 "$SEQPORT" bench "$art" --runtimes onnxruntime --provider tensorrt --batch-sizes 1,16 \
-            --new-tokens 64 --warmup 1 --repeats 3 -q --json "$OUT/bench-$name-$dtype-tensorrt.jsonl" \
-            >"$OUT/bench-$name-$dtype-tensorrt.md" || fail "bench $name $dtype tensorrt"
-    done
+for art in "$WORK"/art-*; do
+    [ -f "$art/seqport.json" ] || continue
+    name="$(basename "$art")"; name="${name#art-}"
+    timeout 120 "$SEQPORT" bench "$art" --runtimes onnxruntime,torch --provider cuda --batch-sizes 1,16 \
+        --new-tokens 64 --warmup 1 --repeats 3 -q --json "$OUT/bench-$name-cuda.jsonl" \
+        >"$OUT/bench-$name-cuda.md" || fail "bench $name cuda"
+    timeout 150 "$SEQPORT" bench "$art" --runtimes onnxruntime --provider tensorrt --batch-sizes 1,16 \
+        --new-tokens 64 --warmup 1 --repeats 3 -q --json "$OUT/bench-$name-tensorrt.jsonl" \
+        >"$OUT/bench-$name-tensorrt.md" || fail "bench $name tensorrt"
 done
 
 {

@@ -29,6 +29,7 @@ def dim_ranges(manifest: Manifest, max_batch: int) -> dict[str, tuple[int, int, 
         "past_sequence_length": (0, top // 2, top),
         "encoder_sequence_length": (1, top // 2, top),
         "num_logits": (1, 1, top),
+        "cache_length": (1, top // 2, top + 1),  # preallocated buffers: first tokens + max_new_tokens
     }
     if manifest.kv is not None:
         ranges["num_kv_heads"] = (manifest.kv.num_kv_heads,) * 3

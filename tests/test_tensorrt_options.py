@@ -50,3 +50,22 @@ def test_engine_cache_fp16_and_user_options(tiny_artifact, tmp_path):
 def test_trt_max_batch_is_validated():
     with pytest.raises(ProviderError, match="trt_max_batch must be >= 1"):
         RuntimeOptions(trt_max_batch=0)
+
+
+def test_profile_of_a_preallocated_decoder_covers_the_buffers(tiny_artifact):
+    """cache_length (request-sized buffers) spans 1..max_positions+1; cache_position is per new token."""
+    import dataclasses
+
+    from seqport.engine.manifest import Component, TensorSpec
+
+    manifest = load_manifest(tiny_artifact)
+    decoder = manifest.components["decoder"]
+    buffer = ["batch_size", "num_kv_heads", "cache_length", "head_dim"]
+    inputs = {k: dataclasses.replace(v, shape=buffer) if "past_" in k else v for k, v in decoder.inputs.items()}
+    inputs["cache_position"] = TensorSpec("cache_position", "int64", ["sequence_length"])
+    manifest = dataclasses.replace(manifest, components={**manifest.components, "decoder": Component(
+        decoder.file, decoder.sha256, inputs, decoder.outputs)})  # fmt: skip
+    shapes = profile_shapes(manifest, "decoder", max_batch=4)
+    low, high = (_shapes(shapes[f"trt_profile_{w}_shapes"]) for w in ("min", "max"))
+    assert (low["past_key_values.1.decoder.value"], high["past_key_values.1.decoder.value"]) == ("1x3x1x8", "4x3x41x8")
+    assert (low["cache_position"], high["cache_position"]) == ("1", "40")
