@@ -169,3 +169,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """int64 (B, S) 1 = token, 0 = pad → additive (B, 1, 1, S)."""
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """T5LayerNorm / LlamaRMSNorm (weight · x / sqrt(mean(x²) + eps)) written with Div, not
+    x · rsqrt: exported, rsqrt becomes Sqrt + Reciprocal, which onnxruntime does not fuse,
+    while Pow → ReduceMean → Add → Sqrt → Div becomes one SimplifiedLayerNormalization
+    (six nodes per norm fewer every decoder step)."""
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    return norm.weight * (x.float() / torch.sqrt(variance + norm.variance_epsilon)).to(x.dtype)

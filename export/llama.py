@@ -16,6 +16,7 @@ from seqport.engine.errors import ExportError
 from seqport.export.adapter import KV, ModelSpec, tied_projection
 from seqport.export.cache_slots import step_slots
 from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
+from seqport.export.hf_common import rms_norm
 
 ARCHITECTURE = "decoder-only"
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -95,14 +96,14 @@ class LlamaAdapter:
         biases = {w: attention_bias(attention_mask, slots, x.dtype, w) for w in set(self.windows)}
         present = []
         for layer, window, (past_k, past_v) in zip(body.layers, self.windows, past):
-            attn, h = layer.self_attn, layer.input_layernorm(x)
+            attn, h = layer.self_attn, rms_norm(layer.input_layernorm, x)
             q, k, v = (split_heads(proj(h), self.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # (B, H|H_kv, T, D)
             k, v = slots.extend((past_k, past_v), (k, v))  # (B, H_kv, P+T or C, D)
             present.append((k, v))
             x = x + attn.o_proj(attend(q, k, v, biases[window], attn.scaling))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return body.norm(x), present
+            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
+        return rms_norm(body.norm, x), present
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return tied_projection(hidden, self.model.lm_head.weight).float()  # (B, K, V)

@@ -19,6 +19,7 @@ from seqport.export.hf_common import (
     generation_defaults,
     load_seq2seq,
     padding_bias,
+    rms_norm,
     special_ids,
     split_heads,
     write_tokenizer,
@@ -68,7 +69,7 @@ class T5Adapter:
         for block in stack.block:
             x = self._self_attention(block.layer[0], x, bias)[0]
             x = _feed_forward(block.layer[-1], x)
-        x = stack.final_layer_norm(x)
+        x = rms_norm(stack.final_layer_norm, x)
         cross = [self._project_kv(block.layer[1].EncDecAttention, x) for block in self.model.decoder.block]
         return x, cross
 
@@ -93,10 +94,10 @@ class T5Adapter:
             x, kv = self._self_attention(block.layer[0], x, self_bias, slots, layer_past)
             present.append(kv)
             sub = block.layer[1]
-            q = split_heads(sub.EncDecAttention.q(sub.layer_norm(x)), self.num_heads, self.head_dim)
+            q = split_heads(sub.EncDecAttention.q(rms_norm(sub.layer_norm, x)), self.num_heads, self.head_dim)
             x = x + sub.EncDecAttention.o(attend(q, cross_k, cross_v, cross_bias, 1.0))
             x = _feed_forward(block.layer[2], x)
-        return stack.final_layer_norm(x), present
+        return rms_norm(stack.final_layer_norm, x), present
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, K, d) → float32 (B, K, V); T5 with a tied lm_head rescales by d_model**-0.5 first."""
@@ -117,7 +118,7 @@ class T5Adapter:
     ):
         """Pre-norm self-attention block; returns the residual output and this step's K/V."""
         attention = sub.SelfAttention
-        h = sub.layer_norm(x)
+        h = rms_norm(sub.layer_norm, x)
         k, v = self._project_kv(attention, h)
         if slots is not None and past is not None:
             k, v = slots.extend(past, (k, v))  # (B, H, P+T or C, D)
@@ -143,7 +144,7 @@ class T5Adapter:
 
 def _feed_forward(sub, x: torch.Tensor) -> torch.Tensor:
     """Pre-norm FFN block: ReLU (T5) or gated GELU (v1.1, mT5: act(wi_0 h) * wi_1 h)."""
-    ff, h = sub.DenseReluDense, sub.layer_norm(x)
+    ff, h = sub.DenseReluDense, rms_norm(sub.layer_norm, x)
     inner = ff.act(ff.wi_0(h)) * ff.wi_1(h) if hasattr(ff, "wi_0") else ff.act(ff.wi(h))
     return x + ff.wo(inner)
 

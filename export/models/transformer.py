@@ -223,9 +223,8 @@ class Transformer(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied output projection: (B, T, d) @ embedding^T → (B, T, V)."""
         b, k, d = hidden.shape
-        # (weight @ rows^T)^T: an exported `hidden @ weight.t()` folds into a second weight copy.
-        rows = hidden.reshape(b * k, d)  # (N, d)
-        return (self.embed.weight @ rows.t()).t().reshape(b, k, -1)  # (B, K, V)
+        # F.linear on 2-D rows: one Gemm(transB=1) on the stored table (export/adapter.py tied_projection)
+        return F.linear(hidden.reshape(b * k, d), self.embed.weight).reshape(b, k, -1)  # (B, K, V)
 
     def empty_past(self, batch: int) -> list[KV]:
         cfg = self.config
