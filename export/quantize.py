@@ -161,8 +161,44 @@ def _prepared(folder: Path, manifest: Manifest, out: Path) -> dict[str, Path]:
             prepared[name] = target
         except Exception as exc:  # symbolic shape inference gives up on some graphs: not fatal
             logger.info("shape inference failed on %s (%s); quantizing it as exported", component.file, exc)
-            prepared[name] = source
+            shutil.copyfile(source, target)
+            prepared[name] = target
+        _projections_as_matmul(target)
     return prepared
+
+
+def _projections_as_matmul(path: Path) -> None:
+    """Rewrite each Gemm(transB=1) on a constant weight W (V, d) as MatMul(x, W^T) with its own
+    transposed copy, so quantize_dynamic stores that copy in int8 (it quantizes only MatMul
+    weights in the B position). This is the vocabulary projection: fp32 it reads the tied
+    embedding table in place (export/adapter.py tied_projection); int8 it would otherwise stay
+    the largest fp32 read of every step, while the table itself stays fp32 for the token Gather."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    changed = False
+    for node in list(graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Gemm" or attrs.get("transB") != 1 or attrs.get("transA", 0) or node.input[1] not in weights:
+            continue
+        if attrs.get("alpha", 1.0) != 1.0 or (len(node.input) > 2 and node.input[2] and attrs.get("beta", 1.0) != 1.0):
+            continue
+        table = numpy_helper.to_array(weights[node.input[1]])
+        transposed = numpy_helper.from_array(np.ascontiguousarray(table.T), f"{node.input[1]}.transposed")
+        graph.initializer.append(transposed)
+        product = node.output[0] + ".matmul" if len(node.input) > 2 and node.input[2] else node.output[0]
+        replacement = [helper.make_node("MatMul", [node.input[0], transposed.name], [product], name=node.name)]
+        if product != node.output[0]:
+            replacement.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]]))
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new in enumerate(replacement):
+            graph.node.insert(position + offset, new)
+        changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def _quantize_files(sources: dict[str, Path], manifest: Manifest, out: Path, per_channel: bool):
@@ -191,7 +227,8 @@ def _quantize_files(sources: dict[str, Path], manifest: Manifest, out: Path, per
 
 def _with_files(manifest: Manifest, files: dict[str, Path]) -> Manifest:
     components = {
-        name: dataclasses.replace(c, sha256=sha256_of(files[name])) for name, c in manifest.components.items()
+        name: dataclasses.replace(c, sha256=sha256_of(files[name]), data=None) if name in files else c
+        for name, c in manifest.components.items()
     }
     return dataclasses.replace(manifest, components=components)
 
@@ -199,7 +236,10 @@ def _with_files(manifest: Manifest, files: dict[str, Path]) -> Manifest:
 def _stage(folder: Path, manifest: Manifest, out: Path, files: dict[str, Path]) -> Path:
     """A loadable artifact in `out`: the given files, the others linked from `folder`."""
     out.mkdir(parents=True, exist_ok=True)
-    names = [c.file for n, c in manifest.components.items() if n not in files] + [manifest.tokenizer.file]
+    kept = [c for n, c in manifest.components.items() if n not in files]
+    names = [c.file for c in kept] + [c.data.file for c in kept if c.data] + [manifest.tokenizer.file]
+    if manifest.shared_weights is not None:  # graphs of an externalized artifact point into it
+        names.append(manifest.shared_weights.file)
     for name in names:
         try:
             os.link(folder / name, out / name)
