@@ -14,6 +14,7 @@ from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.seq2seq import Seq2SeqModel
 from seqport.engine.tensorrt import is_tensorrt, tensorrt_options
 from seqport.engine.tokenizer import TextTokenizer
+from seqport.engine.weights import open_shared_weights, release_pages
 
 _MODELS = {"encoder-decoder": Seq2SeqModel, "encoder-only": EncoderModel, "decoder-only": CausalLMModel}
 
@@ -31,12 +32,13 @@ def load(
         provider: execution provider: "cpu", "cuda", "tensorrt", ... (see `seqport info`);
             None uses `options.provider` ("cpu" by default).
         options: backend knobs (threads, graph optimization); a `provider` given here wins.
-        verify: check each component's sha256 against the manifest (catches corrupt files).
+        verify: check the sha256 of each component and weights file against the manifest
+            (catches corrupt files).
 
     Raises:
-        ArtifactError: the folder, manifest, a component or the tokenizer is missing.
+        ArtifactError: the folder, manifest, a component, a weights file or the tokenizer is missing.
         ManifestError: the manifest is invalid or of an unknown format version.
-        IntegrityError: a component file does not match its sha256.
+        IntegrityError: a component or weights file does not match its sha256.
         ProviderError: the provider is not available in this installation.
         RuntimeFailure: onnxruntime cannot load a component.
     """
@@ -55,7 +57,9 @@ def load(
     per_component = {name: options for name in paths}
     if is_tensorrt(options):  # profile shapes from the manifest, engine cache, fp16
         per_component = {name: tensorrt_options(manifest, name, options) for name in paths}
-    runtimes = {name: open_runtime(p, per_component[name]) for name, p in paths.items()}
+    shared = open_shared_weights(folder, manifest, verify)  # mapped once, used by each session
+    runtimes = {name: open_runtime(p, per_component[name], shared.get(name)) for name, p in paths.items()}
+    release_pages(shared)  # the sessions are built: keep only the pages later steps touch
     model = model_class(folder, manifest, tokenizer, runtimes)
     if model_class is not EncoderModel and wants_device_loop(options):
         model.device = open_device(runtimes, options)

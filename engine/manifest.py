@@ -44,13 +44,56 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class WeightsFile:
+    """A file of ONNX external data: initializers kept beside the graph (docs/manifest.md)."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Component:
-    """One ONNX file and its logical → graph name map."""
+    """One ONNX file and its logical → graph name map.
+
+    `data`: the file holding this component's own initializers as ONNX external data, or None
+    when the weights are inline in the .onnx file.
+    """
 
     file: str
     sha256: str
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    data: WeightsFile | None = None
+
+
+@dataclass(frozen=True)
+class SharedTensor:
+    """One initializer stored once in the shared weights file, used by several components.
+
+    Args:
+        dtype: element type, one of DTYPES.
+        shape: its dimensions.
+        offset: byte offset in the shared file (a multiple of 4096, so it can be memory-mapped).
+        components: the components whose graph holds it under this initializer name.
+    """
+
+    dtype: str
+    shape: list[int]
+    offset: int
+    components: list[str]
+
+
+@dataclass(frozen=True)
+class SharedWeights:
+    """Initializers that several components hold byte-identical (a tied embedding): stored once
+    in `file`, opened once by the engine and handed to every session that uses them.
+
+    `tensors` maps each graph initializer name to where it lies in `file`.
+    """
+
+    file: str
+    sha256: str
+    tensors: dict[str, SharedTensor]
 
 
 @dataclass(frozen=True)
@@ -199,6 +242,7 @@ class Manifest:
     labels: list[str] = field(default_factory=list)  # encoder-only classification: logits index → label
     optimization: Optimization | None = None  # `seqport export --optimize`
     quantization: Quantization | None = None  # `seqport export --quantize int8`
+    shared_weights: SharedWeights | None = None  # tensors stored once for several components
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -279,12 +323,38 @@ def component_path(folder: str | Path, manifest: Manifest, name: str, verify: bo
     path = Path(folder) / spec.file
     if not path.is_file():
         raise ArtifactError(f"component file missing: {path} ({name}). Re-export the model.")
-    if verify and sha256_of(path) != spec.sha256:
+    if verify:
+        check_sha256(path, spec.sha256)
+    if spec.data is not None:
+        weights_path(folder, spec.data, f"the weights of {name}", verify)
+    return path
+
+
+def weights_path(folder: str | Path, weights: WeightsFile, what: str, verify: bool = True) -> Path:
+    """Path of an external-data file, checked to exist and (by default) to match its sha256.
+
+    Raises:
+        ArtifactError: the file is missing.
+        IntegrityError: the file's sha256 differs from the manifest's.
+    """
+    path = Path(folder) / weights.file
+    if not path.is_file():
+        raise ArtifactError(
+            f"weights file missing: {path} ({what}). The .onnx files keep their weights in the .data "
+            "files beside them: copy the whole artifact folder, or re-export the model."
+        )
+    if verify:
+        check_sha256(path, weights.sha256)
+    return path
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """Raises IntegrityError when `path`'s sha256 is not `expected`."""
+    if sha256_of(path) != expected:
         raise IntegrityError(
             f"{path} does not match the sha256 in seqport.json: the file is corrupt or was "
             "replaced. Re-export the model, or pass verify=False if you changed it on purpose."
         )
-    return path
 
 
 def expand_layers(mapping: dict[str, TensorSpec], num_layers: int) -> dict[str, TensorSpec]:
@@ -347,6 +417,22 @@ def _semantic_problems(m: Manifest) -> list[str]:
         problems.append("$.special_ids.eos: at least one end-of-sequence id is needed")
     if m.architecture == "encoder-only":
         problems.extend(_encoder_only_problems(m))
+    if m.shared_weights is not None:
+        problems.extend(_shared_weights_problems(m.shared_weights, set(m.components)))
+    return problems
+
+
+def _shared_weights_problems(shared: SharedWeights, components: set[str]) -> list[str]:
+    problems = []
+    for name, tensor in shared.tensors.items():
+        path = f"$.shared_weights.tensors.{name}"
+        if tensor.dtype not in DTYPES:
+            problems.append(f"{path}.dtype: {tensor.dtype!r} is not one of {DTYPES}")
+        if tensor.offset < 0 or any(d < 0 for d in tensor.shape):
+            problems.append(f"{path}: offset and dimensions must be >= 0")
+        unknown = [c for c in tensor.components if c not in components]
+        if unknown or not tensor.components:
+            problems.append(f"{path}.components: {tensor.components} must name components of {sorted(components)}")
     return problems
 
 

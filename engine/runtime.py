@@ -15,7 +15,7 @@ import numpy as np
 
 from seqport.engine.errors import ProviderError
 
-#: backend name -> module in seqport.runtimes that defines `open_session(path, options)`.
+#: backend name -> module in seqport.runtimes that defines `open_session(path, options, initializers)`.
 BACKENDS = {"onnxruntime": "seqport.runtimes.onnxruntime", "torch": "seqport.runtimes.torch_eager"}
 
 
@@ -101,8 +101,18 @@ class RuntimeOptions:
             raise ProviderError(f"trt_max_batch must be >= 1, got {self.trt_max_batch}")
 
 
-def open_runtime(path: str | Path, options: RuntimeOptions) -> Runtime:
+def open_runtime(
+    path: str | Path, options: RuntimeOptions, initializers: dict[str, np.ndarray] | None = None
+) -> Runtime:
     """Load one component file with the backend `options.backend` names.
+
+    Args:
+        path: the component's .onnx file.
+        options: backend knobs.
+        initializers: graph initializer name → C-contiguous array the session uses in place of
+            the file's copy, without copying it (the artifact's shared weights, see
+            engine/weights.py); dtype and shape must be the graph's. The caller keeps the arrays
+            alive as long as the runtime. The torch backend ignores them.
 
     Raises:
         ProviderError: the backend or provider is not available in this installation.
@@ -117,4 +127,4 @@ def open_runtime(path: str | Path, options: RuntimeOptions) -> Runtime:
             f"the {options.backend} backend is not installed ({exc.name} is missing); "
             f"install it with: pip install 'seqport[{extra}]'"
         ) from None
-    return module.open_session(Path(path), options)
+    return module.open_session(Path(path), options, initializers)

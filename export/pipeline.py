@@ -45,6 +45,7 @@ from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_
 from seqport.export.families import load_adapter
 from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
 from seqport.export.validate import validate, validate_decoder_only
+from seqport.export.weights_layout import externalize_weights
 
 logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
@@ -141,8 +142,8 @@ def export_model(
     adapter = load_adapter(source, family, task)
     with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
         tokenizer = _tokenizer_file(adapter, source, Path(staging))
-        manifest = export_adapter(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
-    return _post_process(adapter, Path(out), manifest, optimize, quantize, dtype)
+        manifest = _export_inline(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
+    return _finish(Path(out), _post_process(adapter, Path(out), manifest, optimize, quantize, dtype))
 
 
 QUANTIZE_MODES = ("int8",)
@@ -167,6 +168,13 @@ def _post_process(
         from seqport.export.fp16 import fp16_artifact
 
         manifest = fp16_artifact(out, manifest)
+    manifest.save(out)
+    return manifest
+
+
+def _finish(out: Path, manifest: Manifest) -> Manifest:
+    """Last step of every export: weights as external data, shared tensors once, then the manifest."""
+    manifest = externalize_weights(out, manifest)
     manifest.save(out)
     return manifest
 
@@ -209,6 +217,21 @@ def export_adapter(
         ExportError: torch.onnx could not export a component.
         ParityError: a component disagrees with PyTorch beyond tolerance.
     """
+    manifest = _export_inline(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
+    return _finish(Path(out), manifest)
+
+
+def _export_inline(
+    adapter: EncoderDecoderAdapter | EncoderOnlyAdapter,
+    tokenizer: str | Path,
+    out: str | Path,
+    *,
+    progress: bool,
+    source: str | Path | None,
+    kv_cache: str,
+) -> Manifest:
+    """export_adapter without the weights layout: inline components, validated, manifest saved
+    (the post-processing steps rewrite these files with onnx.load/save)."""
     tokenizer, out = Path(tokenizer), Path(out)
     source = source if source is not None else f"{type(adapter).__module__}.{type(adapter).__qualname__}"
     if not tokenizer.is_file():

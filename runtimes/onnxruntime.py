@@ -54,6 +54,9 @@ _ENGINE_CACHE_OPTIONS = {
     "TensorrtExecutionProvider": {"trt_engine_cache_enable": "True", "trt_engine_cache_path": "{dir}"},
     "OpenVINOExecutionProvider": {"cache_dir": "{dir}"},
 }
+#: session config keys: where a saved optimized graph keeps its weights, and from what size.
+_EXTERNAL_FILE = "session.optimized_model_external_initializers_file_name"
+_EXTERNAL_MIN_BYTES = "session.optimized_model_external_initializers_min_size_in_bytes"
 #: IOBinding output device per provider (outputs stay there until copied back to numpy).
 _OUTPUT_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 
@@ -146,8 +149,10 @@ class OrtSession:
         loaded_from: the file onnxruntime actually read (the saved optimized graph on a cache hit).
     """
 
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+    def __init__(self, path: Path, options: RuntimeOptions, initializers: dict[str, np.ndarray] | None = None) -> None:
         self.path = path
+        # onnxruntime reads these buffers in place: the arrays and OrtValues live as long as the session
+        self._initializers = _initializer_values(path, initializers or {})
         providers = _provider_list(options)
         cache = cached_graph_path(path, options)
         self._session = None
@@ -223,13 +228,23 @@ class OrtSession:
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
+    def _session_options(self, options: RuntimeOptions, level: str | None = None) -> ort.SessionOptions:
+        so = session_options(options, level)
+        for name, (_, value) in self._initializers.items():
+            so.add_initializer(name, value)
+        return so
+
     def _load(self, path: Path, options: RuntimeOptions, providers: list, cache: Path | None) -> ort.InferenceSession:
-        so = session_options(options)
+        so = self._session_options(options)
         partial = None
         if cache is not None:  # written under a private name, renamed once complete (no torn reads)
             cache.parent.mkdir(parents=True, exist_ok=True)
             partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
             so.optimized_model_filepath = str(partial)
+            # weights as external data beside it, so a cache hit memory-maps them too; one data
+            # file per cached graph (a shared name would let components overwrite each other's)
+            so.add_session_config_entry(_EXTERNAL_FILE, _cache_data(cache).name)
+            so.add_session_config_entry(_EXTERNAL_MIN_BYTES, "1024")
         session = _create(path, so, providers)
         if partial is not None and partial.is_file():
             os.replace(partial, cache)
@@ -239,10 +254,11 @@ class OrtSession:
     def _load_cached(self, cache: Path, options: RuntimeOptions, providers: list) -> ort.InferenceSession | None:
         """The saved graph is already optimized: load it with optimization disabled."""
         try:
-            session = _create(cache, session_options(options, level="disable"), providers)
+            session = _create(cache, self._session_options(options, level="disable"), providers)
         except RuntimeFailure as exc:
             logger.warning("ignoring the unreadable optimized-graph cache %s (%s)", cache, exc)
             cache.unlink(missing_ok=True)
+            _cache_data(cache).unlink(missing_ok=True)
             return None
         self.loaded_from = cache
         logger.debug("loaded %s from the optimized-graph cache %s", self.path.name, cache)
@@ -259,6 +275,28 @@ class OrtSession:
             )
 
 
+def _cache_data(cache: Path) -> Path:
+    """The external-data file of a saved optimized graph."""
+    return cache.with_name(f"{cache.stem}.data")
+
+
+def _initializer_values(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, ort.OrtValue]]:
+    """Wrap each array without copying; onnxruntime would crash on a wrong layout, so check it first.
+
+    Raises:
+        RuntimeFailure: an array that is not a C-contiguous numeric numpy array.
+    """
+    values = {}
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray) or not array.flags.c_contiguous or array.dtype.kind not in "biuf":
+            raise RuntimeFailure(
+                f"initializer {name!r} for {path.name} must be a C-contiguous numeric numpy array "
+                f"(got {type(array).__name__}); pass the arrays seqport.engine.weights.open_shared_weights returns."
+            )
+        values[name] = (array, ort.OrtValue.ortvalue_from_numpy(array))
+    return values
+
+
 def _create(path: Path, so: ort.SessionOptions, providers: list) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=providers)
@@ -269,8 +307,10 @@ def _create(path: Path, so: ort.SessionOptions, providers: list) -> ort.Inferenc
         ) from None
 
 
-def open_session(path: Path, options: RuntimeOptions) -> OrtSession:
-    return OrtSession(path, options)
+def open_session(
+    path: Path, options: RuntimeOptions, initializers: dict[str, np.ndarray] | None = None
+) -> OrtSession:
+    return OrtSession(path, options, initializers)
 
 
 def _first_line(exc: Exception) -> str:

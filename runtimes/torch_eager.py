@@ -200,5 +200,6 @@ def _argument_plan(contract, manifest, layers: int) -> list[tuple[list[str], boo
     return plan
 
 
-def open_session(path: Path, options: RuntimeOptions) -> TorchSession:
+def open_session(path: Path, options: RuntimeOptions, initializers: dict | None = None) -> TorchSession:
+    """`initializers` (an ONNX graph's shared weights) do not apply: the reference model has its own."""
     return TorchSession(path, options)

@@ -69,3 +69,28 @@ def test_unknown_architecture_and_dtype(tiny_artifact):
     data["components"]["encoder"]["inputs"]["input_ids"]["dtype"] = "int7"
     with pytest.raises(ManifestError, match=r"(?s)architecture.*rnn.*dtype: 'int7'"):
         Manifest.from_dict(data)
+
+
+def _with_shared_weights(data, dtype="float32", components=("decoder", "encoder")):
+    tensor = {"dtype": dtype, "shape": [120, 24], "offset": 0, "components": list(components)}
+    data["shared_weights"] = {"file": "shared.data", "sha256": "0" * 64, "tensors": {"model.embed.weight": tensor}}
+    data["components"]["encoder"]["data"] = {"file": "encoder.onnx.data", "sha256": "0" * 64}
+    return data
+
+
+def test_weights_files_are_optional_and_round_trip(tiny_artifact):
+    assert load_manifest(tiny_artifact).shared_weights is None  # inline weights, as before
+    manifest = Manifest.from_dict(_with_shared_weights(_data(tiny_artifact)))
+    assert manifest.components["encoder"].data.file == "encoder.onnx.data"
+    assert manifest.shared_weights.tensors["model.embed.weight"].shape == [120, 24]
+    assert Manifest.from_dict(json.loads(manifest.to_json())) == manifest
+
+
+def test_shared_tensor_dtype_and_components_are_checked(tiny_artifact):
+    data = _with_shared_weights(_data(tiny_artifact), dtype="int7", components=("encoder", "decoder_init"))
+    data["shared_weights"]["tensors"]["model.embed.weight"]["size"] = 1
+    with pytest.raises(ManifestError, match=r"shared_weights.tensors.model.embed.weight.size: unknown key"):
+        Manifest.from_dict(data)
+    del data["shared_weights"]["tensors"]["model.embed.weight"]["size"]
+    with pytest.raises(ManifestError, match=r"(?s)dtype: 'int7' is not one of.*components: .*decoder_init"):
+        Manifest.from_dict(data)
