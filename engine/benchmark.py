@@ -10,7 +10,8 @@ driven), so EOS cannot end a run early; every run is checked to have produced N 
 Time stamps come from a thin proxy around each loaded component (`Runtime.run`): time to first
 token is generate-start → end of the first decoder call (source encoding and prompt prefill
 included); a step is the time between the ends of two consecutive decoder calls (the engine's
-search, cache update and feed checks included).
+search, cache update and feed checks included). Engine overhead is the part of a step spent
+outside the decoder call: step − decoder call, reported in ms and as a share of the step.
 
 Torch-free: the torch backend is only imported inside its worker, through the runtime registry.
 """
@@ -142,7 +143,7 @@ def run_in_subprocess(plan: BenchPlan, timeout: float | None = None) -> dict[str
 
 
 class _Timed:
-    """A loaded component that logs (component, end time) of every call; same Runtime interface."""
+    """A loaded component that logs (component, start, end) of every call; same Runtime interface."""
 
     def __init__(self, runtime, name: str, log: list[tuple[str, float]]) -> None:
         self._runtime, self._name, self._log = runtime, name, log
@@ -155,9 +156,10 @@ class _Timed:
     def output_names(self) -> list[str]:
         return self._runtime.output_names
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self._runtime.run(feeds)
-        self._log.append((self._name, time.perf_counter()))
+    def run(self, feeds: dict[str, np.ndarray], into: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        outputs = self._runtime.run(feeds, into=into) if into else self._runtime.run(feeds)
+        self._log.append((self._name, start, time.perf_counter()))
         return outputs
 
 
@@ -189,12 +191,12 @@ def measure(plan: BenchPlan) -> dict[str, Any]:
     )
     load_s = time.perf_counter() - started
     rss_after_load = peak_rss_mb()
-    log: list[tuple[str, float]] = []
+    log: list[tuple[str, float, float]] = []
     model.runtimes = {name: _Timed(rt, name, log) for name, rt in model.runtimes.items()}
     inputs = synthetic_inputs(model.manifest, plan.batch, plan.input_length)
     texts = [model.tokenizer.decode(ids) for ids in inputs]
     config = exact_length_config(plan.new_tokens)
-    samples: dict[str, list[float]] = {"tokenize": [], "ttft": [], "step": [], "generate": []}
+    samples: dict[str, list[float]] = {"tokenize": [], "ttft": [], "step": [], "engine_overhead": [], "generate": []}
     for repeat in range(plan.warmup + plan.repeats):
         tick = time.perf_counter()
         model.input_ids(texts)
@@ -204,21 +206,31 @@ def measure(plan: BenchPlan) -> dict[str, Any]:
         results = model.generate_ids(inputs, config)
         total = time.perf_counter() - start
         _check_lengths(results, plan.new_tokens)
-        steps = [t for name, t in log if name in STEP_COMPONENTS]
+        calls = [(begin, end) for name, begin, end in log if name in STEP_COMPONENTS]
+        ends = [end for _, end in calls]
         if repeat >= plan.warmup:
             samples["tokenize"].append(tokenize)
-            samples["ttft"].append(steps[0] - start)
-            samples["step"].extend(np.diff(steps).tolist())
+            samples["ttft"].append(ends[0] - start)
+            samples["step"].extend(np.diff(ends).tolist())
+            samples["engine_overhead"].extend(begin - before for (begin, _), before in zip(calls[1:], ends))
             samples["generate"].append(total)
     record = _context(plan, model.manifest)
     record.update({f"{k}_ms": _percentiles(v) for k, v in samples.items()})
     record.update(
         load_s=round(load_s, 4),
         tokens_per_s=round(plan.batch * plan.new_tokens / float(np.median(samples["generate"])), 2),
+        engine_overhead_pct=_share(samples["engine_overhead"], samples["step"]),
         rss_after_load_mb=rss_after_load,
         peak_rss_mb=peak_rss_mb(),
     )
     return record
+
+
+def _share(part: list[float], whole: list[float]) -> float | None:
+    """Median part as a percentage of the median whole (None without samples)."""
+    if not part or not whole:
+        return None
+    return round(100 * float(np.median(part)) / float(np.median(whole)), 2)
 
 
 def _check_lengths(results, expected: int) -> None:
@@ -252,7 +264,10 @@ def _context(plan: BenchPlan, manifest: Manifest) -> dict[str, Any]:
         "artifact": plan.artifact,
         "family": manifest.family,
         "architecture": manifest.architecture,
-        "weights": "int8" if manifest.quantization else manifest.kv.dtype,
+        "weights": {"dynamic-int8": "int8", "fp16": "float16"}.get(
+            manifest.quantization.method if manifest.quantization else "", "float32"
+        ),
+        "kv_cache": manifest.kv.allocation,
         "optimized": manifest.optimization is not None,
         "runtime": plan.runtime,
         "provider": plan.provider,
@@ -310,7 +325,7 @@ def shapes(manifest: Manifest) -> dict[str, Any]:
 
 def format_table(records: list[dict[str, Any]]) -> str:
     """The records as an aligned text table (ms figures are p50/p90)."""
-    header = ("runtime", "batch", "load s", "ttft ms", "step ms", "tokens/s", "peak RSS MiB")
+    header = ("runtime", "batch", "load s", "ttft ms", "step ms", "engine %", "tokens/s", "peak RSS MiB")
     rows = [header]
     for r in records:
         rows.append(
@@ -320,6 +335,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
                 f"{r['load_s']:.2f}",
                 _pair(r["ttft_ms"], 1),
                 _pair(r["step_ms"], 2),
+                "-" if r.get("engine_overhead_pct") is None else f"{r['engine_overhead_pct']:.1f}",
                 f"{r['tokens_per_s']:.1f}",
                 f"{r['peak_rss_mb']}",
             )

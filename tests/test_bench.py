@@ -15,7 +15,7 @@ from seqport.engine.benchmark import BenchPlan, exact_length_config, run_in_subp
 from seqport.engine.cli import main
 from seqport.engine.errors import SeqportError
 
-FIGURES = ("tokenize_ms", "ttft_ms", "step_ms", "generate_ms")
+FIGURES = ("tokenize_ms", "ttft_ms", "step_ms", "engine_overhead_ms", "generate_ms")
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
@@ -43,6 +43,8 @@ def test_bench_json_has_every_field(tiny_artifact, tmp_path, capsys):
         assert r["step_ms"]["n"] == 2 * (5 - 1)  # repeats × (N - 1) steps after the first token
         assert r["ttft_ms"]["n"] == 2
         assert r["load_s"] > 0 and r["tokens_per_s"] > 0
+        assert 0 < r["engine_overhead_pct"] < 100 and r["engine_overhead_ms"]["n"] == r["step_ms"]["n"]
+        assert r["weights"] == "float32" and r["kv_cache"] == "growing"
         assert r["peak_rss_mb"] >= r["rss_after_load_mb"] > 0
 
 
