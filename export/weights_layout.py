@@ -43,9 +43,10 @@ MIN_BYTES = 1024
 def externalize_weights(folder: str | Path, manifest: Manifest) -> Manifest:
     """Rewrite every component of `folder` with its weights as external data.
 
-    Initializers with the same name and the same bytes in two or more components go once into
-    `shared.data`; each component's other initializers of at least MIN_BYTES go into
-    `<file>.data`. Running it again on its own output gives the same layout.
+    Initializers with the same name and the same bytes in two or more components, and tied
+    tables (read by a Gather and a projection in one graph), go once into `shared.data`; each
+    component's other initializers of at least MIN_BYTES go into `<file>.data`. Running it
+    again on its own output gives the same layout.
 
     Args:
         folder: an artifact folder whose components `manifest` describes.
@@ -60,7 +61,7 @@ def externalize_weights(folder: str | Path, manifest: Manifest) -> Manifest:
     models = {name: onnx.load(str(folder / c.file)) for name, c in manifest.components.items()}
     for stale in [SHARED_FILE] + [f"{c.file}.data" for c in manifest.components.values()]:
         (folder / stale).unlink(missing_ok=True)  # external data is appended: start from empty files
-    tensors = _write_shared(folder / SHARED_FILE, models, _shared_names(models))
+    tensors = _write_shared(folder / SHARED_FILE, models, {**_tied_names(models), **_shared_names(models)})
     components = {name: _save_external(folder, c, models[name]) for name, c in manifest.components.items()}
     shared = None
     if tensors:
@@ -84,6 +85,26 @@ def _shared_names(models: dict[str, onnx.ModelProto]) -> dict[str, list[str]]:
         if len(components) >= 2 and name not in shared:  # a name is shared with one content at most
             shared[name] = components
     return shared
+
+
+def _tied_names(models: dict[str, onnx.ModelProto]) -> dict[str, list[str]]:
+    """Initializer name → [component] for a table one graph reads both with a Gather and with a
+    Gemm/MatMul (a tied embedding, e.g. GPT-2's wte). onnxruntime prepacks the projection into
+    its own buffer, after which only the Gather reads the table, a few rows a step; mapped by
+    the engine (not by onnxruntime), its pages can be dropped once the session is built
+    (engine/weights.py release_pages) instead of staying resident as a second copy."""
+    tied: dict[str, list[str]] = {}
+    for cname, model in models.items():
+        readers: dict[str, set[str]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                readers.setdefault(name, set()).add(node.op_type)
+        for tensor in model.graph.initializer:
+            ops = readers.get(tensor.name, set())
+            if "Gather" in ops and ops & {"Gemm", "MatMul"} and _dtype(tensor) in DTYPES:
+                if len(_raw_bytes(tensor)) >= MIN_BYTES:
+                    tied[tensor.name] = [cname]
+    return tied
 
 
 def _write_shared(

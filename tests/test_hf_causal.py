@@ -309,6 +309,10 @@ def test_manifest_and_graph_names(exported):
         digest = hashlib.sha256(np.sort(values, axis=None).tobytes()).hexdigest()  # catches transposes
         assert values.size < 64 or digest not in digests, f"{init.name} duplicates {digests.get(digest)}"
         digests[digest] = init.name
+    tied = getattr(config, "tie_word_embeddings", False)
+    shared = m.shared_weights.tensors if m.shared_weights else {}
+    assert len(shared) == int(tied)  # a tied table goes to shared.data, where the engine maps it itself
+    assert all(t.components == ["decoder"] and t.shape == [VOCAB, config.hidden_size] for t in shared.values())
 
 
 @pytest.mark.parametrize("exported", ["gpt2"], indirect=True)  # RoPE is relative: shifts cancel out
