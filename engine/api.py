@@ -58,8 +58,13 @@ def load(
     if is_tensorrt(options):  # profile shapes from the manifest, engine cache, fp16
         per_component = {name: tensorrt_options(manifest, name, options) for name in paths}
     shared = open_shared_weights(folder, manifest, verify)  # mapped once, used by each session
-    runtimes = {name: open_runtime(p, per_component[name], shared.get(name)) for name, p in paths.items()}
-    release_pages(shared)  # the sessions are built: keep only the pages later steps touch
+    built = {}
+    # The decoder first: building it prepacks the tied projection, reading the shared table
+    # whole; dropping those pages before the encoder loads keeps the two off each other's peak.
+    for name in sorted(paths, key=lambda name: name != "decoder"):
+        built[name] = open_runtime(paths[name], per_component[name], shared.get(name))
+        release_pages(shared)  # keep only the pages later steps touch
+    runtimes = {name: built[name] for name in paths}
     model = model_class(folder, manifest, tokenizer, runtimes)
     if model_class is not EncoderModel and wants_device_loop(options):
         model.device = open_device(runtimes, options)

@@ -164,11 +164,14 @@ class _Timed:
 
 
 def synthetic_inputs(manifest: Manifest, batch: int, length: int, seed: int = 0) -> list[list[int]]:
-    """`batch` inputs of `length` ids above every special id (an encoder-decoder source ends with EOS)."""
+    """`batch` inputs of `length` ids between the special ids (an encoder-decoder source ends with EOS)."""
     ids = manifest.special_ids
-    special = [*ids.eos, ids.pad, ids.bos, ids.unk, ids.decoder_start]
-    low = max(i for i in special if i is not None) + 1
-    rows = np.random.default_rng(seed).integers(low, manifest.vocab_size, size=(batch, length))  # (B, L)
+    special = {i for i in [*ids.eos, ids.pad, ids.bos, ids.unk, ids.decoder_start] if i is not None}
+    high = manifest.vocab_size
+    while high - 1 in special:  # specials at the end of the vocabulary (Marian's pad is its last id)
+        high -= 1
+    low = max((i for i in special if i < high), default=-1) + 1
+    rows = np.random.default_rng(seed).integers(low, high, size=(batch, length))  # (B, L)
     if manifest.architecture == "encoder-decoder":
         rows[:, -1] = ids.eos[0]
     return rows.tolist()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 import seqport.engine as sp
@@ -85,3 +86,21 @@ def test_plot_needs_matplotlib_or_writes_a_png(tiny_artifact, tmp_path, capsys):
         assert not png.exists()
     else:
         assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_synthetic_inputs_avoid_specials_at_either_end(tiny_artifact):
+    """Marian's pad is its last id: inputs are drawn between the specials, never on one."""
+    import dataclasses
+
+    from seqport.engine.benchmark import synthetic_inputs
+    from seqport.engine.manifest import load_manifest
+
+    manifest = load_manifest(tiny_artifact)
+    vocab = manifest.vocab_size
+    marian_like = dataclasses.replace(
+        manifest, special_ids=dataclasses.replace(manifest.special_ids, pad=vocab - 1, decoder_start=vocab - 1)
+    )
+    rows = np.asarray(synthetic_inputs(marian_like, 4, 50))
+    specials = {*manifest.special_ids.eos, vocab - 1, manifest.special_ids.bos, manifest.special_ids.unk}
+    assert not np.isin(rows[:, :-1], list(specials - {None})).any()
+    assert (rows[:, -1] == manifest.special_ids.eos[0]).all()
