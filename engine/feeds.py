@@ -28,9 +28,20 @@ class Signature:
         self.outputs = expand_layers(component.outputs, num_layers)
         self._fixed = fixed
         self._graph_to_logical = {spec.name: logical for logical, spec in self.outputs.items()}
+        # per input, resolved once (this runs every decode step): dtype, and per axis its
+        # name and the size the manifest fixes (None: a symbol the feeds must agree on)
+        self._plans = {
+            logical: (np.dtype(spec.dtype), [(d, d if isinstance(d, int) else fixed.get(d)) for d in spec.shape])
+            for logical, spec in self.inputs.items()
+        }
 
-    def feeds(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def feeds(self, values: dict[str, np.ndarray], trusted: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         """Map logical → graph names after checking every value.
+
+        Args:
+            values: logical name → array.
+            trusted: names whose values the engine made from this component's own outputs (the
+                KV cache), mapped without the per-step check; every other value is checked.
 
         Raises:
             InputError: a missing or unknown input, a wrong dtype or rank, disagreeing dims.
@@ -43,7 +54,8 @@ class Signature:
             if value is None:
                 problems.append(f"missing input {logical!r}")
                 continue
-            problems.extend(self._check(logical, spec, value, sizes))
+            if logical not in trusted:
+                problems.extend(self._check(logical, spec, value, sizes))
             feeds[spec.name] = value
         if problems:
             raise InputError("invalid feeds: " + "; ".join(problems))
@@ -55,17 +67,18 @@ class Signature:
     def _check(self, logical, spec: TensorSpec, value, sizes) -> list[str]:
         if not isinstance(value, (np.ndarray, DeviceArray)):
             return [f"{logical}: expected a numpy array, got {type(value).__name__}"]
-        if value.dtype != np.dtype(spec.dtype):
+        dtype, axes = self._plans[logical]
+        if value.dtype != dtype:
             return [f"{logical}: expected dtype {spec.dtype}, got {value.dtype}"]
-        if value.ndim != len(spec.shape):
+        if value.ndim != len(axes):
             return [f"{logical}: expected rank {len(spec.shape)} {spec.shape}, got {value.shape}"]
         problems = []
-        for axis, (dim, size) in enumerate(zip(spec.shape, value.shape)):
-            expected = dim if isinstance(dim, int) else self._fixed.get(dim)
-            if expected is not None and size != expected:
-                problems.append(f"{logical}: axis {axis} ({dim}) must be {expected}, got {size}")
-            elif isinstance(dim, str) and expected is None:
-                seen = sizes.setdefault(dim, (size, logical))
-                if seen[0] != size:
-                    problems.append(f"{logical}: axis {axis} ({dim}) is {size} but {seen[1]} has {seen[0]}")
+        for axis, ((dim, expected), size) in enumerate(zip(axes, value.shape)):
+            if expected is not None:
+                if size != expected:
+                    problems.append(f"{logical}: axis {axis} ({dim}) must be {expected}, got {size}")
+                continue
+            seen = sizes.setdefault(dim, (size, logical))
+            if seen[0] != size:
+                problems.append(f"{logical}: axis {axis} ({dim}) is {size} but {seen[1]} has {seen[0]}")
         return problems

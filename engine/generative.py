@@ -209,7 +209,8 @@ class GenerativeModel:
         new = values["input_ids"].shape[1]
         signature = self.signatures["decoder"]
         into = {signature.outputs[name].name: array for name, array in cache.outputs_into().items()}
-        feeds = signature.feeds({**values, **cache.feeds(new)})
+        own = cache.feeds(new)  # made from the decoder's own outputs: not re-checked every step
+        feeds = signature.feeds({**values, **own}, trusted=frozenset(own) if cache.length else frozenset())
         runtime = self.runtimes["decoder"]
         raw = runtime.run(feeds, into=into) if into else runtime.run(feeds)
         outputs = signature.by_logical(raw)

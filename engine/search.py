@@ -60,9 +60,11 @@ class Search(Protocol):
 
 
 def log_softmax_at(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """log softmax(logits)[row, ids[row]] for float (N, V) logits, without the full (N, V) array."""
+    """log softmax(logits)[row, ids[row]] for float (N, V) logits, without the full (N, V) array
+    (one temporary, exponentiated in place: this runs on every row of every step)."""
     top = logits.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(logits - top).sum(axis=-1)) + top[:, 0]  # (N,)
+    shifted = logits - top  # (N, V)
+    lse = np.log(np.exp(shifted, out=shifted).sum(axis=-1)) + top[:, 0]  # (N,)
     return logits[np.arange(len(ids)), ids] - lse
 
 
@@ -109,18 +111,25 @@ class TokenSearch:
     def update(self, logits: np.ndarray) -> StepDecision | None:
         next_ids, logprobs = self._select(logits)  # (N,), (N,)
         self._step += 1
-        reasons = [self._record(int(r), int(t), float(lp)) for r, t, lp in zip(self._active, next_ids, logprobs)]
-        self.emitted = [
-            Emitted(int(r) // self._samples, int(t), float(lp), why)
-            for r, t, lp, why in zip(self._active, next_ids, logprobs, reasons)
-        ]
+        # plain Python ints and floats once (tolist): per-element numpy scalars cost more than the rest
+        active, tokens, scores = self._active.tolist(), next_ids.tolist(), logprobs.tolist()
+        reasons = [self._record(r, t, lp) for r, t, lp in zip(active, tokens, scores)]
+        samples = self._samples
+        self.emitted = [Emitted(r // samples, t, lp, why) for r, t, lp, why in zip(active, tokens, scores, reasons)]
+        history = np.concatenate([self._history, next_ids[:, None]], axis=1)
+        if all(why is None for why in reasons):  # every row goes on: no gathers
+            self._history = history
+            return StepDecision(next_ids.astype(np.int64, copy=False), np.arange(len(active), dtype=np.int64))
         rows = np.array([row for row, why in enumerate(reasons) if why is None], dtype=np.int64)
         self._active = self._active[rows]
-        self._history = np.concatenate([self._history, next_ids[:, None]], axis=1)[rows]
+        self._history = history[rows]
         return StepDecision(next_ids[rows].astype(np.int64), rows) if len(rows) else None
 
     def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
+        if not self._processors and self._choose is greedy_chooser:  # plain greedy: no float64 (N, V) copy
+            next_ids = greedy(logits)
+            return next_ids, log_softmax_at(logits, next_ids).astype(np.float64)
         scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
