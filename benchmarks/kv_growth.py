@@ -123,6 +123,9 @@ def table(record: dict) -> str:
         "",
         "## One decoder step (ms) by past length",
         "",
+        "Isolated calls, each after engine work: onnxruntime's threads are not kept warm as in a",
+        "generation loop, so these run slower than the per-token rates below; read them against each other.",
+        "",
         "| batch | past | growing | preallocated | growing / preallocated |",
         "|---|---|---|---|---|",
     ]

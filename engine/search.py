@@ -127,9 +127,10 @@ class TokenSearch:
 
     def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
-        if not self._processors and self._choose is greedy_chooser:  # plain greedy: no float64 (N, V) copy
-            next_ids = greedy(logits)
-            return next_ids, log_softmax_at(logits, next_ids).astype(np.float64)
+        if self._choose is greedy_chooser:  # argmax needs no float64 (N, V) copy; processors are pure
+            scores = proc.apply(self._processors, logits, self._history, self._step)
+            next_ids = greedy(scores)
+            return next_ids, log_softmax_at(scores, next_ids).astype(np.float64)
         scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
