@@ -203,14 +203,22 @@ class GenerativeModel:
             return KVCache.preallocated(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, capacity, kv.dtype)
         return KVCache.empty(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
 
-    def run_decoder(self, values: dict[str, np.ndarray], cache: KVCache) -> dict[str, np.ndarray]:
+    def run_decoder(
+        self, values: dict[str, np.ndarray], cache: KVCache, trusted: frozenset[str] = frozenset()
+    ) -> dict[str, np.ndarray]:
         """One decoder call on logical feeds plus the cache's; the cache then holds the present
-        K/V (written in place into preallocated buffers where the runtime can)."""
+        K/V (written in place into preallocated buffers where the runtime can).
+
+        Args:
+            trusted: names in `values` already checked at an earlier step of this request (the
+                encoder's cross K/V); the cache's own feeds are trusted after the first step.
+        """
         new = values["input_ids"].shape[1]
         signature = self.signatures["decoder"]
         into = {signature.outputs[name].name: array for name, array in cache.outputs_into().items()}
         own = cache.feeds(new)  # made from the decoder's own outputs: not re-checked every step
-        feeds = signature.feeds({**values, **own}, trusted=frozenset(own) if cache.length else frozenset())
+        skip = trusted | frozenset(own) if cache.length else frozenset()
+        feeds = signature.feeds({**values, **own}, trusted=skip)
         runtime = self.runtimes["decoder"]
         raw = runtime.run(feeds, into=into) if into else runtime.run(feeds)
         outputs = signature.by_logical(raw)

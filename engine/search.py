@@ -59,13 +59,18 @@ class Search(Protocol):
     def finalize(self) -> list[GenerationResult]: ...
 
 
-def log_softmax_at(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def log_softmax_at(logits: np.ndarray, ids: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
     """log softmax(logits)[row, ids[row]] for float (N, V) logits, without the full (N, V) array
-    (one temporary, exponentiated in place: this runs on every row of every step)."""
-    top = logits.max(axis=-1, keepdims=True)
-    shifted = logits - top  # (N, V)
-    lse = np.log(np.exp(shifted, out=shifted).sum(axis=-1)) + top[:, 0]  # (N,)
-    return logits[np.arange(len(ids)), ids] - lse
+    (one temporary, exponentiated in place: this runs on every row of every step).
+
+    Args:
+        top: each row's max (N,) when the caller knows it (greedy: the chosen logit), saving a pass.
+    """
+    chosen = logits[np.arange(len(ids)), ids]  # (N,)
+    top = logits.max(axis=-1) if top is None else top
+    shifted = logits - top[:, None]  # (N, V)
+    lse = np.log(np.exp(shifted, out=shifted).sum(axis=-1)) + top  # (N,)
+    return chosen - lse
 
 
 class TokenSearch:
@@ -130,7 +135,8 @@ class TokenSearch:
         if self._choose is greedy_chooser:  # argmax needs no float64 (N, V) copy; processors are pure
             scores = proc.apply(self._processors, logits, self._history, self._step)
             next_ids = greedy(scores)
-            return next_ids, log_softmax_at(scores, next_ids).astype(np.float64)
+            best = scores[np.arange(len(next_ids)), next_ids]  # the argmax is the row's max
+            return next_ids, log_softmax_at(scores, next_ids, top=best).astype(np.float64)
         scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)

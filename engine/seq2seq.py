@@ -54,6 +54,8 @@ class _Stepper:
         self._model, self._all_mask, self._all_cross = model, mask, cross
         self._sources = np.arange(mask.shape[0])
         self._mask, self._cross = mask, cross
+        self._checked: dict | None = None  # the cross K/V dict the last step's feeds check passed
+        self._checked_cross = frozenset(cross)
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray:
         if len(sources) != len(self._sources) or np.any(sources != self._sources):
@@ -66,4 +68,7 @@ class _Stepper:
             "logits_positions": np.array([tokens.shape[1] - 1], dtype=np.int64),
             **self._cross,
         }
-        return self._model.run_decoder(values, cache)["logits"][:, -1, :]  # (N, V)
+        trusted = self._checked_cross if self._cross is self._checked else frozenset()
+        logits = self._model.run_decoder(values, cache, trusted)["logits"][:, -1, :]  # (N, V)
+        self._checked = self._cross  # checked with this step's feeds: the same arrays need no re-check
+        return logits
