@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 import seqport.engine as sp
-from seqport.engine.benchmark import _Timed, synthetic_inputs
+from seqport.engine.benchmark import _Timed, plain_greedy_config, step_timings, synthetic_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,16 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     log: list[tuple[str, float, float]] = []
     model.runtimes = {name: _Timed(rt, name, log) for name, rt in model.runtimes.items()}
     inputs = synthetic_inputs(model.manifest, args.batch, 32)
-    config = sp.GenerationConfig(max_new_tokens=args.new_tokens, eos_token_ids=(model.manifest.vocab_size - 1,))
+    config = plain_greedy_config(model.manifest, args.new_tokens)
     steps, outside = [], []
     for repeat in range(args.repeats + 1):  # the first is a warm-up
         log.clear()
         model.generate_ids(inputs, config)
-        calls = [(begin, end) for name, begin, end in log if name == "decoder"]
-        ends = [end for _, end in calls]
+        _, step_s, outside_s = step_timings(log)
         if repeat:
-            steps.append(float(np.median(np.diff(ends))))
-            outside.append(float(np.median([begin - before for (begin, _), before in zip(calls[1:], ends)])))
+            steps.append(float(np.median(step_s)))
+            outside.append(float(np.median(outside_s)))
     step, engine = np.median(steps) * 1e3, np.median(outside) * 1e3
     print(
         f"{args.artifact} batch {args.batch}: step {step:.2f} ms, outside the decoder call {engine:.3f} ms "

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import seqport.engine as sp
-from seqport.engine.benchmark import device, synthetic_inputs, versions
+from seqport.engine.benchmark import device, plain_greedy_config, synthetic_inputs, versions
 from seqport.engine.kv_cache import KVCache
 
 KINDS = ("growing", "preallocated")
@@ -91,12 +91,11 @@ def one_step(model, batch: int, past: int):
 
 
 def generation(model, batch: int, new: int) -> tuple[callable, list[int]]:
-    """A function generating greedily, and the list it appends each run's token count to. The
-    stop id is the vocabulary's last id instead of EOS, so random-weight rows run to N; not
-    min_new_tokens, whose processor would make the device loop fetch the logits."""
+    """A function generating greedily (engine/benchmark.py plain_greedy_config), and the list
+    it appends each run's token count to."""
     m = model.manifest
     inputs = synthetic_inputs(m, batch, min(32, m.max_positions - new))
-    config = sp.GenerationConfig(max_new_tokens=new, eos_token_ids=(m.vocab_size - 1,))
+    config = plain_greedy_config(m, new)
     produced: list[int] = []
 
     def run() -> None:

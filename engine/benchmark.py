@@ -35,6 +35,7 @@ import numpy as np
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import ConfigError, SeqportError
+from seqport.engine.inputs import plain_id_range
 from seqport.engine.manifest import Manifest, load_manifest
 from seqport.engine.runtime import BACKENDS, RuntimeOptions
 
@@ -166,15 +167,27 @@ class _Timed:
 def synthetic_inputs(manifest: Manifest, batch: int, length: int, seed: int = 0) -> list[list[int]]:
     """`batch` inputs of `length` ids between the special ids (an encoder-decoder source ends with EOS)."""
     ids = manifest.special_ids
-    special = {i for i in [*ids.eos, ids.pad, ids.bos, ids.unk, ids.decoder_start] if i is not None}
-    high = manifest.vocab_size
-    while high - 1 in special:  # specials at the end of the vocabulary (Marian's pad is its last id)
-        high -= 1
-    low = max((i for i in special if i < high), default=-1) + 1
+    low, high = plain_id_range([*ids.eos, ids.pad, ids.bos, ids.unk, ids.decoder_start], manifest.vocab_size)
     rows = np.random.default_rng(seed).integers(low, high, size=(batch, length))  # (B, L)
     if manifest.architecture == "encoder-decoder":
         rows[:, -1] = ids.eos[0]
     return rows.tolist()
+
+
+def step_timings(log: list[tuple[str, float, float]]) -> tuple[list[float], list[float], list[float]]:
+    """From a `_Timed` log of one generate call: the end of each decoder call, each step (the
+    time between two ends) and the part of that step spent outside the decoder call."""
+    calls = [(begin, end) for name, begin, end in log if name in STEP_COMPONENTS]
+    ends = [end for _, end in calls]
+    outside = [begin - before for (begin, _), before in zip(calls[1:], ends)]
+    return ends, np.diff(ends).tolist(), outside
+
+
+def plain_greedy_config(manifest: Manifest, new_tokens: int) -> GenerationConfig:
+    """Greedy decoding with no processor that random-weight rows run to `new_tokens`: the stop id
+    is the vocabulary's last id instead of EOS (min_new_tokens would add a processor, and make
+    the device loop fetch full logits)."""
+    return GenerationConfig(max_new_tokens=new_tokens, eos_token_ids=(manifest.vocab_size - 1,))
 
 
 def exact_length_config(new_tokens: int) -> GenerationConfig:
@@ -209,13 +222,12 @@ def measure(plan: BenchPlan) -> dict[str, Any]:
         results = model.generate_ids(inputs, config)
         total = time.perf_counter() - start
         _check_lengths(results, plan.new_tokens)
-        calls = [(begin, end) for name, begin, end in log if name in STEP_COMPONENTS]
-        ends = [end for _, end in calls]
+        ends, steps, outside = step_timings(log)
         if repeat >= plan.warmup:
             samples["tokenize"].append(tokenize)
             samples["ttft"].append(ends[0] - start)
-            samples["step"].extend(np.diff(ends).tolist())
-            samples["engine_overhead"].extend(begin - before for (begin, _), before in zip(calls[1:], ends))
+            samples["step"].extend(steps)
+            samples["engine_overhead"].extend(outside)
             samples["generate"].append(total)
     record = _context(plan, model.manifest)
     record.update({f"{k}_ms": _percentiles(v) for k, v in samples.items()})

@@ -94,3 +94,13 @@ def length_sorted_batches(batch: list[list[int]], batch_size: int) -> Iterator[l
     size = batch_size or len(order)
     for start in range(0, len(order), size):
         yield order[start : start + size]
+
+
+def plain_id_range(specials: Sequence[int | None], vocab_size: int) -> tuple[int, int]:
+    """[low, high) between the special ids, for random inputs that never hit one: specials at the
+    start (most families) and at the end of the vocabulary (Marian's pad is its last id)."""
+    special = {i for i in specials if i is not None}
+    high = vocab_size
+    while high - 1 in special:
+        high -= 1
+    return max((i for i in special if i < high), default=-1) + 1, high

@@ -15,6 +15,7 @@ import torch
 
 from seqport.engine.errors import ParityError
 from seqport.engine.feeds import Signature
+from seqport.engine.inputs import plain_id_range
 from seqport.engine.manifest import Component, Validation
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.export.adapter import KV, EncoderDecoderAdapter, ModelSpec
@@ -61,13 +62,8 @@ def _sources(spec: ModelSpec, batch: int, gen: torch.Generator) -> tuple[torch.T
 
 
 def _plain_ids(spec: ModelSpec) -> tuple[int, int]:
-    """[low, high) between the special ids: specials at the start (most families) and at the
-    end of the vocabulary (Marian's pad is its last id) stay out of random inputs."""
-    specials = {i for i in spec.eos + [spec.pad, spec.bos, spec.unk] if i is not None}
-    high = spec.vocab_size
-    while high - 1 in specials:
-        high -= 1
-    return max([i for i in specials if i < high], default=-1) + 1, high
+    """[low, high) between the model's special ids (engine/inputs.py plain_id_range)."""
+    return plain_id_range([*spec.eos, spec.pad, spec.bos, spec.unk], spec.vocab_size)
 
 
 def _np(tensors) -> list[np.ndarray]:
