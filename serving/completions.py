@@ -1,0 +1,207 @@
+"""One generation request over HTTP: submit its prompts, then answer in OpenAI's shape, whole
+or as server-sent events (`data: {chunk}` lines ending with `data: [DONE]`)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from seqport.engine.config import GenerationConfig
+from seqport.engine.errors import SeqportError
+from seqport.serving.jobs import GenerationRequest, TokenEvent
+from seqport.serving.metrics import ServerMetrics
+from seqport.serving.protocol import APIError
+from seqport.serving.scheduler import QueueFull, Scheduler, ShuttingDown
+
+# (object of a whole answer, object of a stream chunk) per endpoint kind
+OBJECTS = {
+    "completions": ("text_completion", "text_completion"),
+    "chat": ("chat.completion", "chat.completion.chunk"),
+    "translations": ("translation", "translation.chunk"),
+}
+
+
+@dataclass
+class Call:
+    """One HTTP generation call: its prompts (checked ids), options and answer shape."""
+
+    kind: str
+    model_name: str
+    prompts: list[list[int]]
+    config: GenerationConfig
+    stream: bool = False
+    include_usage: bool = False
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    started: float = field(default_factory=time.perf_counter)
+
+    def requests(self) -> list[GenerationRequest]:
+        """One scheduler request per prompt; prompt i samples with seed + i, as generate() would."""
+        seed = self.config.seed
+        return [
+            GenerationRequest(
+                f"{self.id}-{i}", ids, self.config if seed is None else self.config.replace(seed=seed + i)
+            )
+            for i, ids in enumerate(self.prompts)
+        ]
+
+
+class _Timer:
+    """Per-request latency metrics: time to first token, between tokens, end to end."""
+
+    def __init__(self, metrics: ServerMetrics, started: float) -> None:
+        self.metrics, self.started, self.last = metrics, started, None
+
+    def token(self, event: TokenEvent) -> None:
+        now = time.perf_counter()
+        if event.tokens:
+            if self.last is None:
+                self.metrics.ttft.observe(now - self.started)
+            else:
+                self.metrics.inter_token.observe(now - self.last)
+            self.last = now
+            self.metrics.generated.inc(event.tokens)
+
+    def done(self) -> None:
+        self.metrics.e2e.observe(time.perf_counter() - self.started)
+
+
+async def answer(call: Call, scheduler: Scheduler, metrics: ServerMetrics) -> Response:
+    """Submit the call's prompts and answer (429 when the queue is full, 400 on a bad input)."""
+    streams, firsts = await _start(call, scheduler)
+    metrics.prompt.inc(sum(map(len, call.prompts)))
+    timer = _Timer(metrics, call.started)
+    if call.stream:
+        body = _sse(call, streams, firsts, timer, metrics)
+        return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        return JSONResponse(await _whole(call, streams, firsts, timer))
+    finally:
+        await _close(streams)
+
+
+async def _start(call: Call, scheduler: Scheduler) -> tuple[list[AsyncIterator[TokenEvent]], list[TokenEvent]]:
+    """Submit every prompt, then wait for each first event, so errors answer 4xx before any
+    byte of a 200 is sent."""
+    streams: list[AsyncIterator[TokenEvent]] = []
+    try:
+        for request in call.requests():
+            streams.append(await scheduler.submit(request))
+        return streams, [await anext(s) for s in streams]
+    except QueueFull as exc:
+        await _close(streams)
+        raise APIError(
+            429, str(exc), "rate_limit_error", code="queue_full", headers={"Retry-After": str(exc.retry_after)}
+        ) from None
+    except ShuttingDown as exc:
+        await _close(streams)
+        raise APIError(503, str(exc), "server_error", code="shutting_down") from None
+    except SeqportError as exc:
+        await _close(streams)
+        raise APIError(400, str(exc), param="prompt") from None
+    except BaseException:
+        await _close(streams)
+        raise
+
+
+async def _events(streams, firsts, timer: _Timer) -> AsyncIterator[tuple[int, TokenEvent]]:
+    """(prompt index, event) for every event of every prompt, prompt by prompt (they all run
+    meanwhile: events of later prompts wait in their queues)."""
+    for index, (stream, first) in enumerate(zip(streams, firsts)):
+        timer.token(first)
+        yield index, first
+        async for event in stream:
+            timer.token(event)
+            yield index, event
+    timer.done()
+
+
+async def _whole(call: Call, streams, firsts, timer: _Timer) -> dict[str, Any]:
+    n = call.config.num_return_sequences
+    texts: dict[int, list[str]] = {}
+    reasons: dict[int, str | None] = {}
+    tokens = 0
+    async for prompt, event in _events(streams, firsts, timer):
+        index = prompt * n + event.choice
+        texts.setdefault(index, []).append(event.text)
+        reasons[index] = event.finish_reason or reasons.get(index)
+        tokens += event.tokens
+    choices = [_choice(call.kind, i, "".join(texts[i]), reasons[i]) for i in sorted(texts)]
+    return {**_head(call, whole=True), "choices": choices, "usage": _usage(call, tokens)}
+
+
+async def _sse(call: Call, streams, firsts, timer: _Timer, metrics: ServerMetrics) -> AsyncIterator[str]:
+    n, tokens, complete = call.config.num_return_sequences, 0, False
+    try:
+        if call.kind == "chat":
+            yield _data(
+                {
+                    **_head(call),
+                    "choices": [_delta_choice(call.kind, i, "", None, True) for i in range(n * len(streams))],
+                }
+            )
+        async for prompt, event in _events(streams, firsts, timer):
+            tokens += event.tokens
+            if event.text or event.finish_reason:
+                choice = _delta_choice(call.kind, prompt * n + event.choice, event.text, event.finish_reason)
+                yield _data({**_head(call), "choices": [choice]})
+        if call.include_usage:
+            yield _data({**_head(call), "choices": [], "usage": _usage(call, tokens)})
+        yield "data: [DONE]\n\n"
+        complete = True
+    finally:
+        if not complete:
+            metrics.cancelled.inc()
+        await _close(streams)
+
+
+async def _close(streams) -> None:
+    for stream in streams:
+        await stream.aclose()  # the scheduler drops a request whose consumer closed its events
+
+
+def _head(call: Call, whole: bool = False) -> dict[str, Any]:
+    whole_object, chunk_object = OBJECTS[call.kind]
+    return {
+        "id": call.id,
+        "object": whole_object if whole else chunk_object,
+        "created": call.created,
+        "model": call.model_name,
+    }
+
+
+def _choice(kind: str, index: int, text: str, reason: str | None) -> dict[str, Any]:
+    if kind == "chat":
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": reason,
+        }
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+
+
+def _delta_choice(kind: str, index: int, text: str, reason: str | None, first: bool = False) -> dict[str, Any]:
+    if kind == "chat":
+        delta = {"role": "assistant", "content": ""} if first else {"content": text}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+
+
+def _usage(call: Call, completion_tokens: int) -> dict[str, int]:
+    prompt_tokens = sum(map(len, call.prompts))
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _data(chunk: dict[str, Any]) -> str:
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"

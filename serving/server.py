@@ -1,0 +1,62 @@
+"""Run the server with uvicorn; with no artifact, the bundled translator (exported once)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+from seqport.engine.api import load
+from seqport.engine.errors import ArtifactError
+from seqport.engine.runtime import RuntimeOptions
+from seqport.serving.app import ServeOptions, build_app
+
+logger = logging.getLogger(__name__)
+
+
+def bundled_translator() -> Path:
+    """The bundled translator's artifact, exported into the cache the way `seqport demo` does.
+
+    Raises:
+        ArtifactError: the export side (torch) is not installed, so it cannot be exported here.
+    """
+    try:
+        demo = importlib.import_module("seqport.export.demo")
+    except ImportError as exc:
+        raise ArtifactError(
+            "no artifact given, and the bundled translator must be exported first, which needs torch "
+            f"({exc.name} is missing): pass an artifact folder (seqport serve ARTIFACT), or "
+            "pip install 'seqport[export]'"
+        ) from None
+    folder, reused = demo.cached_artifact(demo.bundled_checkpoint(), progress=False)
+    logger.info("bundled translator %s: %s", "reused from the cache" if reused else "exported", folder)
+    return folder
+
+
+def run_server(
+    artifact: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    provider: str | None = None,
+    runtime: RuntimeOptions | None = None,
+    options: ServeOptions | None = None,
+) -> None:
+    """Load `artifact` (None: the bundled translator) and serve it until interrupted.
+
+    Args:
+        artifact: an artifact folder written by `seqport export`.
+        host, port: where to listen (loopback by default).
+        provider: execution provider ("cpu", "cuda", ...); None: `runtime.provider`.
+        runtime: backend knobs (threads, graph optimization).
+        options: server settings (batching, admission, shutdown grace).
+
+    Raises:
+        ArtifactError, ManifestError, ProviderError: as seqport.engine.load() raises them.
+    """
+    import uvicorn
+
+    folder = Path(artifact) if artifact is not None else bundled_translator()
+    model = load(folder, provider=provider, options=runtime)
+    app = build_app(model, options or ServeOptions())
+    grace = (options or ServeOptions()).shutdown_grace_s
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(grace) + 1)
