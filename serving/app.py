@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from seqport.engine.errors import SeqportError
+from seqport.engine.errors import InputError, SeqportError
 from seqport.engine.inputs import check_ids
 from seqport.serving.completions import Call, answer
 from seqport.serving.embeddings import embeddings_body
@@ -205,11 +205,15 @@ def _needs(state: _State, task: str, endpoint: str) -> None:
         )
 
 
-async def _generation(state: _State, body: dict[str, Any], kind: str, inputs: Any) -> Response:
+async def _generation(state: _State, body: dict[str, Any], kind: str, inputs: Any, param: str) -> Response:
     model = state.model
     config = generation_config(body, model.default_config)
     m = model.manifest
-    ids = check_ids(model.input_ids(inputs), m.vocab_size, m.max_positions, config.truncate, tuple(m.special_ids.eos))
+    try:
+        ids = model.input_ids(inputs)
+        ids = check_ids(ids, m.vocab_size, m.max_positions, config.truncate, tuple(m.special_ids.eos))
+    except InputError as exc:
+        raise bad_request(str(exc), param) from None
     call = Call(kind, state.name, ids, config, bool(body.get("stream")), include_usage(body))
     return await answer(call, state.scheduler, state.metrics)
 
@@ -217,13 +221,13 @@ async def _generation(state: _State, body: dict[str, Any], kind: str, inputs: An
 async def _completions(state: _State, request: Request) -> Response:
     body = await _body(state, request, "completions")
     _needs(state, "completion", "/v1/completions")
-    return await _generation(state, body, "completions", prompt_inputs(body.get("prompt"), "prompt"))
+    return await _generation(state, body, "completions", prompt_inputs(body.get("prompt"), "prompt"), "prompt")
 
 
 async def _translations(state: _State, request: Request) -> Response:
     body = await _body(state, request, "translations")
     _needs(state, "translation", "/v1/translations")
-    return await _generation(state, body, "translations", prompt_inputs(body.get("input"), "input"))
+    return await _generation(state, body, "translations", prompt_inputs(body.get("input"), "input"), "input")
 
 
 async def _chat(state: _State, request: Request) -> Response:
@@ -241,7 +245,7 @@ async def _chat(state: _State, request: Request) -> Response:
             "messages must be a non-empty list of {role, content} objects with string content", "messages"
         )
     prompt = template(messages)
-    return await _generation(state, body, "chat", [prompt] if isinstance(prompt, str) else [list(prompt)])
+    return await _generation(state, body, "chat", [prompt] if isinstance(prompt, str) else [list(prompt)], "messages")
 
 
 def _is_message(message: Any) -> bool:

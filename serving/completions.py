@@ -13,7 +13,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from seqport.engine.config import GenerationConfig
-from seqport.engine.errors import SeqportError
+from seqport.engine.errors import InputError, SeqportError
 from seqport.serving.jobs import GenerationRequest, TokenEvent
 from seqport.serving.metrics import ServerMetrics
 from seqport.serving.protocol import APIError
@@ -104,7 +104,7 @@ async def _start(call: Call, scheduler: Scheduler) -> tuple[list[AsyncIterator[T
         raise APIError(503, str(exc), "server_error", code="shutting_down") from None
     except SeqportError as exc:
         await _close(streams)
-        raise APIError(400, str(exc), param="prompt") from None
+        raise APIError(400, str(exc), param="prompt" if isinstance(exc, InputError) else None) from None
     except BaseException:
         await _close(streams)
         raise

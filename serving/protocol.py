@@ -139,7 +139,7 @@ def _choices(body: dict[str, Any], sampling: bool) -> dict[str, Any]:
     """n, best_of and num_beams: n samples when sampling; otherwise beam search of width
     max(n, best_of, num_beams) returning the n best."""
     n = _int(body, "n", 1) if body.get("n") is not None else 1
-    best_of = _int(body, "best_of", 1) if body.get("best_of") is not None else 1
+    best_of = _int(body, "best_of", 1) if body.get("best_of") is not None else n
     beams = _int(body, "num_beams", 1) if body.get("num_beams") is not None else 1
     if best_of < n:
         raise bad_request(f"best_of ({best_of}) must be >= n ({n})", "best_of")
