@@ -1,0 +1,137 @@
+"""The micro-batching scheduler alone (no HTTP): shutdown, cancelling waiting work, the KV
+budget; and the `serve` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("starlette")
+
+from test_serve import SENTENCES, SlowModel  # noqa: E402
+
+from seqport.engine.errors import ConfigError  # noqa: E402
+from seqport.serving import GenerationRequest, MicroBatchScheduler, SchedulerLimits, ShuttingDown  # noqa: E402
+from seqport.serving.cli import add_parser  # noqa: E402
+
+
+def _request(model, name: str, max_new_tokens: int = 6, **options) -> GenerationRequest:
+    config = model.default_config.replace(max_new_tokens=max_new_tokens, **options)
+    return GenerationRequest(name, model.input_ids([SENTENCES[0]])[0], config)
+
+
+async def _drain(events) -> list:
+    return [event async for event in events]
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_close_fails_waiting_and_stuck_running_requests(model):
+    gate = threading.Event()
+    scheduler = MicroBatchScheduler(SlowModel(model, gate=gate), SchedulerLimits(max_batch_rows=1, batch_wait_s=0))
+
+    async def scenario():
+        running = await scheduler.submit(_request(model, "a"))
+        await _until(lambda: scheduler.running_rows == 1)
+        waiting = await scheduler.submit(_request(model, "b"))
+        assert scheduler.queue_depth == 1
+        closing = asyncio.create_task(asyncio.to_thread(scheduler.close, 0.2))
+        with pytest.raises(ShuttingDown, match="before this request started"):
+            await _drain(waiting)
+        with pytest.raises(ShuttingDown, match="while this request ran"):
+            await _drain(running)
+        gate.set()  # the engine call returns; the worker sees nobody is listening and exits
+        await closing
+        with pytest.raises(ShuttingDown, match="shutting down"):
+            await scheduler.submit(_request(model, "c"))
+
+    asyncio.run(scenario())
+    scheduler._thread.join(5)
+    assert not scheduler._thread.is_alive()
+
+
+def test_close_lets_running_requests_finish_within_the_grace(model):
+    scheduler = MicroBatchScheduler(SlowModel(model, delay=0.01), SchedulerLimits())
+
+    async def scenario():
+        events = await scheduler.submit(_request(model, "a", max_new_tokens=10))
+        await _until(lambda: scheduler.running_rows == 1)
+        closing = asyncio.create_task(asyncio.to_thread(scheduler.close, 10.0))
+        got = await _drain(events)
+        await closing
+        return got
+
+    events = asyncio.run(scenario())
+    expected = model.generate([SENTENCES[0]], max_new_tokens=10)[0]
+    assert "".join(e.text for e in events) == expected.text and events[-1].finish_reason is not None
+
+
+def test_cancelled_waiting_request_leaves_the_queue(model):
+    gate = threading.Event()
+    scheduler = MicroBatchScheduler(SlowModel(model, gate=gate), SchedulerLimits(max_batch_rows=1, batch_wait_s=0))
+
+    async def scenario():
+        first = await scheduler.submit(_request(model, "a"))
+        await _until(lambda: scheduler.running_rows == 1)
+        await scheduler.submit(_request(model, "b"))
+        assert scheduler.queue_depth == 1
+        scheduler.cancel("b")
+        assert scheduler.queue_depth == 0
+        gate.set()
+        return await _drain(first)
+
+    assert asyncio.run(scenario())[-1].finish_reason is not None
+    scheduler.close(5)
+
+
+def test_kv_budget_and_row_limit_refuse_oversized_requests(model):
+    request = _request(model, "a", max_new_tokens=30)
+    limits = SchedulerLimits(max_batch_rows=2, kv_budget_bytes=1)
+    scheduler = MicroBatchScheduler(model, limits)
+    kv = model.manifest.kv
+    per_token = 2 * kv.num_layers * kv.num_kv_heads * kv.head_dim * 4
+    assert scheduler.kv_bytes(request) == per_token * (30 + 1 + len(request.prompt_ids))
+
+    async def scenario():
+        with pytest.raises(ConfigError, match="KV cache, more than the server's budget"):
+            await scheduler.submit(request)
+        beams = _request(model, "b", num_beams=3)
+        with pytest.raises(ConfigError, match="needs 3 decoder rows"):
+            await scheduler.submit(beams)
+
+    asyncio.run(scenario())
+    scheduler.close(5)
+
+
+def test_serve_command_line(tiny_artifact):
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["serve", str(tiny_artifact), "--port", "0", "--max-batch-rows", "4", "--kv-budget-mb", "8"]
+    )
+    assert (args.artifact, args.host, args.port, args.max_batch_rows, args.kv_budget_mb) == (
+        str(tiny_artifact),
+        "127.0.0.1",
+        0,
+        4,
+        8.0,
+    )
+    assert parser.parse_args(["serve"]).artifact is None
+    bad = parser.parse_args(["serve", str(tiny_artifact), "--max-queue", "0"])
+    with pytest.raises(ConfigError, match="--max-queue must be >= 1"):
+        bad.run(bad)
+    run = subprocess.run(
+        [sys.executable, "-m", "seqport.serving", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0 and "--max-batch-rows" in run.stdout
