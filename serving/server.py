@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from pathlib import Path
@@ -28,6 +29,7 @@ def bundled_translator() -> Path:
             f"({exc.name} is missing): pass an artifact folder (seqport serve ARTIFACT), or "
             "pip install 'seqport[export]'"
         ) from None
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # as `seqport demo`: no exporter chatter
     folder, reused = demo.cached_artifact(demo.bundled_checkpoint(), progress=False)
     logger.info("bundled translator %s: %s", "reused from the cache" if reused else "exported", folder)
     return folder
@@ -55,8 +57,12 @@ def run_server(
     """
     import uvicorn
 
-    folder = Path(artifact) if artifact is not None else bundled_translator()
-    model = load(folder, provider=provider, options=runtime)
-    app = build_app(model, options or ServeOptions())
-    grace = (options or ServeOptions()).shutdown_grace_s
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(grace) + 1)
+    options = options or ServeOptions()
+    if artifact is None:
+        artifact = bundled_translator()
+        options = options if options.model_name else dataclasses.replace(options, model_name="translator")
+    model = load(artifact, provider=provider, options=runtime)
+    app = build_app(model, options)
+    uvicorn.run(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(options.shutdown_grace_s) + 1
+    )
