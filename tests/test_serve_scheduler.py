@@ -135,3 +135,13 @@ def test_serve_command_line(tiny_artifact):
         [sys.executable, "-m", "seqport.serving", "--help"], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0 and "--max-batch-rows" in run.stdout
+
+
+def test_the_cli_module_imports_without_the_serve_extra():
+    code = (
+        "import sys; import seqport.serving.cli; "
+        "loaded = [m for m in ('starlette', 'uvicorn', 'prometheus_client', 'torch') if m in sys.modules]; "
+        "assert not loaded, loaded; print('ok')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
