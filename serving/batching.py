@@ -23,12 +23,13 @@ def run_batch(model: Any, jobs: list[Job]) -> None:
     A SeqportError before any token was produced re-runs the jobs one by one, so one bad
     request does not fail the requests batched with it.
     """
-    request = jobs[0].request
-    if len(jobs) == 1 and (request.config.num_beams > 1 or request.config.num_return_sequences > 1):
-        _run_generate(model, jobs[0])
-        return
+    config = jobs[0].request.config
     try:
-        _run_stream(model, jobs)
+        if config.num_beams > 1 or config.num_return_sequences > 1:
+            assert len(jobs) == 1, "beam search and n > 1 run alone"
+            _run_generate(model, jobs[0])
+        else:
+            _run_stream(model, jobs)
     except SeqportError as exc:
         if len(jobs) > 1 and not getattr(exc, "started", False):
             for job in jobs:

@@ -110,7 +110,9 @@ async def _start(call: Call, scheduler: Scheduler) -> tuple[list[AsyncIterator[T
         raise
 
 
-async def _events(streams, firsts, timer: _Timer) -> AsyncIterator[tuple[int, TokenEvent]]:
+async def _events(
+    streams: list[AsyncIterator[TokenEvent]], firsts: list[TokenEvent], timer: _Timer
+) -> AsyncIterator[tuple[int, TokenEvent]]:
     """(prompt index, event) for every event of every prompt, prompt by prompt (they all run
     meanwhile: events of later prompts wait in their queues)."""
     for index, (stream, first) in enumerate(zip(streams, firsts)):
@@ -122,7 +124,9 @@ async def _events(streams, firsts, timer: _Timer) -> AsyncIterator[tuple[int, To
     timer.done()
 
 
-async def _whole(call: Call, streams, firsts, timer: _Timer) -> dict[str, Any]:
+async def _whole(
+    call: Call, streams: list[AsyncIterator[TokenEvent]], firsts: list[TokenEvent], timer: _Timer
+) -> dict[str, Any]:
     n = call.config.num_return_sequences
     texts: dict[int, list[str]] = {}
     reasons: dict[int, str | None] = {}
@@ -136,7 +140,13 @@ async def _whole(call: Call, streams, firsts, timer: _Timer) -> dict[str, Any]:
     return {**_head(call, whole=True), "choices": choices, "usage": _usage(call, tokens)}
 
 
-async def _sse(call: Call, streams, firsts, timer: _Timer, metrics: ServerMetrics) -> AsyncIterator[str]:
+async def _sse(
+    call: Call,
+    streams: list[AsyncIterator[TokenEvent]],
+    firsts: list[TokenEvent],
+    timer: _Timer,
+    metrics: ServerMetrics,
+) -> AsyncIterator[str]:
     n, tokens, complete = call.config.num_return_sequences, 0, False
     try:
         if call.kind == "chat":
@@ -161,7 +171,7 @@ async def _sse(call: Call, streams, firsts, timer: _Timer, metrics: ServerMetric
         await _close(streams)
 
 
-async def _close(streams) -> None:
+async def _close(streams: list[AsyncIterator[TokenEvent]]) -> None:
     for stream in streams:
         await stream.aclose()  # the scheduler drops a request whose consumer closed its events
 

@@ -145,3 +145,23 @@ def test_the_cli_module_imports_without_the_serve_extra():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+def test_a_bad_request_fails_alone_not_its_batch(model):
+    from seqport.engine.errors import InputError
+
+    batches: list[int] = []
+    scheduler = MicroBatchScheduler(model, SchedulerLimits(batch_wait_s=0.2), on_batch=batches.append)
+    good = _request(model, "good")
+    bad = GenerationRequest("bad", [5] * (model.manifest.max_positions + 5), good.config)  # too long
+
+    async def scenario():
+        good_events, bad_events = await scheduler.submit(good), await scheduler.submit(bad)
+        with pytest.raises(InputError, match="more than the model's maximum"):
+            await _drain(bad_events)
+        return await _drain(good_events)
+
+    events = asyncio.run(scenario())
+    scheduler.close(5)
+    assert batches[0] == 2, "the two requests were not batched together"
+    assert "".join(e.text for e in events) == model.generate([SENTENCES[0]], max_new_tokens=6)[0].text
