@@ -47,7 +47,8 @@ def browser():
 def test_playground_streams_the_greedy_translation(browser, model):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    expected = model.generate([SENTENCES[0]], max_new_tokens=20)[0].text
+    result = model.generate([SENTENCES[0]], max_new_tokens=20)[0]
+    expected = result.text
     with LiveServer(build_app(model, ServeOptions(model_name="tiny"))) as live:
         browser.get(live.url + "/")
         wait = WebDriverWait(browser, 30)
@@ -62,4 +63,5 @@ def test_playground_streams_the_greedy_translation(browser, model):
         wait.until(lambda b: b.find_element("id", "output").get_attribute("data-done") == "true")
         assert browser.find_element("id", "error").text == ""
         assert browser.find_element("id", "output").get_attribute("textContent") == expected
-        assert "tokens/s" in browser.find_element("id", "stats").text
+        stats = browser.find_element("id", "stats").text
+        assert stats.startswith(f"{len(result.ids)} tokens in") and "tokens/s" in stats, stats

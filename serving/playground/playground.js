@@ -18,7 +18,12 @@ async function loadModel() {
 }
 
 function request(task, text) {
-  const options = { model: modelName, max_tokens: Number($("max-tokens").value), temperature: Number($("temperature").value) };
+  const options = {
+    model: modelName,
+    max_tokens: Number($("max-tokens").value),
+    temperature: Number($("temperature").value),
+    stream_options: { include_usage: true }, // the last chunk counts the generated tokens
+  };
   if (task === "chat") return ["/v1/chat/completions", { ...options, messages: [{ role: "user", content: text }], stream: true }];
   if (task === "translation") return ["/v1/translations", { ...options, input: text, stream: true }];
   if (task === "embedding") return ["/v1/embeddings", { model: modelName, input: text }];
@@ -69,16 +74,16 @@ async function send() {
   let tokens = 0;
   let first = null;
   for await (const chunk of sseChunks(response)) {
+    if (chunk.usage) tokens = chunk.usage.completion_tokens;
     const choice = chunk.choices[0];
-    if (!choice) continue;
-    const piece = choice.delta ? choice.delta.content || "" : choice.text;
+    const piece = !choice ? "" : choice.delta ? choice.delta.content || "" : choice.text;
     if (piece) {
       first = first ?? performance.now();
-      tokens += 1;
+      tokens += 1; // pieces until the usage chunk gives the exact count
       $("output").textContent += piece;
     }
     const seconds = (performance.now() - started) / 1000;
-    $("stats").textContent = `${tokens} pieces in ${seconds.toFixed(2)} s, ${(tokens / seconds).toFixed(1)} tokens/s` +
+    $("stats").textContent = `${tokens} tokens in ${seconds.toFixed(2)} s, ${(tokens / seconds).toFixed(1)} tokens/s` +
       (first ? `, first after ${((first - started) / 1000).toFixed(2)} s` : "");
   }
   $("output").dataset.done = "true";
