@@ -1,4 +1,4 @@
-"""A uvicorn server in a thread on 127.0.0.1 (a free port), for the serving tests."""
+"""A uvicorn server in a thread on 127.0.0.1 (a free port), and a slowed model, for the serving tests."""
 
 from __future__ import annotations
 
@@ -38,3 +38,21 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(30)
         assert not self.thread.is_alive(), "the test server did not stop within 30 s"
+
+
+class SlowModel:
+    """The real model with an optional gate before, and a pause after, every streamed token."""
+
+    def __init__(self, model, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self._model, self.delay, self.gate, self.steps = model, delay, gate, 0
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def stream(self, *args, **kwargs):
+        if self.gate is not None:
+            assert self.gate.wait(30), "the test never opened the gate"
+        for step in self._model.stream(*args, **kwargs):
+            self.steps += 1
+            yield step
+            time.sleep(self.delay)

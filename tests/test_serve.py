@@ -18,30 +18,12 @@ import pytest
 pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
 
-from live_server import LiveServer  # noqa: E402
+from live_server import LiveServer, SlowModel  # noqa: E402
 from tiny import SENTENCES  # noqa: E402
 
 from seqport.serving import ServeOptions, build_app  # noqa: E402
 
 NAME = "tiny"
-
-
-class SlowModel:
-    """The real model with an optional gate before, and a pause after, every streamed token."""
-
-    def __init__(self, model, delay: float = 0.0, gate: threading.Event | None = None) -> None:
-        self._model, self.delay, self.gate, self.steps = model, delay, gate, 0
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def stream(self, *args, **kwargs):
-        if self.gate is not None:
-            assert self.gate.wait(30), "the test never opened the gate"
-        for step in self._model.stream(*args, **kwargs):
-            self.steps += 1
-            yield step
-            time.sleep(self.delay)
 
 
 @pytest.fixture(scope="module")

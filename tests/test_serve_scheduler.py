@@ -14,7 +14,8 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from test_serve import SENTENCES, SlowModel  # noqa: E402
+from live_server import SlowModel  # noqa: E402
+from tiny import SENTENCES  # noqa: E402
 
 from seqport.engine.errors import ConfigError  # noqa: E402
 from seqport.serving import GenerationRequest, MicroBatchScheduler, SchedulerLimits, ShuttingDown  # noqa: E402
