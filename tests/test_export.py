@@ -116,7 +116,7 @@ def test_validation_failure_names_component_output_and_figures(tmp_path, tiny_ch
 
 
 def test_cli_export_fails_with_one_line_and_nonzero_exit(tmp_path, tiny_checkpoint, monkeypatch, capsys):
-    from seqport.engine.cli import main
+    from seqport.cli.main import main
     from seqport.export import validate
 
     monkeypatch.setitem(validate.TOLERANCES, "float32", 1e-12)

@@ -22,7 +22,7 @@ MAX_NEW_TOKENS = 255  # the evaluation's budget: max_positions - 1
 
 @pytest.fixture(scope="session")
 def translator(tmp_path_factory):
-    from seqport.export.demo import bundled_checkpoint, cached_artifact
+    from seqport.cli.demo import bundled_checkpoint, cached_artifact
 
     cache = tmp_path_factory.mktemp("cache")
     os.environ["SEQPORT_CACHE"] = str(cache)

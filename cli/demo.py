@@ -2,25 +2,23 @@
 
 Exports the bundled checkpoint (validated against PyTorch; cached and reused), translates a
 few sentences with the torch-free engine, and times the engine beside PyTorch eager on the
-same inputs with the same greedy loop.
+same inputs with the same greedy loop. The export side (torch) is imported only when the
+command runs; without it the command says what to install.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import time
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from seqport.engine.api import load
 from seqport.engine.errors import ArtifactError, SeqportError
 from seqport.engine.inputs import pad_batch
 from seqport.engine.manifest import load_manifest, sha256_of
-from seqport.export.models.transformer import Transformer
-from seqport.export.pipeline import export_model
-from seqport.export.reference import greedy_generate
 
 SENTENCES = [
     "In the beginning God created the heavens and the earth.",
@@ -29,24 +27,61 @@ SENTENCES = [
     "The people went out and gathered bread in the field.",
     "He said to them, Go into all the world.",
 ]
+DEMO_HINT = "`seqport demo` needs torch: pip install 'seqport[export]'"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the demo subcommand to `sub`."""
+    p = sub.add_parser(
+        "demo",
+        help="export the bundled translator and translate with it (the first thing to run)",
+        description="Export the bundled English→French translator (validated against PyTorch; "
+        "cached in $SEQPORT_CACHE or ~/.cache/seqport and reused), translate a few sentences "
+        "(or TEXT) with the torch-free engine, and print the engine's tokens/s beside PyTorch "
+        "eager on the same inputs.",
+    )
+    p.add_argument("text", nargs="*", help="English sentences to translate (default: a handful)")
+    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per translation")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        import seqport.export.pipeline  # noqa: F401  (torch, onnx: checked here, so a missing extra is one line)
+    except ImportError as exc:
+        raise SeqportError(f"{DEMO_HINT} ({exc.name} is missing)") from None
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    return run_demo(args.text, provider=args.provider, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
 
 
 def bundled_checkpoint() -> Path:
-    """Folder of the translator shipped inside the package."""
-    folder = Path(str(resources.files("seqport.export.models") / "translator"))
+    """Folder of the translator shipped inside the package (export/models/translator).
+
+    Raises:
+        ArtifactError: the package data is missing (a broken install).
+    """
+    folder = Path(str(resources.files("seqport.export") / "models" / "translator"))
     if not (folder / "model.safetensors").is_file():
         raise ArtifactError(f"the bundled translator is missing from {folder}; reinstall seqport")
     return folder
 
 
 def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool]:
-    """Export `checkpoint` into the cache once; later runs reuse it. Returns (folder, reused)."""
+    """Export `checkpoint` into the cache once (needs torch); later runs reuse it.
+
+    Returns:
+        (artifact folder, whether it was reused), the cache being $SEQPORT_CACHE or ~/.cache/seqport.
+    """
     root = Path(os.environ.get("SEQPORT_CACHE", Path.home() / ".cache" / "seqport"))
     folder = root / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}"
     try:
         load_manifest(folder)
         return folder, True
     except SeqportError:
+        from seqport.export.pipeline import export_model
+
         export_model(checkpoint, folder, progress=progress)
         return folder, False
 
@@ -61,8 +96,22 @@ def _tokens_per_second(run, count_tokens, repeats: int = 3) -> float:
     return count_tokens(out) / best
 
 
-def speed(artifact_model, torch_model: Transformer, sources: list[list[int]], max_new: int) -> dict[str, float]:
-    """Greedy tokens/s of the engine and of PyTorch eager on the same batch (single sitting)."""
+def speed(artifact_model, checkpoint: Path, sources: list[list[int]], max_new: int) -> dict[str, float]:
+    """Greedy tokens/s of the engine and of PyTorch eager on the same batch (single sitting).
+
+    Args:
+        artifact_model: the loaded artifact (seqport.engine.load).
+        checkpoint: the PyTorch checkpoint folder it was exported from.
+        sources: the batch as token ids, one list per input.
+        max_new: most new tokens per input.
+    """
+    import torch
+
+    from seqport.export.models import Transformer
+    from seqport.export.reference import greedy_generate
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch_model = Transformer.load(checkpoint)
     ids, mask = pad_batch(sources, torch_model.config.pad_id)
     ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
     engine = _tokens_per_second(
@@ -77,6 +126,7 @@ def speed(artifact_model, torch_model: Transformer, sources: list[list[int]], ma
 
 
 def run_demo(texts: list[str], provider: str = "cpu", max_new_tokens: int = 64, progress: bool = True) -> int:
+    """Export (or reuse), translate `texts` (default: SENTENCES) and compare speeds; returns 0."""
     checkpoint = bundled_checkpoint()
     artifact, reused = cached_artifact(checkpoint, progress)
     manifest = load_manifest(artifact)
@@ -89,8 +139,7 @@ def run_demo(texts: list[str], provider: str = "cpu", max_new_tokens: int = 64, 
     print(f"\ntranslations (torch-free engine, {provider}, greedy):")
     for text, result in zip(inputs, model.generate(inputs, max_new_tokens=max_new_tokens)):
         print(f"  EN  {text}\n  FR  {result.text}\n")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    figures = speed(model, Transformer.load(checkpoint), model.input_ids(inputs), max_new_tokens)
+    figures = speed(model, checkpoint, model.input_ids(inputs), max_new_tokens)
     ratio = figures["engine"] / figures["pytorch"]
     print(
         f"speed, greedy, batch {len(inputs)}: engine {figures['engine']:.0f} tokens/s · "
