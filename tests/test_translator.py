@@ -67,7 +67,7 @@ def test_demo_prints_translations_and_speed(translator):
     _, _, cache = translator
     env = {**os.environ, "SEQPORT_CACHE": str(cache)}
     run = subprocess.run(
-        [sys.executable, "-m", "seqport.engine", "demo", "--max-new-tokens", "24", "The Lord is good."],
+        [sys.executable, "-m", "seqport.cli", "demo", "--max-new-tokens", "24", "The Lord is good."],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert run.returncode == 0, run.stderr
