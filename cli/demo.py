@@ -27,7 +27,7 @@ SENTENCES = [
     "The people went out and gathered bread in the field.",
     "He said to them, Go into all the world.",
 ]
-DEMO_HINT = "`seqport demo` needs torch: pip install 'seqport[export]'"
+DEMO_HINT = "`seqport demo` needs the export extra (torch): pip install 'seqport[export]'"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

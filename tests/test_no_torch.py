@@ -33,3 +33,21 @@ def test_python_dash_m_runs_the_cli(tiny_artifact):
     )
     assert run.returncode == 0, run.stderr
     assert f"artifact: {tiny_artifact}" in run.stdout and "runtimes (RuntimeOptions.backend" in run.stdout
+
+
+def test_export_and_demo_say_what_to_install_without_torch():
+    """Where the export side cannot be imported, the two commands that need it fail in one line."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = sys.modules["onnx"] = None  # as on a runtime-only install
+        from seqport.cli.main import main
+        assert main(["export", "checkpoint", "out"]) == 1
+        assert main(["demo"]) == 1
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("seqport: error: `seqport export` needs the export extra: pip install 'seqport[export]'")
+    assert lines[1].startswith("seqport: error: `seqport demo` needs the export extra (torch): pip install")
+    assert all(line.endswith("is missing)") for line in lines)
