@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 import seqport.engine as sp
-from seqport.engine.benchmark import _Timed, plain_greedy_config, step_timings, synthetic_inputs
+from seqport.cli.bench_runner import TimedRuntime, plain_greedy_config, step_timings, synthetic_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = sp.load(args.artifact, options=sp.RuntimeOptions(intra_op_threads=args.threads))
     log: list[tuple[str, float, float]] = []
-    model.runtimes = {name: _Timed(rt, name, log) for name, rt in model.runtimes.items()}
+    model.runtimes = {name: TimedRuntime(rt, name, log) for name, rt in model.runtimes.items()}
     inputs = synthetic_inputs(model.manifest, args.batch, 32)
     config = plain_greedy_config(model.manifest, args.new_tokens)
     steps, outside = [], []

@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel
-from seqport.export.demo import bundled_checkpoint
+from seqport.export.bundled import bundled_checkpoint
 
 work = Path(sys.argv[1])
 shutil.copytree(bundled_checkpoint(), work / "translator")

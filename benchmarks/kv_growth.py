@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 import seqport.engine as sp
-from seqport.engine.benchmark import device, plain_greedy_config, synthetic_inputs, versions
+from seqport.cli.bench_report import device, versions
+from seqport.cli.bench_runner import plain_greedy_config, synthetic_inputs
 from seqport.engine.kv_cache import KVCache
 
 KINDS = ("growing", "preallocated")
@@ -91,7 +92,7 @@ def one_step(model, batch: int, past: int):
 
 
 def generation(model, batch: int, new: int) -> tuple[callable, list[int]]:
-    """A function generating greedily (engine/benchmark.py plain_greedy_config), and the list
+    """A function generating greedily (seqport.cli.bench_runner.plain_greedy_config), and the list
     it appends each run's token count to."""
     m = model.manifest
     inputs = synthetic_inputs(m, batch, min(32, m.max_positions - new))

@@ -22,7 +22,7 @@ def bundled_translator() -> Path:
         ArtifactError: the export side (torch) is not installed, so it cannot be exported here.
     """
     try:
-        demo = importlib.import_module("seqport.export.demo")
+        bundled = importlib.import_module("seqport.export.bundled")
     except ImportError as exc:
         raise ArtifactError(
             "no artifact given, and the bundled translator must be exported first, which needs torch "
@@ -30,7 +30,7 @@ def bundled_translator() -> Path:
             "pip install 'seqport[export]'"
         ) from None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # as `seqport demo`: no exporter chatter
-    folder, reused = demo.cached_artifact(demo.bundled_checkpoint(), progress=False)
+    folder, reused = bundled.cached_artifact(bundled.bundled_checkpoint(), progress=False)
     logger.info("bundled translator %s: %s", "reused from the cache" if reused else "exported", folder)
     return folder
 

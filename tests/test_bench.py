@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import seqport.engine as sp
-from seqport.engine.benchmark import BenchPlan, exact_length_config, run_in_subprocess, synthetic_inputs
-from seqport.engine.cli import main
+from seqport.cli.bench_runner import BenchPlan, exact_length_config, run_in_subprocess, synthetic_inputs
+from seqport.cli.main import main
 from seqport.engine.errors import SeqportError
 
 FIGURES = ("tokenize_ms", "ttft_ms", "step_ms", "engine_overhead_ms", "generate_ms")
@@ -92,7 +92,7 @@ def test_synthetic_inputs_avoid_specials_at_either_end(tiny_artifact):
     """Marian's pad is its last id: inputs are drawn between the specials, never on one."""
     import dataclasses
 
-    from seqport.engine.benchmark import synthetic_inputs
+    from seqport.cli.bench_runner import synthetic_inputs
     from seqport.engine.manifest import load_manifest
 
     manifest = load_manifest(tiny_artifact)

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from seqport.cli.main import main
 from seqport.engine import processors as proc
-from seqport.engine.cli import main
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import ConfigError, InputError
 

@@ -116,7 +116,7 @@ def test_validation_failure_names_component_output_and_figures(tmp_path, tiny_ch
 
 
 def test_cli_export_fails_with_one_line_and_nonzero_exit(tmp_path, tiny_checkpoint, monkeypatch, capsys):
-    from seqport.engine.cli import main
+    from seqport.cli.main import main
     from seqport.export import validate
 
     monkeypatch.setitem(validate.TOLERANCES, "float32", 1e-12)
@@ -140,7 +140,7 @@ def test_cli_export_then_generate(tmp_path, tiny_checkpoint):
     """The two commands a user types, as subprocesses, in a temporary folder."""
     out = tmp_path / "artifact"
     export = subprocess.run(
-        [sys.executable, "-m", "seqport.engine", "export", str(tiny_checkpoint), str(out)],
+        [sys.executable, "-m", "seqport.cli", "export", str(tiny_checkpoint), str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -152,7 +152,7 @@ def test_cli_export_then_generate(tmp_path, tiny_checkpoint):
         [
             sys.executable,
             "-m",
-            "seqport.engine",
+            "seqport.cli",
             "generate",
             str(out),
             "the cat sat on the mat",
@@ -172,7 +172,7 @@ def test_cli_export_then_generate(tmp_path, tiny_checkpoint):
         [
             sys.executable,
             "-m",
-            "seqport.engine",
+            "seqport.cli",
             "generate",
             str(out),
             "--ids",

@@ -410,7 +410,7 @@ def test_manifest_needs_pooling_or_labels(exported):
 @pytest.mark.export
 def test_cli_embed_and_classify(exported, capsys):
     import seqport.engine as sp
-    from seqport.engine.cli import main
+    from seqport.cli.main import main
 
     embed_artifact, classify_artifact = exported(ROWS[0])[1], exported(ROWS[1])[1]
     assert main(["embed", str(embed_artifact), *TEXTS, "--json"]) == 0

@@ -108,7 +108,7 @@ def test_cosine_to_sentence_transformers_reference(minilm_folder, minilm_artifac
 
 
 def test_cli_embed_prints_the_example(minilm_artifact, capsys):
-    from seqport.engine.cli import main
+    from seqport.cli.main import main
 
     assert main(["embed", str(minilm_artifact), "This is an example sentence", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)

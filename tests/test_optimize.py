@@ -41,7 +41,7 @@ def cli_export(tiny_checkpoint, tmp_path_factory):
     import contextlib
     import io
 
-    from seqport.engine.cli import main
+    from seqport.cli.main import main
 
     out = tmp_path_factory.mktemp("cli") / "artifact"
     printed = io.StringIO()
@@ -132,7 +132,7 @@ def test_unknown_quantize_mode_fails_before_exporting(tiny_checkpoint, tmp_path)
 
 
 def test_cli_export_optimize_quantize(cli_export, tiny_artifact, capsys):
-    from seqport.engine.cli import main
+    from seqport.cli.main import main
 
     out, printed = cli_export
     assert "optimized decoder" in printed and "SkipLayerNormalization" in printed

@@ -38,7 +38,7 @@ def _zero_bias_gpt2(folder):
 
 def _export(checkpoint, out, *flags) -> str:
     """`seqport export` through the CLI entry point; what it printed."""
-    from seqport.engine.cli import main
+    from seqport.cli.main import main
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

@@ -82,7 +82,7 @@ def test_unavailable_provider_lists_the_available_ones(tiny_artifact):
 def test_info_lists_runtimes_and_providers(capsys):
     from onnxruntime import __version__
 
-    from seqport.engine.cli import main
+    from seqport.cli.main import main
 
     assert main(["info"]) == 0
     out = capsys.readouterr().out

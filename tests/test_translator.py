@@ -22,7 +22,7 @@ MAX_NEW_TOKENS = 255  # the evaluation's budget: max_positions - 1
 
 @pytest.fixture(scope="session")
 def translator(tmp_path_factory):
-    from seqport.export.demo import bundled_checkpoint, cached_artifact
+    from seqport.export.bundled import bundled_checkpoint, cached_artifact
 
     cache = tmp_path_factory.mktemp("cache")
     os.environ["SEQPORT_CACHE"] = str(cache)
@@ -67,7 +67,7 @@ def test_demo_prints_translations_and_speed(translator):
     _, _, cache = translator
     env = {**os.environ, "SEQPORT_CACHE": str(cache)}
     run = subprocess.run(
-        [sys.executable, "-m", "seqport.engine", "demo", "--max-new-tokens", "24", "The Lord is good."],
+        [sys.executable, "-m", "seqport.cli", "demo", "--max-new-tokens", "24", "The Lord is good."],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert run.returncode == 0, run.stderr

@@ -1,6 +1,6 @@
-"""`seqport bench`: load time, time to first token, per-step latency, tokens/s and peak RSS.
+"""`seqport bench`'s measuring: load time, time to first token, per-step latency, tokens/s, RSS.
 
-Each (runtime, batch size) runs in a fresh Python process (`python -m seqport.engine.benchmark
+Each (runtime, batch size) runs in a fresh Python process (`python -m seqport.cli.bench_worker
 PLAN`), so its peak RSS (getrusage ru_maxrss) is its own and no runtime warms another's caches.
 A run loads the artifact once, then generates warmup + repeats times exactly `new_tokens` tokens
 per input from synthetic inputs of `input_length` ids; the median and p90 of the repeats are
@@ -14,32 +14,30 @@ search, cache update and feed checks included). Engine overhead is the part of a
 outside the decoder call: step − decoder call, reported in ms and as a share of the step.
 
 Torch-free: the torch backend is only imported inside its worker, through the runtime registry.
+benchmarks/engine_overhead.py and benchmarks/kv_growth.py reuse TimedRuntime, step_timings,
+plain_greedy_config and synthetic_inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from seqport.cli.bench_report import record_context
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import ConfigError, SeqportError
 from seqport.engine.inputs import plain_id_range
 from seqport.engine.manifest import Manifest, load_manifest
 from seqport.engine.runtime import BACKENDS, RuntimeOptions
 
-SCHEMA = "seqport.bench/1"
 GENERATING = ("encoder-decoder", "decoder-only")
 STEP_COMPONENTS = ("decoder_init", "decoder")
 
@@ -131,8 +129,8 @@ def run_benchmarks(
 
 
 def run_in_subprocess(plan: BenchPlan, timeout: float | None = None) -> dict[str, Any]:
-    """One plan measured by `python -m seqport.engine.benchmark` (fresh process, own RSS)."""
-    command = [sys.executable, "-m", "seqport.engine.benchmark", json.dumps(dataclasses.asdict(plan))]
+    """One plan measured by `python -m seqport.cli.bench_worker` (fresh process, own RSS)."""
+    command = [sys.executable, "-m", "seqport.cli.bench_worker", json.dumps(dataclasses.asdict(plan))]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -143,10 +141,10 @@ def run_in_subprocess(plan: BenchPlan, timeout: float | None = None) -> dict[str
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-class _Timed:
+class TimedRuntime:
     """A loaded component that logs (component, start, end) of every call; same Runtime interface."""
 
-    def __init__(self, runtime, name: str, log: list[tuple[str, float]]) -> None:
+    def __init__(self, runtime, name: str, log: list[tuple[str, float, float]]) -> None:
         self._runtime, self._name, self._log = runtime, name, log
 
     @property
@@ -175,7 +173,7 @@ def synthetic_inputs(manifest: Manifest, batch: int, length: int, seed: int = 0)
 
 
 def step_timings(log: list[tuple[str, float, float]]) -> tuple[list[float], list[float], list[float]]:
-    """From a `_Timed` log of one generate call: the end of each decoder call, each step (the
+    """From a `TimedRuntime` log of one generate call: the end of each decoder call, each step (the
     time between two ends) and the part of that step spent outside the decoder call."""
     calls = [(begin, end) for name, begin, end in log if name in STEP_COMPONENTS]
     ends = [end for _, end in calls]
@@ -208,7 +206,7 @@ def measure(plan: BenchPlan) -> dict[str, Any]:
     load_s = time.perf_counter() - started
     rss_after_load = peak_rss_mb()
     log: list[tuple[str, float, float]] = []
-    model.runtimes = {name: _Timed(rt, name, log) for name, rt in model.runtimes.items()}
+    model.runtimes = {name: TimedRuntime(rt, name, log) for name, rt in model.runtimes.items()}
     inputs = synthetic_inputs(model.manifest, plan.batch, plan.input_length)
     texts = [model.tokenizer.decode(ids) for ids in inputs]
     config = exact_length_config(plan.new_tokens)
@@ -229,7 +227,7 @@ def measure(plan: BenchPlan) -> dict[str, Any]:
             samples["step"].extend(steps)
             samples["engine_overhead"].extend(outside)
             samples["generate"].append(total)
-    record = _context(plan, model.manifest)
+    record = record_context(plan, model.manifest)
     record.update({f"{k}_ms": _percentiles(v) for k, v in samples.items()})
     record.update(
         load_s=round(load_s, 4),
@@ -269,152 +267,3 @@ def peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)  # bytes on macOS, KiB on Linux
-
-
-def _context(plan: BenchPlan, manifest: Manifest) -> dict[str, Any]:
-    """Everything a record needs to be compared later: versions, device, threads, sizes."""
-    return {
-        "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "artifact": plan.artifact,
-        "family": manifest.family,
-        "architecture": manifest.architecture,
-        "weights": {"dynamic-int8": "int8", "fp16": "float16"}.get(
-            manifest.quantization.method if manifest.quantization else "", "float32"
-        ),
-        "kv_cache": manifest.kv.allocation,
-        "optimized": manifest.optimization is not None,
-        "runtime": plan.runtime,
-        "provider": plan.provider,
-        "versions": versions(),
-        "device": device(),
-        "threads": {"intra_op": plan.threads, "inter_op": 0, "cpu_count": os.cpu_count()},
-        "batch": plan.batch,
-        "lengths": {"input": plan.input_length, "new_tokens": plan.new_tokens},
-        "shapes": shapes(manifest),
-        "warmup": plan.warmup,
-        "repeats": plan.repeats,
-        "forced_length": "min_new_tokens=max_new_tokens",
-    }
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of Python and of every package a run may use ("" if absent)."""
-    found = {"python": platform.python_version()}
-    for name in ("seqport", "numpy", "tokenizers", "onnxruntime", "onnxruntime-gpu", "torch"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = ""
-    return found
-
-
-def device() -> dict[str, Any]:
-    """CPU model, logical CPUs, OS and architecture of this machine."""
-    model = platform.processor() or ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": model, "cpu_count": os.cpu_count(), "system": platform.system(), "machine": platform.machine()}
-
-
-def shapes(manifest: Manifest) -> dict[str, Any]:
-    """Model geometry and each component's named input/output dimensions, from the manifest."""
-    kv = manifest.kv
-    return {
-        "vocab_size": manifest.vocab_size,
-        "max_positions": manifest.max_positions,
-        "kv": dataclasses.asdict(kv) if kv else None,
-        "components": {
-            name: {
-                "inputs": {k: s.shape for k, s in sorted(c.inputs.items())},
-                "outputs": {k: s.shape for k, s in sorted(c.outputs.items())},
-            }
-            for name, c in sorted(manifest.components.items())
-        },
-    }
-
-
-def format_table(records: list[dict[str, Any]]) -> str:
-    """The records as an aligned text table (ms figures are p50/p90)."""
-    header = ("runtime", "batch", "load s", "ttft ms", "step ms", "engine %", "tokens/s", "peak RSS MiB")
-    rows = [header]
-    for r in records:
-        rows.append(
-            (
-                f"{r['runtime']}:{r['provider']}",
-                str(r["batch"]),
-                f"{r['load_s']:.2f}",
-                _pair(r["ttft_ms"], 1),
-                _pair(r["step_ms"], 2),
-                "-" if r.get("engine_overhead_pct") is None else f"{r['engine_overhead_pct']:.1f}",
-                f"{r['tokens_per_s']:.1f}",
-                f"{r['peak_rss_mb']}",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
-
-
-def _pair(figures: dict[str, Any], digits: int) -> str:
-    if figures["p50"] is None:
-        return "-"
-    return f"{figures['p50']:.{digits}f}/{figures['p90']:.{digits}f}"
-
-
-def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
-    """Tokens/s and per-step latency against batch size, one line per runtime (needs matplotlib).
-
-    Raises:
-        SeqportError: matplotlib is not installed.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SeqportError("--plot needs matplotlib: pip install matplotlib") from None
-    figure, (speed, step) = plt.subplots(1, 2, figsize=(10, 4))
-    for runtime in sorted({f"{r['runtime']}:{r['provider']}" for r in records}):
-        mine = sorted((r for r in records if f"{r['runtime']}:{r['provider']}" == runtime), key=lambda r: r["batch"])
-        batches = [r["batch"] for r in mine]
-        speed.plot(batches, [r["tokens_per_s"] for r in mine], marker="o", label=runtime)
-        step.errorbar(
-            batches,
-            [r["step_ms"]["p50"] for r in mine],
-            yerr=[[0] * len(mine), [r["step_ms"]["p90"] - r["step_ms"]["p50"] for r in mine]],
-            marker="o",
-            capsize=3,
-            label=runtime,
-        )
-    first = records[0]
-    title = f"{first['family']}: {first['lengths']['new_tokens']} new tokens"
-    speed.set(xlabel="batch size", ylabel="tokens/s", title=title)
-    step.set(xlabel="batch size", ylabel="ms per step (p50, bar to p90)", title="per-step latency")
-    for axes in (speed, step):
-        axes.set_yscale("log")  # runtimes differ by orders of magnitude
-        axes.set_xticks(sorted({r["batch"] for r in records}))
-        axes.grid(alpha=0.3)
-        axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def _worker(argv: list[str]) -> int:
-    """`python -m seqport.engine.benchmark PLAN_JSON`: print one JSON record on stdout."""
-    try:
-        record = measure(BenchPlan(**json.loads(argv[0])))
-    except SeqportError as exc:
-        print(f"seqport: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(record, sort_keys=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """Train the seed Transformer on English→French Bible verses, on a CPU, within a time budget.
 
-    python -m seqport.export.train --out runs/translator --max-minutes 45
+    python examples/translator/train.py --out runs/translator --max-minutes 45
 
 The recipe is the paper's (Vaswani et al., 2017, §5): shared BPE vocabulary, Adam(0.9, 0.98,
 1e-9) with warm-up then inverse-square-root decay, label smoothing 0.1, batches of about
@@ -30,8 +30,9 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tokenizers.trainers import BpeTrainer
 from tqdm import tqdm
 
-from seqport.export.corpus import read_split, write_splits
 from seqport.export.models.transformer import Transformer, TransformerConfig
+
+from corpus import read_split, write_splits
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3: the engine relies on this order
 TOKENIZER_FILE = "tokenizer.json"
@@ -186,7 +187,7 @@ def save_checkpoint(out: Path, model, optimizer, progress: Progress, args) -> No
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; the architecture ones are ignored by --resume."""
     p = argparse.ArgumentParser(
-        prog="python -m seqport.export.train",
+        prog="python examples/translator/train.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -348,7 +349,7 @@ def resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `python -m seqport.export.train`."""
+    """Entry point of `python examples/translator/train.py`."""
     args = parse_args(argv)
     state = None
     if args.resume:

@@ -1,6 +1,6 @@
 """Score a trained translator on the held-out test books with sacrebleu BLEU and chrF.
 
-    python -m seqport.export.evaluate runs/translator
+    python examples/translator/evaluate.py runs/translator
 
 Translations come from the plain PyTorch greedy decoder (export/reference.py), the same
 reference the exported engine is tested against, so these figures are what the ONNX engine
@@ -22,9 +22,10 @@ import sacrebleu
 import torch
 from tokenizers import Tokenizer
 
-from seqport.export.corpus import load_pairs, read_split, split_pairs
 from seqport.export.models.transformer import Transformer
 from seqport.export.reference import greedy_generate
+
+from corpus import load_pairs, read_split, split_pairs
 
 TOKENIZER_FILE = "tokenizer.json"
 RESULT_FILE = "eval_test.json"
@@ -96,7 +97,7 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m seqport.export.evaluate",
+        prog="python examples/translator/evaluate.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

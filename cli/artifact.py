@@ -1,0 +1,188 @@
+"""`seqport export` and `seqport info`: write an artifact, describe one.
+
+`export` imports the export side (torch) only when it runs, so a runtime-only install still
+answers --help and runs `info`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+
+from seqport.engine.errors import SeqportError
+
+EXPORT_HINT = "`seqport export` needs the export extra: pip install 'seqport[export]'"
+
+
+def add_info_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the info subcommand to `sub`."""
+    p = sub.add_parser(
+        "info",
+        help="describe an artifact and the available providers",
+        description="Print an artifact's manifest summary and parity figures, "
+        "and the runtimes and execution providers this installation can use.",
+    )
+    p.add_argument("artifact", nargs="?", help="artifact folder (optional)")
+    p.set_defaults(run=_info)
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the export subcommand to `sub`."""
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint folder to a validated artifact",
+        description="Split a PyTorch checkpoint into encoder and decoder-step "
+        "ONNX graphs, validate each against PyTorch (fp32 tolerance 1e-4) and "
+        "write seqport.json. Fails (exit 1) if validation fails. " + EXPORT_HINT,
+    )
+    p.add_argument("source", help="checkpoint folder: config.json, weights, tokenizer.json")
+    p.add_argument("out", help="artifact folder to write (created if needed)")
+    p.add_argument("--family", help="adapter to use instead of config.json's model_type")
+    p.add_argument(
+        "--task",
+        choices=("feature-extraction", "sequence-classification"),
+        help="encoder-only models (BERT, RoBERTa, ...): export hidden states for `seqport embed` "
+        "(pooling as the sentence-transformers folder declares) or logits for `seqport classify`; "
+        "default: what the checkpoint is (a *ForSequenceClassification head or not)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="apply onnxruntime's transformer fusions offline, validate again, record them in the manifest",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="store weights as int8 (dynamic quantization), gated on greedy token agreement with fp32",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: weights and activations in float16 (float32 graph I/O), gated on greedy token "
+        "agreement with fp32; T5 stays fp32 (docs/gpu.md)",
+    )
+    p.add_argument(
+        "--kv-cache",
+        choices=["growing", "preallocated"],
+        default="growing",
+        help="growing: the decoder returns past + new K/V each step (concatenation); preallocated: the "
+        "engine sizes one buffer per request and the decoder writes the new K/V into it in place "
+        "(docs/manifest.md; benchmarks/kv_growth.py measures both)",
+    )
+    p.set_defaults(run=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from seqport.export.pipeline import export_model
+    except ImportError as exc:
+        raise SeqportError(f"{EXPORT_HINT} ({exc.name} is missing)") from None
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # exporter chatter about torchvision
+    # onnxruntime's optimizer imports its modules top-level: symbolic-dim chatter of its shape inference
+    logging.getLogger("symbolic_shape_infer").setLevel(logging.ERROR)
+    manifest = export_model(
+        args.source,
+        args.out,
+        family=args.family,
+        progress=not args.quiet,
+        task=args.task,
+        optimize=args.optimize,
+        quantize=args.quantize,
+        dtype=args.dtype,
+        kv_cache=args.kv_cache,
+    )
+    print(f"exported {manifest.family} to {args.out}")
+    print_validation(manifest)
+    return 0
+
+
+def print_validation(manifest) -> None:
+    """The parity figures of a manifest, then its --optimize and --quantize sections."""
+    v = manifest.validation
+    print(f"validation against PyTorch ({len(v.cases)} cases), max abs diff:")
+    for component, outputs in sorted(v.max_abs_diff.items()):
+        figures = ", ".join(f"{name} {diff:.2e}" for name, diff in sorted(outputs.items()))
+        print(f"  {component}: {figures}")
+    print(f"  tolerance: {', '.join(f'{k} {t:g}' for k, t in sorted(v.tolerance.items()))}")
+    _print_optimization(getattr(manifest, "optimization", None))
+    _print_quantization(getattr(manifest, "quantization", None))
+
+
+def _print_optimization(o) -> None:
+    if o is None:
+        return
+    for component, fused in sorted(o.fusions.items()):
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(fused.items())) or "no pattern matched"
+        print(f"optimized {component} ({o.tool}, {o.model_type} patterns): {ops}")
+    worst = max((d for t in o.validation.max_abs_diff.values() for d in t.values()), default=0.0)
+    print(f"  re-validated against PyTorch ({len(o.validation.cases)} cases): max abs diff {worst:.2e}")
+
+
+def _print_quantization(q) -> None:
+    if q is None:
+        return
+    scales = "per-channel" if q.per_channel else "per-tensor"
+    print(f"quantized {q.method} ({scales}, {', '.join(q.op_types)}): {q.inputs}")
+    print(
+        f"  greedy token agreement with fp32 {q.token_agreement:.3f} (gate {q.min_agreement:g}), "
+        f"identical outputs {q.sequence_match:.2f}"
+    )
+    for component, outputs in sorted(q.max_abs_diff.items()):
+        figures = ", ".join(f"{name} {diff:.2e}" for name, diff in sorted(outputs.items()))
+        print(f"  {component} max abs diff vs fp32 (information): {figures}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.artifact:
+        _print_manifest(args.artifact)
+    _print_runtimes()
+    return 0
+
+
+def _print_manifest(artifact: str) -> None:
+    from seqport.engine.manifest import load_manifest
+
+    m = load_manifest(artifact)
+    print(f"artifact: {artifact}")
+    print(f"  {m.architecture} · family {m.family} · format_version {m.format_version}")
+    print(f"  vocab {m.vocab_size} · max positions {m.max_positions}")
+    if m.kv:
+        print(
+            f"  decoder: {m.kv.num_layers} layers · {m.kv.num_heads} heads "
+            f"({m.kv.num_kv_heads} kv) · head_dim {m.kv.head_dim} · {m.kv.dtype} · {m.kv.allocation} KV cache"
+        )
+    if m.pooling:
+        modes = "+".join(m.pooling.modes)
+        print(f"  embeddings: {modes} pooling · dimension {m.pooling.dimension} · normalized {m.pooling.normalize}")
+    if m.labels:
+        print(f"  labels: {', '.join(m.labels)}")
+    for name, c in sorted(m.components.items()):
+        print(f"  component {name}: {c.file} (sha256 {c.sha256[:12]}…)")
+    p = m.provenance
+    print(f"  exported by {p.exporter} · torch {p.torch} · onnx {p.onnx} · opset {p.opset}")
+    print_validation(m)
+
+
+def _print_runtimes() -> None:
+    """Each backend of RuntimeOptions.backend: installed or not, its version and providers/devices."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    print("runtimes (RuntimeOptions.backend / --runtimes):")
+    try:
+        from seqport.runtimes.onnxruntime import available_providers, ort
+    except ImportError:
+        print("  onnxruntime: not installed (pip install 'seqport[cpu]' or 'seqport[gpu]')")
+    else:
+        print(f"  onnxruntime {ort.__version__}: providers {', '.join(available_providers())}")
+    if importlib.util.find_spec("torch") is None:  # found without importing it: the CLI stays torch-free
+        print("  torch (reference): not installed (pip install 'seqport[export]')")
+        return
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "(version unknown)"
+    devices = "cpu" if "+cpu" in torch_version else "cpu, cuda (if torch sees a GPU)"
+    print(f"  torch {torch_version} (reference; loads the checkpoint from provenance.source): devices {devices}")

@@ -1,0 +1,49 @@
+"""The translator shipped inside the package, and its artifact exported once into a cache.
+
+`seqport demo`, `seqport serve` (with no artifact) and `seqport batch` all start from it, so
+a newcomer sees every command work before exporting a model of their own. Exporting needs
+torch; reusing a cached artifact does not.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from seqport.engine.errors import ArtifactError, SeqportError
+from seqport.engine.manifest import load_manifest, sha256_of
+
+
+def bundled_checkpoint() -> Path:
+    """Folder of the translator shipped inside the package (export/models/translator).
+
+    Raises:
+        ArtifactError: the package data is missing (a broken install).
+    """
+    folder = Path(str(resources.files("seqport.export") / "models" / "translator"))
+    if not (folder / "model.safetensors").is_file():
+        raise ArtifactError(f"the bundled translator is missing from {folder}; reinstall seqport")
+    return folder
+
+
+def cache_root() -> Path:
+    """Where exported bundled artifacts are kept: $SEQPORT_CACHE or ~/.cache/seqport."""
+    return Path(os.environ.get("SEQPORT_CACHE", Path.home() / ".cache" / "seqport"))
+
+
+def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool]:
+    """Export `checkpoint` into the cache once (needs torch); later runs reuse it.
+
+    Returns:
+        (artifact folder, whether it was reused).
+    """
+    folder = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}"
+    try:
+        load_manifest(folder)
+        return folder, True
+    except SeqportError:
+        from seqport.export.pipeline import export_model  # torch: only when the cache is empty
+
+        export_model(checkpoint, folder, progress=progress)
+        return folder, False
