@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from seqport.engine import processors as proc
+from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
-from seqport.engine.results import Sequence as Hypothesis
 from seqport.engine.sampling import greedy, sample
 from seqport.engine.stopping import StopStrings
 
