@@ -111,3 +111,13 @@ def test_runtime_options_threads_and_optimized_cache(tiny_artifact, tmp_path):
     runtime = open_runtime(tiny_artifact / "encoder.onnx", options)
     assert "input_ids" in runtime.input_names
     assert any((tmp_path / "opt").iterdir())  # the optimized graph was saved for the next load
+
+
+def test_sequence_is_a_deprecated_alias_of_generated_sequence():
+    import seqport.engine as sp
+
+    with pytest.warns(DeprecationWarning, match="use seqport.engine.GeneratedSequence"):
+        alias = sp.Sequence
+    assert alias is sp.GeneratedSequence
+    with pytest.raises(AttributeError, match="no attribute 'Sequenze'"):
+        sp.Sequenze  # noqa: B018
