@@ -5,6 +5,9 @@
     print(model.generate("In the beginning God created the heavens and the earth.")[0].text)
 """
 
+import warnings
+from typing import Any
+
 from seqport.engine.api import load
 from seqport.engine.causal_lm import CausalLMModel
 from seqport.engine.config import GenerationConfig
@@ -20,7 +23,7 @@ from seqport.engine.errors import (
     RuntimeFailure,
     SeqportError,
 )
-from seqport.engine.results import GenerationResult, Sequence
+from seqport.engine.results import GeneratedSequence, GenerationResult
 from seqport.engine.runtime import RuntimeOptions
 from seqport.engine.scoring import ScoreResult
 from seqport.engine.seq2seq import Seq2SeqModel
@@ -32,6 +35,7 @@ __all__ = [
     "Classification",
     "ConfigError",
     "EncoderModel",
+    "GeneratedSequence",
     "GenerationConfig",
     "GenerationResult",
     "InputError",
@@ -43,8 +47,20 @@ __all__ = [
     "RuntimeOptions",
     "ScoreResult",
     "Seq2SeqModel",
-    "Sequence",
     "StepResult",
     "SeqportError",
     "load",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`seqport.engine.Sequence`: the old name of GeneratedSequence, kept for user code."""
+    if name == "Sequence":
+        warnings.warn(
+            "seqport.engine.Sequence is deprecated (it read like collections.abc.Sequence); "
+            "use seqport.engine.GeneratedSequence",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return GeneratedSequence
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,10 +6,10 @@ import dataclasses
 from pathlib import Path
 
 from seqport.engine.causal_lm import CausalLMModel
-from seqport.engine.device_loop import open_device, wants_device_loop
 from seqport.engine.encoder_only import EncoderModel
 from seqport.engine.errors import ManifestError
 from seqport.engine.manifest import component_path, load_manifest
+from seqport.engine.placement import open_placement
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.seq2seq import Seq2SeqModel
 from seqport.engine.tensorrt import is_tensorrt, tensorrt_options
@@ -66,6 +66,6 @@ def load(
         release_pages(shared)  # keep only the pages later steps touch
     runtimes = {name: built[name] for name in paths}
     model = model_class(folder, manifest, tokenizer, runtimes)
-    if model_class is not EncoderModel and wants_device_loop(options):
-        model.device = open_device(runtimes, options)
+    if model_class is not EncoderModel:  # host numpy, or a device the backend keeps values on
+        model.placement = open_placement(runtimes, options)
     return model

@@ -25,8 +25,8 @@ import numpy as np
 
 from seqport.engine import processors as proc
 from seqport.engine.config import GenerationConfig
+from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
-from seqport.engine.results import Sequence as Hypothesis
 from seqport.engine.sampling import log_softmax
 from seqport.engine.search import StepDecision
 from seqport.engine.stopping import StopStrings

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from seqport.engine.config import GenerationConfig
-from seqport.engine.generation import StepFn
-from seqport.engine.generative import GenerativeModel
+from seqport.engine.decoder_step import DecoderStep, RunDecoder
+from seqport.engine.device_array import Candidates
+from seqport.engine.generating_model import GeneratingModel
 from seqport.engine.inputs import as_texts, is_token_input, pad_batch
 from seqport.engine.kv_cache import KVCache
+from seqport.engine.placement import Placement, Selection
 from seqport.engine.scoring import ScoreResult, target_logprobs
 
 
@@ -49,12 +51,8 @@ def step_mask(prompt_mask: np.ndarray, cache: KVCache, new: int) -> tuple[np.nda
     return mask, positions(mask[:, :seen])[:, -new:]
 
 
-class CausalLMModel(GenerativeModel):
+class CausalLMModel(GeneratingModel):
     """Decoder-only generation (GPT-2, Llama, Mistral, Qwen2, ...): the prompt is the first step."""
-
-    def decoder_step(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One decoder call on logical feeds; returns logits and present_key/value.{i}."""
-        return self.run("decoder", values)
 
     def score(
         self,
@@ -66,7 +64,7 @@ class CausalLMModel(GenerativeModel):
 
         Text targets are encoded without special tokens: a continuation of the prompt, not a new
         sequence (Llama's post-processor would put <s> in front). Otherwise as
-        GenerativeModel.score: one ScoreResult per (prompt, continuation) pair, in input order.
+        GeneratingModel.score: one ScoreResult per (prompt, continuation) pair, in input order.
 
         Raises:
             InputError: different numbers of sources and targets, empty or over-long ones.
@@ -75,10 +73,10 @@ class CausalLMModel(GenerativeModel):
             targets = [self.tokenizer.encode_plain(text) for text in as_texts(targets)]
         return super().score(sources, targets, batch_size)
 
-    def _prepare(self, batch: list[list[int]], config: GenerationConfig) -> tuple[np.ndarray, StepFn]:
+    def _prepare(self, batch: list[list[int]], config: GenerationConfig) -> tuple[np.ndarray, DecoderStep]:
         batch = [list(ids) + list(config.prefix_ids) for ids in batch]  # a forced prefix extends the prompt
         ids, mask = left_pad(batch, self._pad_id())
-        return ids, _Stepper(self, mask)
+        return ids, _CausalStep(self.run_decoder, self.placement, self._selection(config), mask)
 
     def _score_batch(self, sources: list[list[int]], targets: list[list[int]]) -> list[ScoreResult]:
         """log p(target | prompt) in one decoder call: prompts left-padded, targets[:-1] right-padded
@@ -89,10 +87,11 @@ class CausalLMModel(GenerativeModel):
         rest_mask[[len(ids) == 1 for ids in targets], 0] = 0  # one-token targets feed nothing after the prompt
         ids, mask = np.concatenate([prompt, rest], axis=1), np.concatenate([prompt_mask, rest_mask], axis=1)
         longest, start = max(map(len, targets)), prompt.shape[1] - 1
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
-        feeds["logits_positions"] = np.arange(start, start + longest)
+        host = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
+        host["logits_positions"] = np.arange(start, start + longest)
+        feeds = {name: self.placement.upload(value, name) for name, value in host.items()}
         logits = self.run_decoder(feeds, self.new_cache(len(targets), ids.shape[1]))["logits"]
-        return target_logprobs(logits, targets, offset=0)  # logits (B, L, V)
+        return target_logprobs(self.placement.fetch(logits, "logits"), targets, offset=0)  # logits (B, L, V)
 
     def _pad_id(self) -> int:
         ids = self.manifest.special_ids
@@ -102,19 +101,22 @@ class CausalLMModel(GenerativeModel):
         return longest_input  # the prompt and the generated tokens share the positions
 
 
-class _Stepper:
-    """The loop's step function: extends each row's prompt mask with ones for the tokens
-    generated so far, derives position ids from it, and runs the decoder for the last logits."""
+class _CausalStep(DecoderStep):
+    """Extends each row's prompt mask with ones for the tokens generated so far, derives
+    position ids from it, and runs the decoder for the last position's logits."""
 
-    def __init__(self, model: CausalLMModel, prompt_mask: np.ndarray) -> None:
-        self._model, self._prompt_mask = model, prompt_mask  # (B, T0) per input
+    def __init__(
+        self, run_decoder: RunDecoder, placement: Placement, selection: Selection | None, prompt_mask: np.ndarray
+    ) -> None:
+        super().__init__(run_decoder, placement, selection)
+        self._prompt_mask = prompt_mask  # (B, T0) per input, host
 
-    def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray:
-        mask, position_ids = step_mask(self._prompt_mask[sources], cache, tokens.shape[1])
+    def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
+        mask, position_ids = step_mask(self._prompt_mask[sources], cache, tokens.shape[1])  # (N, P+T or C), (N, T)
+        up = self._placement.upload
         values = {
-            "input_ids": tokens,
-            "attention_mask": mask,
-            "position_ids": position_ids,
-            "logits_positions": np.array([tokens.shape[1] - 1], dtype=np.int64),
+            "input_ids": up(tokens, "input_ids"),
+            "attention_mask": up(mask, "attention_mask"),
+            "position_ids": up(position_ids, "position_ids"),
         }
-        return self._model.run_decoder(values, cache)["logits"][:, -1, :]  # (N, V)
+        return self._decode(values, cache)

@@ -23,28 +23,20 @@ top_k_filter but not by the device's top-k (ties of float logits are rare in rea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from seqport.engine import processors as proc
 from seqport.engine.beam import BeamSearch, _Beams
 from seqport.engine.config import GenerationConfig
+from seqport.engine.decode_loop import make_search
 from seqport.engine.device_array import Candidates
-from seqport.engine.generation import make_search
+from seqport.engine.placement import Selection
 from seqport.engine.search import Search, TokenSearch, log_softmax_at
 from seqport.engine.stopping import StopStrings
 
 #: most candidates per row fetched for sampling; a larger top_k (or none) fetches full logits.
 SAMPLE_TOP_K_CAP = 64
-
-
-@dataclass(frozen=True)
-class Selection:
-    """How the device selects: mode "greedy", "sample" or "beam", with k candidates per row."""
-
-    mode: str
-    k: int
 
 
 def plan_selection(config: GenerationConfig, eos: tuple[int, ...], vocab_size: int) -> Selection | None:
@@ -59,6 +51,17 @@ def plan_selection(config: GenerationConfig, eos: tuple[int, ...], vocab_size: i
     if only_warpers and 0 < config.top_k <= SAMPLE_TOP_K_CAP:
         return Selection("sample", min(config.top_k, vocab_size))
     return None
+
+
+def as_candidates(values: np.ndarray, ids: np.ndarray, lse: np.ndarray, selection: Selection) -> Candidates:
+    """A device selector's top-k (values, ids (N, k), log-sum-exp (N,)) as the search reads it:
+    raw logits plus the row normalizer (greedy), log-probabilities (beam), raw logits (sample)."""
+    values, lse = values.astype(np.float64), lse.astype(np.float64)
+    if selection.mode == "greedy":
+        return Candidates(values, ids, lse)
+    if selection.mode == "beam":
+        return Candidates(values - lse[:, None], ids)  # log-probabilities
+    return Candidates(values, ids)
 
 
 class DeviceTokenSearch(TokenSearch):

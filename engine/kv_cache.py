@@ -9,57 +9,68 @@ Two allocations, as the manifest's `kv.allocation` says:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-Take = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return np.take(array, rows, axis=0)
+from seqport.engine.placement import HOST, Placement
 
 
 class KVCache:
     """Past keys/values of every decoder layer and the current past length.
 
     `take(rows)` serves both beam reordering (rows = source beam of each new hypothesis) and
-    dropping finished rows (rows = the rows still active). The row-gather is a function so a
-    runtime that keeps values on a device can supply its own (see whisper's
-    rearrange_kv_cache for the same idea).
+    dropping finished rows (rows = the rows still active). The values live where the
+    placement keeps them (numpy on the host, DeviceArrays on a device); the placement also
+    does the row gather (whisper's rearrange_kv_cache) and uploads cache_position.
 
     Args:
         keys, values: one array per layer, (B, H_kv, P, D), or (B, H_kv, C, D) buffers.
-        take: the row gather.
+        placement: where the values live (default: the host).
         filled: for preallocated buffers, how many slots hold tokens; None for a growing cache.
     """
 
     def __init__(
-        self, keys: list[np.ndarray], values: list[np.ndarray], take: Take = take_rows, filled: int | None = None
+        self,
+        keys: list[np.ndarray],
+        values: list[np.ndarray],
+        placement: Placement = HOST,
+        filled: int | None = None,
     ) -> None:
         self.keys, self.values = keys, values
-        self._take = take
+        self._placement = placement
         self._filled = filled
 
     @classmethod
     def empty(
-        cls, batch: int, num_layers: int, num_kv_heads: int, head_dim: int, dtype: str = "float32"
+        cls,
+        batch: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: str = "float32",
+        placement: Placement = HOST,
     ) -> KVCache:
         zero = np.zeros((batch, num_kv_heads, 0, head_dim), dtype=dtype)  # (B, H, 0, D)
-        return cls([zero] * num_layers, [zero] * num_layers)
+        zero = placement.upload(zero, "empty cache")
+        return cls([zero] * num_layers, [zero] * num_layers, placement)
 
     @classmethod
     def preallocated(
-        cls, batch: int, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int, dtype: str = "float32"
+        cls,
+        batch: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: str = "float32",
+        placement: Placement = HOST,
     ) -> KVCache:
-        """Zero-filled buffers (B, H_kv, capacity, D), one per layer and K/V (zeros: a masked slot
-        holding NaN would still poison the attention)."""
+        """Zero-filled buffers (B, H_kv, capacity, D), one per layer and K/V, made by the
+        placement (on a device nothing crosses the bus; zeros: a masked slot holding NaN would
+        still poison the attention)."""
         shape = (batch, num_kv_heads, capacity, head_dim)
-        return cls(
-            [np.zeros(shape, dtype) for _ in range(num_layers)],
-            [np.zeros(shape, dtype) for _ in range(num_layers)],
-            filled=0,
-        )
+        keys = [placement.zeros(shape, dtype) for _ in range(num_layers)]
+        values = [placement.zeros(shape, dtype) for _ in range(num_layers)]
+        return cls(keys, values, placement, filled=0)
 
     @property
     def is_preallocated(self) -> bool:
@@ -91,7 +102,8 @@ class KVCache:
         if self._filled is not None:
             if self._filled + new > self.capacity:
                 raise ValueError(f"KV buffers of {self.capacity} slots cannot take {new} more after {self._filled}")
-            out["cache_position"] = np.arange(self._filled, self._filled + new, dtype=np.int64)
+            slots = np.arange(self._filled, self._filled + new, dtype=np.int64)  # (T,)
+            out["cache_position"] = self._placement.upload(slots, "cache_position")
         return out
 
     def outputs_into(self) -> dict[str, np.ndarray]:
@@ -112,5 +124,9 @@ class KVCache:
 
     def take(self, rows: np.ndarray) -> None:
         """Keep/reorder batch rows: new row r is old row rows[r]."""
-        self.keys = [self._take(k, rows) for k in self.keys]
-        self.values = [self._take(v, rows) for v in self.values]
+        taken = self._placement.take(self.keys + self.values, rows)  # one call for every layer
+        self.keys, self.values = taken[: len(self.keys)], taken[len(self.keys) :]
+
+    def release(self) -> None:
+        """Drop every buffer (on a device this frees its memory); the cache is unusable after."""
+        self.keys, self.values = [], []

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Sequence:
+class GeneratedSequence:
     """One generated hypothesis.
 
     Args:
@@ -28,7 +28,7 @@ class Sequence:
 class GenerationResult:
     """All hypotheses kept for one input, best first; the properties read the best one."""
 
-    sequences: list[Sequence]
+    sequences: list[GeneratedSequence]
 
     @property
     def ids(self) -> list[int]:

@@ -3,7 +3,7 @@
 Every strategy has the same shape (whisper's TokenDecoder): `row_sources()` says which input
 each active row serves, `update(logits)` picks tokens and returns a `StepDecision` (None once
 every row is finished), `finalize()` returns the results in input order. The loop in
-generation.py drives any of them. Greedy search and sampling live here (one token per row per
+decode_loop.py drives any of them. Greedy search and sampling live here (one token per row per
 step); beam search is in beam.py.
 """
 
@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from seqport.engine import processors as proc
+from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
-from seqport.engine.results import Sequence as Hypothesis
 from seqport.engine.sampling import greedy, sample
 from seqport.engine.stopping import StopStrings
 

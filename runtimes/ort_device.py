@@ -1,4 +1,9 @@
-"""onnxruntime device loop: tensors stay on the provider's device between decoder steps.
+"""onnxruntime device placement: tensors stay on the provider's device between decoder steps.
+
+`OrtDevice` is the engine's `Placement` (engine/placement.py) for onnxruntime; the model kinds'
+one step code runs on it as on the host. `open_placement` decides, per load, whether a model
+runs here: the device loop is on for the CUDA and TensorRT providers unless
+RuntimeOptions.device_loop says otherwise.
 
 The usual way to lose GPU speed is to copy the KV cache and the full logits between host and
 device every step. Here every value is an OrtValue on the provider's device ("cuda" for the
@@ -24,10 +29,16 @@ from importlib import resources
 import numpy as np
 import onnxruntime as ort
 
-from seqport.engine.device_array import DeviceArray
+from seqport.engine.config import GenerationConfig
+from seqport.engine.device_array import Candidates, DeviceArray
+from seqport.engine.device_search import as_candidates, plan_selection
 from seqport.engine.errors import RuntimeFailure
+from seqport.engine.placement import HOST, Placement, Selection
+from seqport.engine.runtime import Runtime, RuntimeOptions
 from seqport.runtimes.onnxruntime import OrtSession
 
+#: providers (short and full names) on which the device loop is on unless options say otherwise.
+_DEVICE_PROVIDERS = {"cuda", "tensorrt", "cudaexecutionprovider", "tensorrtexecutionprovider"}
 #: providers whose outputs live in CUDA memory.
 _CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _ORT_TO_NUMPY = {
@@ -52,8 +63,22 @@ class TransferLog:
         self.fetches.clear()
 
 
+def wants_device_loop(options: RuntimeOptions) -> bool:
+    """options.device_loop if set, else on for the CUDA and TensorRT providers."""
+    if options.device_loop is not None:
+        return options.device_loop
+    return options.backend == "onnxruntime" and options.provider.lower() in _DEVICE_PROVIDERS
+
+
+def open_placement(runtimes: dict[str, Runtime], options: RuntimeOptions) -> Placement:
+    """Where a generating model loaded with `options` runs (engine.placement.open_placement
+    calls this): an `OrtDevice` over its sessions if the device loop is on, else the host."""
+    return OrtDevice(runtimes) if wants_device_loop(options) else HOST  # type: ignore[arg-type]
+
+
 class OrtDevice:
-    """The loaded components of one artifact, run with every value kept on their device.
+    """The loaded components of one artifact, run with every value kept on their device
+    (the engine's `Placement` protocol, plus `select` and the `transfers` log).
 
     Args:
         sessions: component name → loaded OrtSession (all on the same provider).
@@ -61,6 +86,7 @@ class OrtDevice:
 
     def __init__(self, sessions: dict[str, OrtSession]) -> None:
         self._sessions = {name: s.inference_session for name, s in sessions.items()}
+        self._outputs = {name: [o.name for o in s.get_outputs()] for name, s in self._sessions.items()}
         first = next(iter(self._sessions.values()))
         provider = first.get_providers()[0]
         options = first.get_provider_options().get(provider, {})
@@ -92,14 +118,16 @@ class OrtDevice:
     def run(
         self,
         component: str,
-        feeds: dict[str, DeviceArray],
-        outputs: list[str],
+        runtime: Runtime,
+        feeds: dict[str, DeviceArray | np.ndarray],
         into: dict[str, DeviceArray] | None = None,
     ) -> dict[str, DeviceArray]:
-        """Run a component on device values; graph names in, `outputs` (graph names) out.
-        Outputs named in `into` are written into those values (a preallocated KV buffer bound
-        as both past and present is updated in place)."""
-        return self._run(self._sessions[component], feeds, outputs, component, into or {})
+        """Run a component on device values (host arrays are uploaded, counted); graph names
+        in, every output out, kept on the device. Outputs named in `into` are written into
+        those values (a preallocated KV buffer bound as both past and present is updated in
+        place). `runtime` is unused: the component's session is bound directly."""
+        feeds = {k: v if isinstance(v, DeviceArray) else self.upload(v, k) for k, v in feeds.items()}
+        return self._run(self._sessions[component], feeds, self._outputs[component], component, into or {})
 
     def zeros(self, shape: tuple[int, ...], dtype: str) -> DeviceArray:
         """A zero-filled value made on the device (only the shape crosses, counted)."""
@@ -134,6 +162,17 @@ class OrtDevice:
         feeds = {"logits": logits, "k": self._k_values[k]}
         out = self._run(session, feeds, ["values", "ids", "lse"], "select")
         return tuple(self.fetch(out[name], name) for name in ("values", "ids", "lse"))  # type: ignore[return-value]
+
+    def plan(self, config: GenerationConfig, eos: tuple[int, ...], vocab_size: int) -> Selection | None:
+        """Top-k candidates on the device where `config` allows (engine/device_search.py)."""
+        return plan_selection(config, eos, vocab_size)
+
+    def logits(self, logits: DeviceArray, selection: Selection | None) -> np.ndarray | Candidates:
+        """(N, 1, V) device logits → the selection's candidates (only they cross), or the full
+        last-position logits float32 (N, V) when the host search needs them."""
+        if selection is None:  # the processors need the whole distribution
+            return self.fetch(logits, "logits")[:, -1, :].astype(np.float32)  # (N, V)
+        return as_candidates(*self.select(logits, selection.k), selection)
 
     def _helper(self, key: tuple, graph: str) -> ort.InferenceSession:
         if key not in self._helpers:

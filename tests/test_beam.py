@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from seqport.engine.config import GenerationConfig
-from seqport.engine.generation import decode_loop, make_search
+from seqport.engine.decode_loop import decode_loop, make_search
 from seqport.engine.kv_cache import KVCache
 
 SOURCES = [[10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 2], [20, 21, 2], [30, 31, 32, 33, 34, 2]]

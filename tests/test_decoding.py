@@ -86,7 +86,7 @@ def recompute_greedy(model, source, start, steps, eos, transform=lambda logits, 
     prefix, out = list(start), []
     for step in range(steps):
         feeds = {"input_ids": np.array([prefix]), "encoder_attention_mask": mask, **cross, **past}
-        logits = model.decoder_step({**feeds, "logits_positions": np.arange(len(prefix))})["logits"][0, -1]
+        logits = model.run_decoder({**feeds, "logits_positions": np.arange(len(prefix))})["logits"][0, -1]
         token = int(np.argmax(transform(logits.astype(np.float64), prefix, step)))
         out.append(token)
         if token in eos:

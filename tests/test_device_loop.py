@@ -1,4 +1,4 @@
-"""The device loop (engine/device_loop.py + runtimes/ort_device.py) on the CPU.
+"""The device loop (the OrtDevice placement, runtimes/ort_device.py) on the CPU.
 
 On the CPU the device is "cpu" and the same IOBinding code runs as on CUDA/TensorRT. Two
 claims are checked: the device loop generates what the plain numpy loop generates (ids equal,
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import seqport.engine as sp
+from seqport.engine.decode_loop import decode_steps
 from seqport.engine.device_array import DeviceArray
 from seqport.engine.device_search import SAMPLE_TOP_K_CAP, plan_selection
 from seqport.engine.errors import ProviderError
-from seqport.engine.generation import decode_steps
 from seqport.engine.runtime import RuntimeOptions
 
 SOURCES = [[10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 2], [20, 21, 2], [30, 31, 32, 33, 34, 2]]
@@ -86,13 +86,13 @@ def _steps(model, batch, options):
         rows.append(len(tokens))
         return step(tokens, cache, sources)
 
-    log = model.device.transfers
+    log = model.placement.transfers
     log.clear()  # what a request moves once (encoder inputs, empty cache) is not per step
     records = []
     for _ in decode_steps(counted, search, cache, first):
         records.append((rows[-1], list(log.uploads), list(log.fetches)))
         log.clear()
-    assert all(isinstance(k, DeviceArray) for k in cache.keys + cache.values)
+        assert all(isinstance(k, DeviceArray) for k in cache.keys + cache.values)
     return records
 
 
@@ -138,7 +138,7 @@ def test_decoder_only_moves_ids_mask_and_candidates_only(causal_pair):
 
 def test_selector_matches_numpy(seq2seq_pair):
     """Device top-k = numpy's order (first id on ties), log-sum-exp to 1e-5, also for fp16."""
-    device = seq2seq_pair[1].device
+    device = seq2seq_pair[1].placement
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(5, 1, 97)).astype(np.float32) * 4
     logits[2, 0, [3, 40, 41]] = 50.0  # a three-way tie at the top: lowest id first
@@ -154,7 +154,7 @@ def test_selector_matches_numpy(seq2seq_pair):
 
 
 def test_take_gathers_rows_of_every_tensor(seq2seq_pair):
-    device = seq2seq_pair[1].device
+    device = seq2seq_pair[1].placement
     a = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
     b = np.arange(8, dtype=np.float16).reshape(4, 2)
     rows = np.array([3, 3, 0], dtype=np.int64)
@@ -176,9 +176,10 @@ def test_selection_plan_names_the_path(seq2seq_pair):
 
 
 def test_device_loop_is_opt_in_on_cpu_and_default_on_gpus(tiny_artifact):
-    from seqport.engine.device_loop import wants_device_loop
+    from seqport.engine.placement import HostPlacement
+    from seqport.runtimes.ort_device import wants_device_loop
 
-    assert sp.load(tiny_artifact).device is None
+    assert isinstance(sp.load(tiny_artifact).placement, HostPlacement)
     assert wants_device_loop(RuntimeOptions(provider="cuda"))
     assert wants_device_loop(RuntimeOptions(provider="TensorrtExecutionProvider"))
     assert not wants_device_loop(RuntimeOptions(provider="cuda", device_loop=False))
@@ -186,10 +187,10 @@ def test_device_loop_is_opt_in_on_cpu_and_default_on_gpus(tiny_artifact):
 
 
 def test_device_loop_needs_onnxruntime():
-    from seqport.engine.device_loop import open_device
+    from seqport.engine.placement import open_placement
 
     with pytest.raises(ProviderError, match="device loop needs the onnxruntime backend"):
-        open_device({}, RuntimeOptions(backend="torch", device_loop=True))
+        open_placement({}, RuntimeOptions(backend="torch", device_loop=True))
 
 
 def test_stream_runs_on_the_device(seq2seq_pair):
@@ -231,7 +232,7 @@ def test_preallocated_buffers_are_written_in_place_on_the_device(preallocated_pa
     config = model.default_config.replace(max_new_tokens=10, **CASES["greedy"])
     step, search, cache, first = model._start(SOURCES, config, range(len(SOURCES)))
     assert cache.capacity == 1 + 10 and cache.length == 0
-    log, pointers = model.device.transfers, []
+    log, pointers = model.placement.transfers, []
     log.clear()
     for _ in decode_steps(step, search, cache, first):
         _check_uploads(log.uploads, len(SOURCES), src_len, first_len=1, extra={"cache_position": 8})

@@ -66,7 +66,7 @@ def test_cache_equals_full_recompute(tiny_artifact, model):
     prefix = [model.manifest.special_ids.decoder_start]
     for step in range(steps):
         tokens = np.array([prefix], dtype=np.int64)
-        out = model.decoder_step(
+        out = model.run_decoder(
             {
                 "input_ids": tokens,
                 "encoder_attention_mask": mask,
@@ -91,8 +91,8 @@ def test_decoder_logits_positions_serve_scoring_and_generation(model):
     empty = np.zeros((1, kv.num_kv_heads, 0, kv.head_dim), np.float32)
     past = {f"past_{n}.{i}": empty for n in ("key", "value") for i in range(kv.num_layers)}
     feeds = {"input_ids": np.array([[1, 40, 41, 42]]), "encoder_attention_mask": mask, **cross, **past}
-    every = model.decoder_step({**feeds, "logits_positions": np.arange(4)})["logits"]
-    last = model.decoder_step({**feeds, "logits_positions": np.array([3])})["logits"]
+    every = model.run_decoder({**feeds, "logits_positions": np.arange(4)})["logits"]
+    last = model.run_decoder({**feeds, "logits_positions": np.array([3])})["logits"]
     assert every.shape == (1, 4, 120) and last.shape == (1, 1, 120)
     np.testing.assert_allclose(every[:, 3:], last, atol=1e-5)
 
@@ -111,3 +111,13 @@ def test_runtime_options_threads_and_optimized_cache(tiny_artifact, tmp_path):
     runtime = open_runtime(tiny_artifact / "encoder.onnx", options)
     assert "input_ids" in runtime.input_names
     assert any((tmp_path / "opt").iterdir())  # the optimized graph was saved for the next load
+
+
+def test_sequence_is_a_deprecated_alias_of_generated_sequence():
+    import seqport.engine as sp
+
+    with pytest.warns(DeprecationWarning, match="use seqport.engine.GeneratedSequence"):
+        alias = sp.Sequence
+    assert alias is sp.GeneratedSequence
+    with pytest.raises(AttributeError, match="no attribute 'Sequenze'"):
+        sp.Sequenze  # noqa: B018

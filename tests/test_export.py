@@ -53,7 +53,7 @@ def test_component_parity(fresh_export, batch, past_len):
     feeds.update({k: v for k, v in ours.items() if k.startswith("cross_")})
     for i, (k, v) in enumerate(past):
         feeds[f"past_key.{i}"], feeds[f"past_value.{i}"] = k.numpy(), v.numpy()
-    out = engine.decoder_step(feeds)
+    out = engine.run_decoder(feeds)
     np.testing.assert_allclose(out["logits"], logits, atol=1e-4, rtol=0)
     for i, (k, v) in enumerate(present):
         assert out[f"present_key.{i}"].shape == (batch, 3, past_len + 2, 8)

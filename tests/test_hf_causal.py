@@ -273,7 +273,7 @@ def test_prompt_logits_equal_transformers_forward(exported):
     feeds["logits_positions"] = np.arange(ids.shape[1])
     for i in range(kv.num_layers):
         feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = np.zeros((3, kv.num_kv_heads, 0, kv.head_dim), np.float32)
-    ours = engine.decoder_step(feeds)
+    ours = engine.run_decoder(feeds)
     with torch.inference_mode():
         theirs = hf(
             input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions(mask))

@@ -132,7 +132,7 @@ def test_torch_backend_runs_decoder_step_like_onnxruntime(tiny_artifact):
     feeds = {"input_ids": np.array([[7, 8], [9, 10]]), "encoder_attention_mask": mask, "logits_positions": np.arange(2)}
     feeds.update(cross)
     feeds.update({f"past_{kind}.{i}": past for i in range(3) for kind in ("key", "value")})
-    ours, theirs = ort_model.decoder_step(feeds), torch_model.decoder_step(feeds)
+    ours, theirs = ort_model.run_decoder(feeds), torch_model.run_decoder(feeds)
     assert ours.keys() == theirs.keys() and theirs["present_key.0"].shape == (2, 3, 7, 8)
     for name in ours:
         np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=0, err_msg=name)

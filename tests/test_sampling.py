@@ -167,7 +167,7 @@ def test_engine_first_token_distribution_chi_square(model):
     empty = np.zeros((1, kv.num_kv_heads, 0, kv.head_dim), np.float32)
     past = {f"past_{n}.{i}": empty for n in ("key", "value") for i in range(kv.num_layers)}
     feeds = {"input_ids": np.array([[1]]), "encoder_attention_mask": np.ones_like(ids), **cross, **past}
-    logits = model.decoder_step({**feeds, "logits_positions": np.array([0])})["logits"][0, 0]
+    logits = model.run_decoder({**feeds, "logits_positions": np.array([0])})["logits"][0, 0]
     expected = n * sampling.softmax(logits.astype(np.float64) / temperature)
     small = expected < 5
     if small.any():

@@ -1,8 +1,11 @@
-"""The decode loop, shared by every model kind and search strategy, and the strategy choice."""
+"""The decode loop, shared by every model kind, placement and search strategy, and the
+strategy choice. (The model base that feeds it is engine/generating_model.py; the options are
+config.GenerationConfig.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -14,9 +17,15 @@ from seqport.engine.results import GenerationResult
 from seqport.engine.search import Sampler, Search, StepDecision, TokenSearch, greedy_chooser
 from seqport.engine.stopping import StopStrings
 
-#: (tokens int64 (N, T), cache, row_sources int64 (N,)) → last-position logits float32 (N, V);
-#: it runs the decoder and updates the cache with the step's present K/V.
-StepFn = Callable[[np.ndarray, KVCache, np.ndarray], np.ndarray]
+
+class StepFn(Protocol):
+    """Runs the decoder on the new tokens of the active rows and stores the step's present K/V
+    in the cache (engine/decoder_step.py for the model kinds)."""
+
+    def __call__(self, tokens: np.ndarray, cache: KVCache, row_sources: np.ndarray) -> np.ndarray:
+        """tokens int64 (N, T), row_sources int64 (N,) → last-position logits float32 (N, V) (or
+        the placement's Candidates)."""
+        ...
 
 
 def decode_steps(
@@ -34,17 +43,21 @@ def decode_steps(
 
     Yields:
         The search's decision after every step; the last one is None (every row finished).
+        The cache is released when the loop ends, fails, or its caller closes it early.
     """
     tokens = first_tokens[search.row_sources()]  # (N, T0)
-    while True:
-        logits = step(tokens, cache, search.row_sources())  # (N, V)
-        decision = search.update(logits)
-        yield decision
-        if decision is None:
-            return
-        if len(decision.rows) != cache.batch or np.any(decision.rows != np.arange(cache.batch)):
-            cache.take(decision.rows)  # finished rows leave; beams follow their parent
-        tokens = decision.tokens[:, None]  # (N', 1)
+    try:
+        while True:
+            logits = step(tokens, cache, search.row_sources())  # (N, V)
+            decision = search.update(logits)
+            yield decision
+            if decision is None:
+                return
+            if len(decision.rows) != cache.batch or np.any(decision.rows != np.arange(cache.batch)):
+                cache.take(decision.rows)  # finished rows leave; beams follow their parent
+            tokens = decision.tokens[:, None]  # (N', 1)
+    finally:
+        cache.release()  # device buffers go now, not when the abandoned generator is collected
 
 
 def decode_loop(step: StepFn, search: Search, cache: KVCache, first_tokens: np.ndarray) -> list[GenerationResult]:
@@ -73,8 +86,8 @@ def make_search(
         indices: each input's position in the caller's whole input list, which seeds its
             sampling generator (default 0..B-1).
         stops: stop strings checker, or None.
-        token_search, beam_search: the classes to build (the device loop passes subclasses
-            that also accept on-device top-k candidates).
+        token_search, beam_search: the classes to build (a device placement's requests use
+            subclasses that also accept top-k candidates (device_search.py)).
     """
     processors = build_processors(config, eos)
     if config.num_beams > 1:

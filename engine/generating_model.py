@@ -1,13 +1,16 @@
 """What every generating artifact shares: inputs → batches → search → decode loop → results.
 
 A model kind (encoder-decoder in seq2seq.py, decoder-only in causal_lm.py) only says how a
-batch starts: its first tokens and the step function the loop calls (`_prepare`).
+batch starts: its first tokens and the step function the loop calls (`_prepare`). Where the
+model runs (host numpy or a device) is the injected `placement` (engine/placement.py), which
+`load()` picks; the same step code serves both.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,14 @@ from typing import Any
 import numpy as np
 
 from seqport.engine.config import GenerationConfig
+from seqport.engine.decode_loop import StepFn, decode_steps, make_search
+from seqport.engine.device_search import make_device_search
 from seqport.engine.errors import ConfigError, InputError
 from seqport.engine.feeds import Signature
-from seqport.engine.generation import StepFn, decode_loop, decode_steps, make_search
 from seqport.engine.inputs import as_texts, check_ids, is_token_input, length_sorted_batches
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.manifest import Manifest
+from seqport.engine.placement import HOST, Placement, Selection
 from seqport.engine.results import GenerationResult
 from seqport.engine.runtime import Runtime
 from seqport.engine.scoring import ScoreResult, check_targets
@@ -32,11 +37,21 @@ from seqport.engine.tokenizer import TextTokenizer
 logger = logging.getLogger(__name__)
 
 
-class GenerativeModel:
-    """Base of the loaded generating models; built by `seqport.engine.load()`."""
+class GeneratingModel:
+    """Base of the loaded generating models; built by `seqport.engine.load()`.
+
+    Attributes:
+        placement: where the model runs (engine/placement.py): the host unless `load()` chose
+            a device (RuntimeOptions.device_loop).
+    """
 
     def __init__(
-        self, folder: Path, manifest: Manifest, tokenizer: TextTokenizer, runtimes: dict[str, Runtime]
+        self,
+        folder: Path,
+        manifest: Manifest,
+        tokenizer: TextTokenizer,
+        runtimes: dict[str, Runtime],
+        placement: Placement = HOST,
     ) -> None:
         self.folder, self.manifest, self.tokenizer = folder, manifest, tokenizer
         self.runtimes = runtimes
@@ -47,7 +62,7 @@ class GenerativeModel:
             for name, component in manifest.components.items()
         }
         self.default_config = GenerationConfig.from_defaults(manifest.generation)
-        self.device = None  # set by load() for the device loop (engine/device_loop.py)
+        self.placement = placement
 
     def generate(
         self,
@@ -107,12 +122,12 @@ class GenerativeModel:
             )
         batch, config = self._checked(self.input_ids(inputs), config)
         for indices in length_sorted_batches(batch, config.batch_size):
-            step, search, cache, first_tokens = self._start([batch[i] for i in indices], config, indices)
             texts = [TextStream(self.tokenizer.backend, config.stop) for _ in indices]
-            for _ in decode_steps(step, search, cache, first_tokens):
-                for e in search.emitted:  # type: ignore[attr-defined]
-                    piece = texts[e.source].step(e.token, e.finish_reason)
-                    yield StepResult(indices[e.source], e.token, piece, e.logprob, e.finish_reason)
+            with self._request([batch[i] for i in indices], config, indices) as (search, steps):
+                for _ in steps:
+                    for e in search.emitted:  # type: ignore[attr-defined]
+                        piece = texts[e.source].step(e.token, e.finish_reason)
+                        yield StepResult(indices[e.source], e.token, piece, e.logprob, e.finish_reason)
 
     def score(
         self,
@@ -167,7 +182,10 @@ class GenerativeModel:
         batch, config = self._checked(batch, config)
         results: list[GenerationResult | None] = [None] * len(batch)
         for indices in length_sorted_batches(batch, config.batch_size):
-            chunk = decode_loop(*self._start([batch[i] for i in indices], config, indices))
+            with self._request([batch[i] for i in indices], config, indices) as (search, steps):
+                for _ in steps:
+                    pass
+            chunk = search.finalize()
             for index, result in zip(indices, chunk):
                 results[index] = result
         return results  # type: ignore[return-value]
@@ -180,48 +198,79 @@ class GenerativeModel:
         config.check_token_ids(m.vocab_size)
         return batch, self._fit_length(config, max(len(ids) for ids in batch))
 
+    @contextmanager
+    def _request(
+        self, batch: list[list[int]], config: GenerationConfig, indices: Sequence[int]
+    ) -> Iterator[tuple[Search, Iterator]]:
+        """One batch's search and its decode steps; the step's and the cache's buffers are
+        released when the caller finishes, fails or abandons it (whisper's cleanup_caching)."""
+        step, search, cache, first_tokens = self._start(batch, config, indices)
+        steps = decode_steps(step, search, cache, first_tokens)
+        try:
+            yield search, steps
+        finally:
+            steps.close()  # its finally releases the cache
+            cache.release()  # the loop never started when the caller left before the first step
+            release = getattr(step, "release", None)  # a DecoderStep; a test's plain function has none
+            if release is not None:
+                release()
+
     def _start(
         self, batch: list[list[int]], config: GenerationConfig, indices: Sequence[int]
     ) -> tuple[StepFn, Search, KVCache, np.ndarray]:
         """What the decode loop needs for one batch: step, search, empty cache, first tokens."""
-        if self.device is not None:
-            from seqport.engine.device_loop import start_on_device  # it imports the model kinds
-
-            return start_on_device(self, batch, config, indices)
         eos = config.eos_token_ids or tuple(self.manifest.special_ids.eos)
+        selection = self._selection(config)
         first_tokens, step = self._prepare(batch, config)
         stops = StopStrings(self.tokenizer.decode, config.stop) if config.stop else None
-        search = make_search(config, first_tokens, eos, indices, stops)
+        build = make_search if selection is None else make_device_search  # candidates or full logits
+        search = build(config, first_tokens, eos, indices, stops)
         cache = self.new_cache(len(search.row_sources()), first_tokens.shape[1] + config.max_new_tokens)
         return step, search, cache, first_tokens
 
+    def _selection(self, config: GenerationConfig) -> Selection | None:
+        """How the placement turns a step's logits into tokens for `config` (None: full logits)."""
+        eos = config.eos_token_ids or tuple(self.manifest.special_ids.eos)
+        return self.placement.plan(config, eos, self.manifest.vocab_size)
+
     def new_cache(self, rows: int, capacity: int) -> KVCache:
-        """An empty self-attention cache for `rows` rows of at most `capacity` tokens (the
-        capacity sizes preallocated buffers; a growing cache ignores it)."""
-        kv = self.manifest.kv
+        """An empty self-attention cache on the model's placement for `rows` rows of at most
+        `capacity` tokens (the capacity sizes preallocated buffers; a growing cache ignores it)."""
+        kv, where = self.manifest.kv, self.placement
         if kv.allocation == "preallocated":
-            return KVCache.preallocated(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, capacity, kv.dtype)
-        return KVCache.empty(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
+            geometry = (kv.num_layers, kv.num_kv_heads, kv.head_dim, capacity, kv.dtype)
+            return KVCache.preallocated(rows, *geometry, placement=where)
+        return KVCache.empty(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype, placement=where)
 
     def run_decoder(
-        self, values: dict[str, np.ndarray], cache: KVCache, trusted: frozenset[str] = frozenset()
+        self, values: dict[str, np.ndarray], cache: KVCache | None = None, trusted: frozenset[str] = frozenset()
     ) -> dict[str, np.ndarray]:
-        """One decoder call on logical feeds plus the cache's; the cache then holds the present
-        K/V (written in place into preallocated buffers where the runtime can).
+        """One decoder call: the one way to run a decoder step, used by the decode loop too.
 
         Args:
+            values: logical feeds (input_ids, logits_positions, masks, cross K/V, ...) as the
+                model's placement holds them (numpy on the host; a device uploads numpy).
+            cache: the self-attention cache whose past feeds the call and which then holds the
+                present K/V (written in place into preallocated buffers where the runtime
+                can); None: `values` carry past_key/value.{i} themselves.
             trusted: names in `values` already checked at an earlier step of this request (the
                 encoder's cross K/V); the cache's own feeds are trusted after the first step.
+
+        Returns:
+            Logical outputs: logits (B, L, V) for the positions asked, present_key/value.{i}.
+
+        Raises:
+            InputError: a feed is missing, unknown, or of the wrong dtype, rank or size.
         """
+        if cache is None:
+            return self.run("decoder", values)
         new = values["input_ids"].shape[1]
         signature = self.signatures["decoder"]
         into = {signature.outputs[name].name: array for name, array in cache.outputs_into().items()}
         own = cache.feeds(new)  # made from the decoder's own outputs: not re-checked every step
         skip = trusted | frozenset(own) if cache.length else frozenset()
         feeds = signature.feeds({**values, **own}, trusted=skip)
-        runtime = self.runtimes["decoder"]
-        raw = runtime.run(feeds, into=into) if into else runtime.run(feeds)
-        outputs = signature.by_logical(raw)
+        outputs = signature.by_logical(self.placement.run("decoder", self.runtimes["decoder"], feeds, into))
         cache.update(outputs, new)
         return outputs
 
@@ -230,12 +279,15 @@ class GenerativeModel:
         return cut_at_stop(text, config.stop) if finish_reason == "stop" else text
 
     def run(self, component: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one component on logical feeds (checked first); returns logical outputs."""
+        """Run one component on logical feeds (checked first) on the model's placement; returns
+        logical outputs (numpy on the host placement)."""
         signature = self.signatures[component]
-        return signature.by_logical(self.runtimes[component].run(signature.feeds(values)))
+        raw = self.placement.run(component, self.runtimes[component], signature.feeds(values))
+        return signature.by_logical(raw)
 
     def _prepare(self, batch: list[list[int]], config: GenerationConfig) -> tuple[np.ndarray, StepFn]:
-        """First tokens int64 (B, T0) and the step function for one batch (per model kind)."""
+        """First tokens int64 (B, T0) and the step function for one batch (per model kind, a
+        DecoderStep on the model's placement using `self._selection(config)`)."""
         raise NotImplementedError
 
     def _score_batch(self, sources: list[list[int]], targets: list[list[int]]) -> list[ScoreResult]:
