@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from seqport.engine import processors as proc
+from seqport.engine.logit_checks import check_finite_logits, check_some_token_allowed
 from seqport.engine.results import GenerationResult
 from seqport.engine.results import Sequence as Hypothesis
 from seqport.engine.sampling import greedy, sample
@@ -132,12 +133,15 @@ class TokenSearch:
 
     def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
+        check_finite_logits(logits, self._step + 1, self.row_sources())
         if self._choose is greedy_chooser:  # argmax needs no float64 (N, V) copy; processors are pure
             scores = proc.apply(self._processors, logits, self._history, self._step)
             next_ids = greedy(scores)
             best = scores[np.arange(len(next_ids)), next_ids]  # the argmax is the row's max
+            check_some_token_allowed(best, self._step + 1, self.row_sources())
             return next_ids, log_softmax_at(scores, next_ids, top=best).astype(np.float64)
         scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
+        check_some_token_allowed(scores.max(axis=-1), self._step + 1, self.row_sources())
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
 

@@ -47,7 +47,7 @@ def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool
         load_manifest(folder)
         return folder, True
     except SeqportError:
-        export_model(checkpoint, folder, progress=progress)
+        export_model(checkpoint, folder, progress=progress, overwrite=True)  # our own cache entry
         return folder, False
 
 
