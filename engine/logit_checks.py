@@ -13,18 +13,22 @@ import numpy as np
 from seqport.engine.errors import ConfigError, RuntimeFailure
 
 
-def check_finite_logits(logits: np.ndarray, step: int, sources: np.ndarray) -> None:
+def check_finite_logits(
+    logits: np.ndarray, step: int, sources: np.ndarray, top: np.ndarray | None = None
+) -> None:
     """Raise if a row of the model's raw logits holds NaN or +inf, or is -inf everywhere.
 
     Args:
         logits: float (N, V) as the decoder returned them, before any processor.
         step: decoder calls so far in this request, this one included (1 = the prefill).
         sources: int64 (N,) the input index each row serves.
+        top: float (N,) each row's max when the caller has it (plain greedy: the logit at the
+            argmax, which numpy puts on the first NaN), saving the pass over (N, V).
 
     Raises:
         RuntimeFailure: naming the step, the row, its input and what was found.
     """
-    top = logits.max(axis=-1)  # (N,)
+    top = logits.max(axis=-1) if top is None else top  # (N,)
     if np.isfinite(top).all():
         return
     row = int(np.flatnonzero(~np.isfinite(top))[0])

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 
 import seqport.engine as sp
-from seqport.engine.config import DEFAULT_MAX_MEMORY_BYTES, GenerationConfig
+from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import ConfigError, InputError, RuntimeFailure
-from seqport.engine.logit_checks import check_finite_logits
-from seqport.engine.memory_estimate import check_request, estimate_request_bytes
 
 WIRING = (
     "needs the one-line call memory_estimate.check_request(m, config, batch) in GenerativeModel._checked, "
@@ -106,6 +104,8 @@ def _translator_like() -> SimpleNamespace:
 
 
 def test_memory_estimate_counts_kv_cache_and_logits(tiny_artifact):
+    from seqport.engine.memory_estimate import estimate_request_bytes
+
     manifest = sp.load(tiny_artifact).manifest
     kv = manifest.kv
     config = GenerationConfig(num_beams=4, max_new_tokens=10)
@@ -117,6 +117,9 @@ def test_memory_estimate_counts_kv_cache_and_logits(tiny_artifact):
 
 
 def test_ten_thousand_beams_on_the_translator_fail_fast_with_estimate_and_limit():
+    from seqport.engine.config import DEFAULT_MAX_MEMORY_BYTES
+    from seqport.engine.memory_estimate import check_request
+
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"needs about \d+\.\d\d GiB .*more than max_memory_bytes=4294967296"):
         check_request(_translator_like(), GenerationConfig(num_beams=10000, max_new_tokens=64), [[5, 6, 7, 2]])
@@ -128,6 +131,8 @@ def test_ten_thousand_beams_on_the_translator_fail_fast_with_estimate_and_limit(
 
 
 def test_prefix_longer_than_max_positions_is_refused():
+    from seqport.engine.memory_estimate import check_request
+
     with pytest.raises(ConfigError, match="prefix_ids holds 256 ids.*leaving none to generate"):
         check_request(_translator_like(), GenerationConfig(prefix_ids=[5] * 256), [[5, 2]])
     check_request(_translator_like(), GenerationConfig(prefix_ids=[5] * 255), [[5, 2]])
@@ -161,16 +166,24 @@ class _NaNAt:
 
 
 @pytest.mark.parametrize("value, found", [(float("nan"), "NaN"), (float("inf"), r"\+inf")])
-@pytest.mark.parametrize("options", [{}, {"do_sample": True, "seed": 1}, {"num_beams": 2}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"min_new_tokens": 5}, {"do_sample": True, "seed": 1, "min_new_tokens": 5}, {"num_beams": 2}],
+    ids=["plain-greedy", "greedy-with-processors", "sampling", "beam"],
+)
 def test_nan_logits_at_step_3_are_a_runtime_failure_naming_step_and_row(tiny_artifact, value, found, options):
     model = sp.load(tiny_artifact)
-    model.runtimes["decoder"] = _NaNAt(model.runtimes["decoder"], call=3, row=1, value=value)
     inputs = [[5, 6, 7, 1], [8, 9, 10, 11, 1]]  # longest first: row 1 serves input 0
+    clean = model.generate(inputs, max_new_tokens=8, **options)
+    assert all(len(r.sequences[0].ids) >= 3 for r in clean)  # both inputs reach step 3
+    model.runtimes["decoder"] = _NaNAt(model.runtimes["decoder"], call=3, row=1, value=value)
     with pytest.raises(RuntimeFailure, match=f"not finite at decoding step 3, row 1 \\(input .\\): {found}"):
-        model.generate(inputs, max_new_tokens=8, min_new_tokens=5, **options)
+        model.generate(inputs, max_new_tokens=8, **options)
 
 
 def test_minus_inf_entries_in_the_raw_logits_are_legitimate():
+    from seqport.engine.logit_checks import check_finite_logits
+
     logits = np.zeros((3, 11), np.float32)
     logits[:, 4] = -np.inf
     check_finite_logits(logits, 1, np.arange(3))
