@@ -163,12 +163,12 @@ def _problems(c: GenerationConfig) -> list[str]:
         (_is_int(c.min_new_tokens) and 0 <= c.min_new_tokens, "min_new_tokens must be an integer >= 0"),
         (_is_int(c.num_beams) and c.num_beams >= 1, "num_beams must be an integer >= 1"),
         (_is_int(c.num_return_sequences) and c.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
-        (_is_number(c.temperature) and c.temperature > 0, "temperature must be a finite number > 0"),
+        (_is_number(c.temperature) and c.temperature > 0, "temperature must be > 0 and finite"),
         (_is_int(c.top_k) and c.top_k >= 0, "top_k must be an integer >= 0 (0 disables)"),
         (_is_number(c.top_p) and 0 < c.top_p <= 1, "top_p must be in (0, 1]"),
         (_is_number(c.min_p) and 0 <= c.min_p < 1, "min_p must be in [0, 1)"),
-        (_is_number(c.length_penalty), "length_penalty must be a finite number"),
-        (_is_number(c.repetition_penalty) and c.repetition_penalty > 0, "repetition_penalty must be finite and > 0"),
+        (_is_number(c.length_penalty), "length_penalty must be a number (finite)"),
+        (_is_number(c.repetition_penalty) and c.repetition_penalty > 0, "repetition_penalty must be > 0 and finite"),
         (_is_int(c.no_repeat_ngram_size) and c.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
         (
             isinstance(c.early_stopping, bool) or c.early_stopping == "never",
@@ -181,7 +181,7 @@ def _problems(c: GenerationConfig) -> list[str]:
         (_ids(c.prefix_ids), "prefix_ids must be non-negative integers"),
         (
             isinstance(c.stop, tuple) and all(isinstance(s, str) and s and _unicode(s) for s in c.stop),
-            "stop strings must be non-empty, valid Unicode strings",
+            "stop strings must be non-empty strings of valid Unicode",
         ),
         (
             isinstance(c.bad_words_ids, tuple) and all(_ids(w) and w for w in c.bad_words_ids),

@@ -57,14 +57,14 @@ def test_score_and_stream_refuse_bad_inputs_too(model):
 @pytest.mark.parametrize(
     "option, value, match",
     [
-        ("temperature", float("inf"), "temperature must be a finite number > 0, got inf"),
-        ("temperature", float("nan"), "temperature must be a finite number > 0, got nan"),
-        ("length_penalty", float("nan"), "length_penalty must be a finite number, got nan"),
-        ("length_penalty", float("-inf"), "length_penalty must be a finite number"),
-        ("repetition_penalty", float("inf"), "repetition_penalty must be finite and > 0"),
+        ("temperature", float("inf"), "temperature must be > 0 and finite, got inf"),
+        ("temperature", float("nan"), "temperature must be > 0 and finite, got nan"),
+        ("length_penalty", float("nan"), r"length_penalty must be a number \(finite\), got nan"),
+        ("length_penalty", float("-inf"), r"length_penalty must be a number \(finite\)"),
+        ("repetition_penalty", float("inf"), "repetition_penalty must be > 0 and finite"),
         ("top_p", float("nan"), r"top_p must be in \(0, 1\]"),
         ("min_p", float("nan"), r"min_p must be in \[0, 1\)"),
-        ("stop", "end\udcff", "stop strings must be non-empty, valid Unicode strings"),
+        ("stop", "end\udcff", "stop strings must be non-empty strings of valid Unicode"),
         ("max_memory_bytes", 0, "max_memory_bytes must be an integer >= 1"),
     ],
 )
