@@ -60,6 +60,9 @@ def atomic_folder(out: str | Path, overwrite: bool) -> Iterator[Path]:
 
 def _prepare(out: Path, overwrite: bool) -> Path:
     """Check the target, tidy what an interrupted export left, and create the staging folder."""
+    blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ExportError(f"cannot write an artifact at {out}: {blocker} is a file, not a folder; choose another one")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _recover(out)
