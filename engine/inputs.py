@@ -80,18 +80,22 @@ def as_texts(inputs: str | Sequence[str]) -> list[str]:
             raise InputError(f"input {index} is a {type(text).__name__}, expected str or token ids{hint}")
         if not text.strip():
             raise InputError(f"input {index} is empty: pass a non-empty text")
-        check_unicode(text, index)
+        check_unicode(text, f"input {index}")
     return texts
 
 
-def check_unicode(text: str, index: int) -> None:
+def check_unicode(text: str, what: str) -> None:
     """Raise InputError if `text` cannot be encoded as UTF-8 (a lone surrogate, as Python makes
-    from undecodable bytes with errors="surrogateescape")."""
+    from undecodable bytes with errors="surrogateescape").
+
+    Args:
+        what: how the message names the text, e.g. "input 3".
+    """
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InputError(
-            f"input {index} is not valid Unicode: {exc.object[exc.start : exc.end]!r} at character {exc.start} "
+            f"{what} is not valid Unicode: {exc.object[exc.start : exc.end]!r} at character {exc.start} "
             "(a lone surrogate, e.g. from bytes that are not UTF-8); decode the text as UTF-8 first"
         ) from None
 

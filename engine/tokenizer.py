@@ -40,13 +40,13 @@ class TextTokenizer:
             InputError: a text that is not valid Unicode (naming its index).
         """
         for index, text in enumerate(texts):
-            check_unicode(text, index)
+            check_unicode(text, f"input {index}")
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=self.add_special_tokens)
         return [e.ids for e in encodings]
 
     def encode_plain(self, text: str) -> list[int]:
         """Ids without special tokens (a target prefix, a stop word)."""
-        check_unicode(text, 0)
+        check_unicode(text, f"text {text[:20]!r}")
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:

@@ -190,3 +190,11 @@ def test_minus_inf_entries_in_the_raw_logits_are_legitimate():
     logits[2] = -np.inf
     with pytest.raises(RuntimeFailure, match="step 1, row 2 .*-inf everywhere"):
         check_finite_logits(logits, 1, np.arange(3))
+
+
+def test_tokenizer_refuses_invalid_unicode_in_any_text(model):
+    """--prefix and stop-word texts go through encode_plain: the error names the text, not an index."""
+    with pytest.raises(InputError, match=r"text 'ab\\udcffc' is not valid Unicode"):
+        model.tokenizer.encode_plain("ab\udcffc")
+    with pytest.raises(InputError, match="input 1 is not valid Unicode"):
+        model.tokenizer.encode(["fine", "\ud800"])
