@@ -54,7 +54,7 @@ def atomic_folder(out: str | Path, overwrite: bool) -> Iterator[Path]:
         yield staging
         _publish(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         raise
 
 
@@ -68,7 +68,7 @@ def _prepare(out: Path, overwrite: bool) -> Path:
         _recover(out)
         _check_target(out, overwrite)
         staging = sibling(out, TMP_MARK)
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         staging.mkdir()
     except OSError as exc:
         raise ExportError(f"cannot write an artifact at {out}: {exc.strerror or exc}; choose another folder") from None
@@ -105,7 +105,7 @@ def _recover(out: Path) -> None:
             path.rename(out)
         else:
             logger.info("removing %s, left by an interrupted export", path)
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
 
 
 def _glob_escape(name: str) -> str:
@@ -131,13 +131,21 @@ def _publish(staging: Path, out: Path) -> None:
     if not out.exists():
         staging.rename(out)
         return
-    if _exchange(staging, out):  # staging now holds the old artifact
-        shutil.rmtree(staging, ignore_errors=True)
+    if _exchange(staging, out):  # staging now holds the old artifact (or the old symlink)
+        _remove(staging)
         return
     backup = sibling(out, OLD_MARK)
     out.rename(backup)
     staging.rename(out)
-    shutil.rmtree(backup, ignore_errors=True)
+    _remove(backup)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder left by an export (a symlink is unlinked, never followed)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -159,3 +159,14 @@ def test_kill_9_at_any_point_leaves_a_loadable_artifact(tmp_path, tiny_checkpoin
     subprocess.run([sys.executable, "-c", _EXPORT, str(tiny_checkpoint), str(out)], env=env, check=True)
     assert sorted(p.name for p in out.parent.iterdir()) == ["artifact"]
     assert sp.load(out).manifest.provenance.created != old_created
+
+
+def test_a_symlinked_artifact_is_replaced_by_a_folder_and_its_target_kept(artifact_copy, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(artifact_copy)
+    with atomic_folder(link, overwrite=True) as staging:
+        (staging / "seqport.json").write_text("{}")
+    assert link.is_dir() and not link.is_symlink()
+    assert (link / "seqport.json").read_text() == "{}"
+    sp.load(artifact_copy)  # what the link pointed to is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "link"]
