@@ -72,6 +72,12 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "engine sizes one buffer per request and the decoder writes the new K/V into it in place "
         "(docs/manifest.md; benchmarks/kv_growth.py measures both)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing seqport artifact in OUT (swapped in only once the new one is complete "
+        "and validated; a folder that is not an artifact is never written into)",
+    )
     p.set_defaults(run=_export)
 
 
@@ -93,6 +99,7 @@ def _export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         dtype=args.dtype,
         kv_cache=args.kv_cache,
+        overwrite=args.overwrite,
     )
     print(f"exported {manifest.family} to {args.out}")
     print_validation(manifest)

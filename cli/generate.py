@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from seqport.engine.errors import SeqportError
+from seqport.engine.errors import InputError, SeqportError
 
 
 def add_encoder_parsers(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +23,34 @@ def _id_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected token ids like '5 17 42', got {text!r}") from None
 
 
+def stdin_lines() -> list[str]:
+    """The non-blank lines of stdin, decoded as UTF-8 with a clear error for other bytes.
+
+    Raises:
+        InputError: a line is not valid UTF-8 (names the line and the byte).
+    """
+    lines = []
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"line {number} of stdin is not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                "convert it first, e.g. iconv -f latin1 -t utf-8"
+            ) from None
+        if line.strip():
+            lines.append(line)
+    return lines
+
+
 #: `seqport generate` flags that set a GenerationConfig option: (flag, option, argparse keywords)
 _GENERATION_FLAGS = [
     ("--max-new-tokens", "max_new_tokens", dict(type=int, help="most tokens per output, EOS included")),
+    (
+        "--max-memory-bytes",
+        "max_memory_bytes",
+        dict(type=int, help="refuse requests whose KV cache + logits estimate exceeds this (default 4 GiB)"),
+    ),
     ("--min-new-tokens", "min_new_tokens", dict(type=int, help="EOS is forbidden before this many tokens")),
     ("--do-sample", "do_sample", dict(action=argparse.BooleanOptionalAction, help="sample (--no-do-sample: search)")),
     ("--temperature", "temperature", dict(type=float, help="sampling: logits / T (< 1 sharper, > 1 flatter)")),
@@ -132,7 +157,7 @@ def _generation_inputs(args: argparse.Namespace) -> list:
     if args.text:
         return args.text
     if not sys.stdin.isatty():
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        return stdin_lines()
     raise SeqportError("nothing to generate from: pass TEXT arguments, --ids, or lines on stdin")
 
 
@@ -197,7 +222,7 @@ def _texts(args: argparse.Namespace, verb: str) -> list[str]:
     if args.text:
         return args.text
     if not sys.stdin.isatty():
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        return stdin_lines()
     raise SeqportError(f"nothing to {verb}: pass TEXT arguments or lines on stdin")
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from seqport.engine import processors as proc
 from seqport.engine.config import GenerationConfig
+from seqport.engine.logit_checks import check_finite_logits
 from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
 from seqport.engine.sampling import log_softmax
@@ -111,6 +112,7 @@ class BeamSearch:
 
     def _scores(self, logits: np.ndarray) -> np.ndarray:
         """float (N, V) logits → processed log-probabilities float64 (N, V)."""
+        check_finite_logits(logits, self._step + 1, self.row_sources())
         return proc.apply(self._processors, log_softmax(logits), self._history(), self._step)
 
     def _candidates(self, beams: _Beams, scores: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,8 @@ from seqport.engine.errors import ConfigError
 
 EARLY_STOPPING = (True, False, "never")
 _ID_TUPLES = ("suppress_tokens", "prefix_ids", "eos_token_ids")
+#: 4 GiB: far above any sensible request on the bundled models, far below a hang
+DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class GenerationConfig:
         stop: strings that end generation; the text ends before the stop string.
         truncate: cut inputs longer than the model's max positions instead of raising.
         batch_size: split large input lists into batches of this many inputs; 0 = one batch.
+        max_memory_bytes: a request whose estimated KV cache and logits (batch × beams ×
+            length, engine/memory_estimate.py) exceed this fails with ConfigError before any
+            work starts; raise it on a machine with the memory.
     """
 
     max_new_tokens: int = 64
@@ -66,6 +72,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     truncate: bool = False
     batch_size: int = 0
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES
 
     def __post_init__(self) -> None:
         for name, value in _normalise(dataclasses.asdict(self)).items():
@@ -88,7 +95,8 @@ class GenerationConfig:
         return cls().replace(**defaults)
 
     def check_token_ids(self, vocab_size: int) -> None:
-        """Raise ConfigError naming every option that holds an id outside [0, vocab_size)."""
+        """Raise ConfigError naming every option that holds an id outside [0, vocab_size), or
+        when suppress_tokens and single-token bad_words_ids forbid the whole vocabulary."""
         options = {
             "prefix_ids": self.prefix_ids,
             "suppress_tokens": self.suppress_tokens,
@@ -100,6 +108,16 @@ class GenerationConfig:
         problems = [f"{name} has ids {ids[:5]}" for name, ids in bad.items() if ids]
         if problems:
             raise ConfigError(f"token ids outside the model's vocabulary [0, {vocab_size}): {'; '.join(problems)}")
+        forbidden = set(self.suppress_tokens) | {w[0] for w in self.bad_words_ids if len(w) == 1}
+        if self.eos_token_ids:  # a lone EOS in bad_words_ids is ignored (processors._bad_words)
+            forbidden = set(self.suppress_tokens) | (forbidden - set(self.eos_token_ids))
+        elif self.bad_words_ids:  # the manifest's EOS, unknown here, may be exempt: suppress_tokens only
+            forbidden = set(self.suppress_tokens)
+        if len(forbidden) >= vocab_size:
+            raise ConfigError(
+                f"suppress_tokens and bad_words_ids forbid all {vocab_size} tokens of the vocabulary, "
+                "so nothing could be generated; forbid fewer tokens"
+            )
 
 
 def _normalise(values: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +141,16 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool): inf and NaN make every comparison and score meaningless."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from undecodable bytes)
+        return False
+    return True
 
 
 def _ids(values: Any) -> bool:
@@ -136,24 +163,25 @@ def _problems(c: GenerationConfig) -> list[str]:
         (_is_int(c.min_new_tokens) and 0 <= c.min_new_tokens, "min_new_tokens must be an integer >= 0"),
         (_is_int(c.num_beams) and c.num_beams >= 1, "num_beams must be an integer >= 1"),
         (_is_int(c.num_return_sequences) and c.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
-        (_is_number(c.temperature) and c.temperature > 0, "temperature must be > 0"),
+        (_is_number(c.temperature) and c.temperature > 0, "temperature must be > 0 and finite"),
         (_is_int(c.top_k) and c.top_k >= 0, "top_k must be an integer >= 0 (0 disables)"),
         (_is_number(c.top_p) and 0 < c.top_p <= 1, "top_p must be in (0, 1]"),
         (_is_number(c.min_p) and 0 <= c.min_p < 1, "min_p must be in [0, 1)"),
-        (_is_number(c.length_penalty), "length_penalty must be a number"),
-        (_is_number(c.repetition_penalty) and c.repetition_penalty > 0, "repetition_penalty must be > 0"),
+        (_is_number(c.length_penalty), "length_penalty must be a number (finite)"),
+        (_is_number(c.repetition_penalty) and c.repetition_penalty > 0, "repetition_penalty must be > 0 and finite"),
         (_is_int(c.no_repeat_ngram_size) and c.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
         (
             isinstance(c.early_stopping, bool) or c.early_stopping == "never",
             f"early_stopping must be one of {EARLY_STOPPING}",
         ),
         (_is_int(c.batch_size) and c.batch_size >= 0, "batch_size must be an integer >= 0 (0: one batch)"),
+        (_is_int(c.max_memory_bytes) and c.max_memory_bytes >= 1, "max_memory_bytes must be an integer >= 1"),
         (_ids(c.eos_token_ids), "eos_token_ids must be non-negative integers"),
         (_ids(c.suppress_tokens), "suppress_tokens must be non-negative integers"),
         (_ids(c.prefix_ids), "prefix_ids must be non-negative integers"),
         (
-            isinstance(c.stop, tuple) and all(isinstance(s, str) and s for s in c.stop),
-            "stop strings must be non-empty strings",
+            isinstance(c.stop, tuple) and all(isinstance(s, str) and s and _unicode(s) for s in c.stop),
+            "stop strings must be non-empty strings of valid Unicode",
         ),
         (
             isinstance(c.bad_words_ids, tuple) and all(_ids(w) and w for w in c.bad_words_ids),

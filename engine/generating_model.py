@@ -22,9 +22,10 @@ from seqport.engine.decode_loop import StepFn, decode_steps, make_search
 from seqport.engine.device_search import make_device_search
 from seqport.engine.errors import ConfigError, InputError
 from seqport.engine.feeds import Signature
-from seqport.engine.inputs import as_texts, check_ids, is_token_input, length_sorted_batches
+from seqport.engine.inputs import as_id_lists, as_texts, check_ids, is_token_input, length_sorted_batches
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.manifest import Manifest
+from seqport.engine.memory_estimate import check_request
 from seqport.engine.placement import HOST, Placement, Selection
 from seqport.engine.results import GenerationResult
 from seqport.engine.runtime import Runtime
@@ -168,7 +169,7 @@ class GeneratingModel:
     def input_ids(self, inputs: str | Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         """Token-id lists as given, or texts tokenized with the artifact's tokenizer."""
         if is_token_input(inputs):
-            return [list(map(int, row)) for row in inputs]
+            return as_id_lists(inputs)
         return self.tokenizer.encode(as_texts(inputs))
 
     def generate_ids(
@@ -196,6 +197,7 @@ class GeneratingModel:
         m = self.manifest
         batch = check_ids(batch, m.vocab_size, m.max_positions, config.truncate, keep_last=tuple(m.special_ids.eos))
         config.check_token_ids(m.vocab_size)
+        check_request(m, config, batch)  # prefix room and the memory estimate, before any work
         return batch, self._fit_length(config, max(len(ids) for ids in batch))
 
     @contextmanager

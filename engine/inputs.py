@@ -12,28 +12,92 @@ from seqport.engine.errors import InputError
 logger = logging.getLogger(__name__)
 
 
+_ROW_TYPES = (list, tuple, np.ndarray)
+
+
 def is_token_input(inputs: object) -> bool:
-    """True for a list of id lists (or a 2-D int array); False for text."""
+    """True for a list of id lists (or a 2-D int array); False for text.
+
+    Raises:
+        InputError: id lists that hold something other than integers (floats, bools, None):
+            they are refused here, before anything casts them (see `as_id_lists`).
+    """
     if isinstance(inputs, np.ndarray):
-        return inputs.ndim == 2
-    return (
-        isinstance(inputs, (list, tuple))
-        and len(inputs) > 0
-        and all(isinstance(row, (list, tuple, np.ndarray)) for row in inputs)
-    )
+        tokens = inputs.ndim == 2
+    else:
+        tokens = (
+            isinstance(inputs, (list, tuple))
+            and len(inputs) > 0
+            and any(isinstance(row, _ROW_TYPES) for row in inputs)
+        )
+    if tokens:
+        as_id_lists(inputs)  # type: ignore[arg-type]
+    return tokens
+
+
+def as_id_lists(inputs: Sequence[Sequence[int]] | np.ndarray) -> list[list[int]]:
+    """Id lists (or a 2-D integer array) as plain int lists, refusing anything that is not an integer.
+
+    Raises:
+        InputError: naming the input: a row that is not a list, or an element that is a float,
+            a bool, None or another non-integer (a float id is never cast silently).
+    """
+    rows = []
+    for index, row in enumerate(inputs):
+        if not isinstance(row, _ROW_TYPES):
+            raise InputError(
+                f"input {index} is a {type(row).__name__}: token-id inputs must all be lists of int ids"
+            )
+        if isinstance(row, np.ndarray):
+            if row.ndim != 1 or not (np.issubdtype(row.dtype, np.integer) or row.size == 0):
+                raise InputError(
+                    f"input {index} is a {row.ndim}-D {row.dtype} array: token ids must be a 1-D integer array"
+                )
+            rows.append(row.tolist())
+            continue
+        bad = [i for i in row if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
+        if bad:
+            raise InputError(
+                f"input {index} holds {type(bad[0]).__name__} {bad[0]!r}: token ids must be integers "
+                "(floats, bools and None are refused, never cast)"
+            )
+        rows.append([int(i) for i in row])
+    return rows
 
 
 def as_texts(inputs: str | Sequence[str]) -> list[str]:
-    """A text or a list of texts; empty (or whitespace-only) texts are an error."""
+    """A text or a list of texts; empty (or whitespace-only) texts and invalid Unicode are an error."""
+    if inputs is None:
+        raise InputError("inputs is None: pass a text, a list of texts or a list of token-id lists")
+    if not isinstance(inputs, (str, list, tuple)):
+        raise InputError(f"inputs is a {type(inputs).__name__}: pass a text, a list of texts or token-id lists")
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
     if not texts:
         raise InputError("no inputs given: pass a text or a non-empty list of texts")
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise InputError(f"input {index} is a {type(text).__name__}, expected str or token ids")
+            hint = " (a flat list of ids: wrap it as [[...]])" if isinstance(text, (int, np.integer)) else ""
+            raise InputError(f"input {index} is a {type(text).__name__}, expected str or token ids{hint}")
         if not text.strip():
             raise InputError(f"input {index} is empty: pass a non-empty text")
+        check_unicode(text, f"input {index}")
     return texts
+
+
+def check_unicode(text: str, what: str) -> None:
+    """Raise InputError if `text` cannot be encoded as UTF-8 (a lone surrogate, as Python makes
+    from undecodable bytes with errors="surrogateescape").
+
+    Args:
+        what: how the message names the text, e.g. "input 3".
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{what} is not valid Unicode: {exc.object[exc.start : exc.end]!r} at character {exc.start} "
+            "(a lone surrogate, e.g. from bytes that are not UTF-8); decode the text as UTF-8 first"
+        ) from None
 
 
 def check_ids(
@@ -43,7 +107,8 @@ def check_ids(
     truncate: bool,
     keep_last: tuple[int, ...] = (),
 ) -> list[list[int]]:
-    """Validate id lists: non-empty, in the vocabulary, at most `max_len` long.
+    """Validate id lists: integers (see `as_id_lists`), non-empty, in the vocabulary, at most
+    `max_len` long.
 
     Args:
         keep_last: ids (EOS) kept at the end when `truncate` cuts an input.
@@ -52,8 +117,7 @@ def check_ids(
         InputError: naming the offending input and what to do.
     """
     checked = []
-    for index, row in enumerate(batch):
-        ids = [int(i) for i in row]
+    for index, ids in enumerate(as_id_lists(batch)):
         if not ids:
             raise InputError(f"input {index} has no tokens: pass at least one token id")
         bad = [i for i in ids if not 0 <= i < vocab_size]

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from seqport.engine import processors as proc
+from seqport.engine.logit_checks import check_finite_logits, check_some_token_allowed
 from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
 from seqport.engine.sampling import greedy, sample
@@ -132,12 +133,19 @@ class TokenSearch:
 
     def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
+        step, sources = self._step + 1, self.row_sources()
+        if self._processors or self._choose is not greedy_chooser:
+            check_finite_logits(logits, step, sources)
         if self._choose is greedy_chooser:  # argmax needs no float64 (N, V) copy; processors are pure
             scores = proc.apply(self._processors, logits, self._history, self._step)
             next_ids = greedy(scores)
-            best = scores[np.arange(len(next_ids)), next_ids]  # the argmax is the row's max
+            best = scores[np.arange(len(next_ids)), next_ids]  # the argmax is the row's max (NaN if any)
+            if not self._processors:  # scores are the raw logits: their max is already at hand
+                check_finite_logits(logits, step, sources, top=best)
+            check_some_token_allowed(best, step, sources)
             return next_ids, log_softmax_at(scores, next_ids, top=best).astype(np.float64)
         scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
+        check_some_token_allowed(scores.max(axis=-1), step, sources)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
 

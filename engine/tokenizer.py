@@ -7,6 +7,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from seqport.engine.errors import ArtifactError, ManifestError
+from seqport.engine.inputs import check_unicode
 
 
 class TextTokenizer:
@@ -33,12 +34,19 @@ class TextTokenizer:
         return self._tokenizer.get_vocab_size()
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Source texts → ids, with the special tokens the tokenizer's post-processor adds."""
+        """Source texts → ids, with the special tokens the tokenizer's post-processor adds.
+
+        Raises:
+            InputError: a text that is not valid Unicode (naming its index).
+        """
+        for index, text in enumerate(texts):
+            check_unicode(text, f"input {index}")
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=self.add_special_tokens)
         return [e.ids for e in encodings]
 
     def encode_plain(self, text: str) -> list[int]:
         """Ids without special tokens (a target prefix, a stop word)."""
+        check_unicode(text, f"text {text[:20]!r}")
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:

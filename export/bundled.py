@@ -45,5 +45,5 @@ def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool
     except SeqportError:
         from seqport.export.pipeline import export_model  # torch: only when the cache is empty
 
-        export_model(checkpoint, folder, progress=progress)
+        export_model(checkpoint, folder, progress=progress, overwrite=True)  # our own cache entry
         return folder, False

@@ -28,9 +28,11 @@ from seqport.engine.manifest import (
     Provenance,
     SpecialIds,
     TokenizerSpec,
+    load_manifest,
     sha256_of,
 )
 from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
+from seqport.export.atomic import atomic_folder
 from seqport.export.cache_slots import preallocate
 from seqport.export.causal import export_decoder_only
 from seqport.export.components import (
@@ -103,13 +105,19 @@ def export_model(
     quantize: str | None = None,
     dtype: str = "fp32",
     kv_cache: str = "growing",
+    overwrite: bool = False,
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
+
+    The artifact is built in a temporary sibling folder and moved into place only once it is
+    complete and validated (export/atomic.py): a failed or killed export never leaves a
+    half-written `out`, and never touches files that are not its own.
 
     Args:
         source: a model folder (config.json, weights, tokenizer.json or files the family's
             adapter converts into one, e.g. a HuggingFace spiece.model).
-        out: the artifact folder to write; created if needed.
+        out: the artifact folder to write; created if needed. It must be new, empty, or (with
+            `overwrite`) an existing seqport artifact.
         family: force the adapter instead of reading config.json's model_type.
         progress: show a progress bar on stderr.
         task: encoder-only families: "feature-extraction" (last_hidden_state, pooled by the
@@ -123,13 +131,16 @@ def export_model(
         kv_cache: "growing" (past + new concatenated each step) or "preallocated" (the
             engine sizes one buffer per request and the decoder writes into it; see
             export/cache_slots.py and docs/manifest.md).
+        overwrite: replace an existing artifact in `out` (once the new one is complete).
 
     Returns:
         The manifest written to `out/seqport.json`.
 
     Raises:
         ArtifactError: missing source folder, config or tokenizer.
-        ExportError: unsupported family, or torch.onnx could not export a component.
+        ExportError: unsupported family, torch.onnx could not export a component, or `out`
+            cannot take the artifact (a file, a non-empty non-artifact folder, an artifact
+            without `overwrite`, an unwritable place).
         ParityError: a component disagrees with PyTorch beyond tolerance.
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
@@ -139,11 +150,13 @@ def export_model(
     if kv_cache not in KV_ALLOCATIONS:
         raise ExportError(f"--kv-cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
     source = Path(source)
-    adapter = load_adapter(source, family, task)
-    with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
-        tokenizer = _tokenizer_file(adapter, source, Path(staging))
-        manifest = _export_inline(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
-    return _finish(Path(out), _post_process(adapter, Path(out), manifest, optimize, quantize, dtype))
+    with atomic_folder(out, overwrite) as folder:
+        adapter = load_adapter(source, family, task)
+        with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
+            tokenizer = _tokenizer_file(adapter, source, Path(staging))
+            manifest = _export_inline(adapter, tokenizer, folder, progress=progress, source=source, kv_cache=kv_cache)
+        manifest = _finish(folder, _post_process(adapter, folder, manifest, optimize, quantize, dtype))
+    return manifest
 
 
 QUANTIZE_MODES = ("int8",)
@@ -173,9 +186,11 @@ def _post_process(
 
 
 def _finish(out: Path, manifest: Manifest) -> Manifest:
-    """Last step of every export: weights as external data, shared tensors once, then the manifest."""
+    """Last step of every export: weights as external data, shared tensors once, then the manifest,
+    read back as the engine will before the folder is moved into place."""
     manifest = externalize_weights(out, manifest)
     manifest.save(out)
+    load_manifest(out)
     return manifest
 
 
@@ -196,6 +211,7 @@ def export_adapter(
     progress: bool = True,
     source: str | Path | None = None,
     kv_cache: str = "growing",
+    overwrite: bool = False,
 ) -> Manifest:
     """Export a model you wrapped yourself (see docs/own-model.md) with the same validation.
 
@@ -208,17 +224,21 @@ def export_adapter(
         source: recorded as the manifest's provenance source (default: the adapter's class).
         kv_cache: "growing" or "preallocated" (as for export_model); preallocated needs a
             decode_step that takes `cache_position` (see export/cache_slots.py).
+        overwrite: replace an existing artifact in `out` (as for export_model).
 
     Returns:
         The manifest written to `out/seqport.json`.
 
     Raises:
         ArtifactError: the tokenizer file is missing.
-        ExportError: torch.onnx could not export a component.
+        ExportError: torch.onnx could not export a component, or `out` cannot take the
+            artifact (as for export_model).
         ParityError: a component disagrees with PyTorch beyond tolerance.
     """
-    manifest = _export_inline(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
-    return _finish(Path(out), manifest)
+    with atomic_folder(out, overwrite) as folder:
+        manifest = _export_inline(adapter, tokenizer, folder, progress=progress, source=source, kv_cache=kv_cache)
+        manifest = _finish(folder, manifest)
+    return manifest
 
 
 def _export_inline(
@@ -237,7 +257,6 @@ def _export_inline(
     if not tokenizer.is_file():
         raise ArtifactError(f"{tokenizer} not found: the engine needs a tokenizers tokenizer.json")
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # a failed export must not look valid
     spec = adapter.spec()
     if isinstance(spec, EncoderSpec):
         return _export_encoder_only(adapter, spec, tokenizer, out, source, progress)
