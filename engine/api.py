@@ -12,7 +12,7 @@ from seqport.engine.errors import ManifestError
 from seqport.engine.manifest import component_path, load_manifest
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.seq2seq import Seq2SeqModel
-from seqport.engine.tensorrt import is_tensorrt, tensorrt_options
+from seqport.engine.shape_ranges import shape_ranges
 from seqport.engine.tokenizer import TextTokenizer
 from seqport.engine.weights import open_shared_weights, release_pages
 
@@ -54,15 +54,14 @@ def load(
         options = dataclasses.replace(options, provider=provider)
     paths = {name: component_path(folder, manifest, name, verify) for name in manifest.components}
     tokenizer = TextTokenizer(folder / manifest.tokenizer.file, manifest.tokenizer.add_special_tokens)
-    per_component = {name: options for name in paths}
-    if is_tensorrt(options):  # profile shapes from the manifest, engine cache, fp16
-        per_component = {name: tensorrt_options(manifest, name, options) for name in paths}
+    # the shapes the engine will feed: a compiling provider (TensorRT) builds its profiles from them
+    ranges = {name: shape_ranges(manifest, name, options.trt_max_batch) for name in paths}
     shared = open_shared_weights(folder, manifest, verify)  # mapped once, used by each session
     built = {}
     # The decoder first: building it prepacks the tied projection, reading the shared table
     # whole; dropping those pages before the encoder loads keeps the two off each other's peak.
     for name in sorted(paths, key=lambda name: name != "decoder"):
-        built[name] = open_runtime(paths[name], per_component[name], shared.get(name))
+        built[name] = open_runtime(paths[name], options, shared.get(name), ranges[name])
         release_pages(shared)  # keep only the pages later steps touch
     runtimes = {name: built[name] for name in paths}
     model = model_class(folder, manifest, tokenizer, runtimes)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from seqport.engine.artifact_files import check_sha256, weights_path
 from seqport.engine.errors import IntegrityError
-from seqport.engine.manifest import Manifest, SharedTensor, WeightsFile, check_sha256, weights_path
+from seqport.engine.manifest import Manifest, SharedTensor, WeightsFile
 
 
 def open_shared_weights(
