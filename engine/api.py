@@ -9,7 +9,8 @@ from seqport.engine.causal_lm import CausalLMModel
 from seqport.engine.device_loop import open_device, wants_device_loop
 from seqport.engine.encoder_only import EncoderModel
 from seqport.engine.errors import ManifestError
-from seqport.engine.manifest import component_path, load_manifest
+from seqport.engine.manifest import artifact_file, component_path, load_manifest
+from seqport.engine.manifest_checks import check_files
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.seq2seq import Seq2SeqModel
 from seqport.engine.shape_ranges import shape_ranges
@@ -36,8 +37,10 @@ def load(
             (catches corrupt files).
 
     Raises:
-        ArtifactError: the folder, manifest, a component, a weights file or the tokenizer is missing.
-        ManifestError: the manifest is invalid or of an unknown format version.
+        ArtifactError: the folder, manifest, a component, a weights file or the tokenizer is
+            missing, or a path in the manifest leads outside the folder.
+        ManifestError: the manifest is invalid, of an unknown format version, or does not
+            match its files (graph names, vocabulary).
         IntegrityError: a component or weights file does not match its sha256.
         ProviderError: the provider is not available in this installation.
         RuntimeFailure: onnxruntime cannot load a component.
@@ -53,7 +56,8 @@ def load(
     if provider is not None:
         options = dataclasses.replace(options, provider=provider)
     paths = {name: component_path(folder, manifest, name, verify) for name in manifest.components}
-    tokenizer = TextTokenizer(folder / manifest.tokenizer.file, manifest.tokenizer.add_special_tokens)
+    tokenizer_file = artifact_file(folder, manifest.tokenizer.file, "$.tokenizer.file")
+    tokenizer = TextTokenizer(tokenizer_file, manifest.tokenizer.add_special_tokens)
     # the shapes the engine will feed: a compiling provider (TensorRT) builds its profiles from them
     ranges = {name: shape_ranges(manifest, name, options.trt_max_batch) for name in paths}
     shared = open_shared_weights(folder, manifest, verify)  # mapped once, used by each session
@@ -64,6 +68,7 @@ def load(
         built[name] = open_runtime(paths[name], options, shared.get(name), ranges[name])
         release_pages(shared)  # keep only the pages later steps touch
     runtimes = {name: built[name] for name in paths}
+    check_files(manifest, runtimes, tokenizer.vocab_size)  # graph names and vocabulary as the files have them
     model = model_class(folder, manifest, tokenizer, runtimes)
     if model_class is not EncoderModel and wants_device_loop(options):
         model.device = open_device(runtimes, options)

@@ -19,7 +19,7 @@ from typing import Any
 
 # The artifact's files (paths, sha256) and the allowed values are re-exported here, so
 # `from seqport.engine.manifest import ...` keeps working for the whole contract.
-from seqport.engine.artifact_files import check_sha256, component_path, sha256_of, weights_path
+from seqport.engine.artifact_files import artifact_file, check_sha256, component_path, sha256_of, weights_path
 from seqport.engine.errors import ArtifactError, ManifestError
 from seqport.engine.json_binding import bind
 from seqport.engine.manifest_checks import (
@@ -55,6 +55,7 @@ __all__ = [
     "TokenizerSpec",
     "Validation",
     "WeightsFile",
+    "artifact_file",
     "check_sha256",
     "component_path",
     "expand_layers",
