@@ -25,8 +25,11 @@ POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
 KV_ALLOCATIONS = ("growing", "preallocated")
 KV_DTYPES = ("float32", "float16")
 KV_LAYOUTS = ("BHSD",)
-#: the largest size (vocabulary, positions, heads, ...) a manifest may state: int32 ids.
+#: the largest vocabulary or position count a manifest may state (ids fit in int32).
 MAX_SIZE = 2**31 - 1
+#: the largest layer count, head count or head size: far above any model, low enough that
+#: expanding "{i}" names per layer stays cheap.
+MAX_GEOMETRY = 65536
 _LAYER_KV = ("past_key.{i}", "past_value.{i}")
 _PRESENT_KV = ("present_key.{i}", "present_value.{i}")
 _CROSS_KV = ("cross_key.{i}", "cross_value.{i}")
@@ -74,9 +77,10 @@ def check_version(data: Any, known: int) -> None:
 
 def semantic_problems(m: Manifest) -> list[str]:
     """Every rule a schema-valid manifest breaks, as "$.path: problem" lines."""
+    problems = []
     if m.architecture not in ARCHITECTURES:
-        return [f"$.architecture: {m.architecture!r} is not one of {ARCHITECTURES}"]
-    problems = _size_problems(m) + _component_problems(m) + _kv_problems(m) + _required_name_problems(m)
+        problems.append(f"$.architecture: {m.architecture!r} is not one of {ARCHITECTURES}")
+    problems += _size_problems(m) + _component_problems(m) + _kv_problems(m) + _required_name_problems(m)
     if 1 <= m.vocab_size <= MAX_SIZE:  # ids are only meaningful against a sane vocabulary
         problems += _special_id_problems(m) + _generation_problems(m)
     if m.architecture == "encoder-only":
@@ -176,8 +180,8 @@ def _kv_problems(m: Manifest) -> list[str]:
         return [] if m.architecture == "encoder-only" else [f"$.kv: a {m.architecture} artifact needs its KV geometry"]
     kv, problems = m.kv, []
     for key in ("num_layers", "num_heads", "num_kv_heads", "head_dim"):
-        if not 1 <= getattr(kv, key) <= MAX_SIZE:
-            problems.append(f"$.kv.{key}: {getattr(kv, key)} must be in [1, {MAX_SIZE}]")
+        if not 1 <= getattr(kv, key) <= MAX_GEOMETRY:
+            problems.append(f"$.kv.{key}: {getattr(kv, key)} must be in [1, {MAX_GEOMETRY}]")
     if not problems and kv.num_heads % kv.num_kv_heads:
         problems.append(f"$.kv.num_kv_heads: {kv.num_kv_heads} must divide num_heads ({kv.num_heads})")
     for key, allowed in (("dtype", KV_DTYPES), ("layout", KV_LAYOUTS), ("allocation", KV_ALLOCATIONS)):

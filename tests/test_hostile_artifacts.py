@@ -143,7 +143,7 @@ def test_unknown_generation_key_and_bad_generation_values(artifact_copy):
 @pytest.mark.parametrize(
     ("key", "value"),
     [("num_layers", 0), ("num_layers", -2), ("num_heads", -3), ("num_kv_heads", -3), ("num_kv_heads", 0),
-     ("head_dim", 0), ("num_kv_heads", 2), ("dtype", "int8"), ("layout", "BSHD")],
+     ("head_dim", 0), ("num_kv_heads", 2), ("num_layers", 2**31 - 1), ("dtype", "int8"), ("layout", "BSHD")],
 )  # fmt: skip
 def test_kv_geometry_out_of_range(artifact_copy, key, value):
     _edit(artifact_copy, _set("kv", key, value=value))
