@@ -129,13 +129,17 @@ def _graph_name_problems(path: str, file: str, specs: dict, names: list[str], la
         mapped.update(expected)
         missing = [name for name in expected if name not in graph]
         if missing:
-            shown = "" if missing == [spec.name] else f" ({', '.join(map(repr, missing[:3]))})"
-            has = ", ".join(names)
-            problems.append(f"{path}.{logical}.name: {spec.name!r}{shown} is not in {file}, which has: {has}")
+            shown = "" if missing == [spec.name] else f" ({_some(missing)})"
+            problems.append(f"{path}.{logical}.name: {spec.name!r}{shown} is not in {file}, which has: {_some(names)}")
     unmapped = [name for name in names if name not in mapped]
     if unmapped:
-        problems.append(f"{path}: {file} also has {', '.join(map(repr, unmapped))}, which seqport.json does not map")
+        problems.append(f"{path}: {file} also has {_some(unmapped)}, which seqport.json does not map")
     return problems
+
+
+def _some(names: list[str], shown: int = 8) -> str:
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(map(repr, names[:shown])) + more
 
 
 def _size_problems(m: Manifest) -> list[str]:
