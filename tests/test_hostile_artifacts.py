@@ -211,3 +211,71 @@ def test_every_problem_is_listed_at_once(artifact_copy):
 
 def test_the_tiny_artifact_passes_every_check(tiny_artifact):
     assert sp.load(tiny_artifact).manifest.vocab_size == 120
+
+
+# --- seeded mutations: the loader raises ManifestError or succeeds, nothing else ----------
+
+HOSTILE_VALUES = [None, True, -1, 0, 2**63, 1e9, -0.5, float("nan"), "", "../x", "/etc/passwd", "{i}", [], [-1],
+                  ["a"], {}, {"x": 1}, [[1]]]  # fmt: skip
+HOSTILE_INTS = [-7, -1, 0, 1, 2, 10, 119, 120, 10**6, 2**31]
+
+
+def _leaves(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, (*path, index))
+
+
+def _mutated(data, rng):
+    data = json.loads(json.dumps(data))
+    for _ in range(int(rng.integers(1, 4))):
+        paths = [p for p in _leaves(data) if p]
+        *parent, last = paths[int(rng.integers(len(paths)))]
+        node = data
+        for key in parent:
+            node = node[key]
+        choice = int(rng.integers(len(HOSTILE_VALUES) + 2))
+        if isinstance(node[last], int) and not isinstance(node[last], bool) and rng.random() < 0.7:
+            node[last] = HOSTILE_INTS[int(rng.integers(len(HOSTILE_INTS)))]  # well-typed, out of range
+        elif choice == len(HOSTILE_VALUES) and isinstance(node, dict):
+            node.pop(last)  # a missing key
+        elif choice == len(HOSTILE_VALUES) + 1 and isinstance(node, dict):
+            node[f"{last}_extra"] = 1  # an unknown key
+        else:
+            node[last] = json.loads(json.dumps(HOSTILE_VALUES[choice % len(HOSTILE_VALUES)]))
+    return data
+
+
+def test_mutated_manifests_raise_only_manifest_errors(tiny_artifact):
+    """800 seeded mutations of the tiny manifest (1 to 3 leaves each set to a hostile value, an
+    integer out of range, removed, or joined by an unknown key): Manifest.from_dict succeeds or
+    raises ManifestError."""
+    import numpy as np
+
+    from seqport.engine.manifest import Manifest
+
+    rng, original, refused = np.random.default_rng(12), json.loads((tiny_artifact / "seqport.json").read_text()), 0
+    for _ in range(800):
+        data = _mutated(original, rng)
+        try:
+            Manifest.from_dict(data)
+        except ManifestError:
+            refused += 1
+    assert refused > 600  # the mutations are hostile: nearly all must be refused
+
+
+def test_mutated_artifacts_load_or_raise_seqport_errors(artifact_copy, tiny_artifact):
+    """200 seeded mutations through load() (sessions, tokenizer, file checks): a SeqportError or a model."""
+    import numpy as np
+
+    rng, original = np.random.default_rng(7), json.loads((tiny_artifact / "seqport.json").read_text())
+    for _ in range(200):
+        (artifact_copy / "seqport.json").write_text(json.dumps(_mutated(original, rng)))
+        try:
+            sp.load(artifact_copy, verify=False)
+        except sp.SeqportError:
+            pass
