@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING
+from typing import Any
 
 from seqport.engine.errors import ArtifactError, IntegrityError
 
-if TYPE_CHECKING:
-    from seqport.engine.manifest import Manifest, WeightsFile
+# engine/manifest.py re-exports these functions, so importing its dataclasses here (even for
+# annotations) would close an import cycle: `Manifest` and `WeightsFile` are named, not imported.
+Manifest = Any
+WeightsFile = Any
 
 
 def sha256_of(path: str | Path) -> str:

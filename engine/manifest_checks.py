@@ -8,13 +8,17 @@ problem is listed in one ManifestError.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import ConfigError, ManifestError
 
-if TYPE_CHECKING:
-    from seqport.engine.manifest import Manifest, SharedWeights, TensorSpec
+# The checks take the dataclasses of engine/manifest.py, which imports this module to run them
+# in Manifest.from_dict; importing those types here (even for annotations) would close an
+# import cycle, so the annotations below name them through aliases of Any.
+Manifest = Any
+SharedWeights = Any
+TensorSpec = Any
 
 ARCHITECTURES = ("encoder-decoder", "decoder-only", "encoder-only")
 DTYPES = ("int64", "int32", "float32", "float16", "bool")
