@@ -8,11 +8,12 @@ from pathlib import Path
 from seqport.engine.causal_lm import CausalLMModel
 from seqport.engine.encoder_only import EncoderModel
 from seqport.engine.errors import ManifestError
-from seqport.engine.manifest import component_path, load_manifest
+from seqport.engine.manifest import artifact_file, component_path, load_manifest
+from seqport.engine.manifest_checks import check_files
 from seqport.engine.placement import open_placement
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.engine.seq2seq import Seq2SeqModel
-from seqport.engine.tensorrt import is_tensorrt, tensorrt_options
+from seqport.engine.shape_ranges import shape_ranges
 from seqport.engine.tokenizer import TextTokenizer
 from seqport.engine.weights import open_shared_weights, release_pages
 
@@ -36,8 +37,10 @@ def load(
             (catches corrupt files).
 
     Raises:
-        ArtifactError: the folder, manifest, a component, a weights file or the tokenizer is missing.
-        ManifestError: the manifest is invalid or of an unknown format version.
+        ArtifactError: the folder, manifest, a component, a weights file or the tokenizer is
+            missing, or a path in the manifest leads outside the folder.
+        ManifestError: the manifest is invalid, of an unknown format version, or does not
+            match its files (graph names, vocabulary).
         IntegrityError: a component or weights file does not match its sha256.
         ProviderError: the provider is not available in this installation.
         RuntimeFailure: onnxruntime cannot load a component.
@@ -53,18 +56,19 @@ def load(
     if provider is not None:
         options = dataclasses.replace(options, provider=provider)
     paths = {name: component_path(folder, manifest, name, verify) for name in manifest.components}
-    tokenizer = TextTokenizer(folder / manifest.tokenizer.file, manifest.tokenizer.add_special_tokens)
-    per_component = {name: options for name in paths}
-    if is_tensorrt(options):  # profile shapes from the manifest, engine cache, fp16
-        per_component = {name: tensorrt_options(manifest, name, options) for name in paths}
+    tokenizer_file = artifact_file(folder, manifest.tokenizer.file, "$.tokenizer.file")
+    tokenizer = TextTokenizer(tokenizer_file, manifest.tokenizer.add_special_tokens)
+    # the shapes the engine will feed: a compiling provider (TensorRT) builds its profiles from them
+    ranges = {name: shape_ranges(manifest, name, options.trt_max_batch) for name in paths}
     shared = open_shared_weights(folder, manifest, verify)  # mapped once, used by each session
     built = {}
     # The decoder first: building it prepacks the tied projection, reading the shared table
     # whole; dropping those pages before the encoder loads keeps the two off each other's peak.
     for name in sorted(paths, key=lambda name: name != "decoder"):
-        built[name] = open_runtime(paths[name], per_component[name], shared.get(name))
+        built[name] = open_runtime(paths[name], options, shared.get(name), ranges[name])
         release_pages(shared)  # keep only the pages later steps touch
     runtimes = {name: built[name] for name in paths}
+    check_files(manifest, runtimes, tokenizer.vocab_size)  # graph names and vocabulary as the files have them
     model = model_class(folder, manifest, tokenizer, runtimes)
     if model_class is not EncoderModel:  # host numpy, or a device the backend keeps values on
         model.placement = open_placement(runtimes, options)

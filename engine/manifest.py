@@ -3,30 +3,66 @@
 The manifest is the whole contract between an exported artifact and the engine. Frozen
 dataclasses describe it; `to_dict()` writes canonical JSON and `from_dict()` rejects unknown
 keys, naming the JSON path of every problem it finds before raising once.
+
+The jobs around the schema live beside it: engine/json_binding.py binds JSON to these
+dataclasses, engine/manifest_checks.py holds the allowed values and cross-field rules, and
+engine/artifact_files.py the paths and sha256 checks of the files the manifest names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seqport.engine.errors import ArtifactError, IntegrityError, ManifestError
+# The artifact's files (paths, sha256) and the allowed values are re-exported here, so
+# `from seqport.engine.manifest import ...` keeps working for the whole contract.
+from seqport.engine.artifact_files import artifact_file, check_sha256, component_path, sha256_of, weights_path
+from seqport.engine.errors import ArtifactError, ManifestError
+from seqport.engine.json_binding import bind
+from seqport.engine.manifest_checks import (
+    ARCHITECTURES,
+    DTYPES,
+    KV_ALLOCATIONS,
+    POOLING_MODES,
+    check_version,
+    semantic_problems,
+)
 
+#: bump on every layout change; the engine reads exactly this version.
 FORMAT_VERSION = 1
 MANIFEST_FILE = "seqport.json"
-ARCHITECTURES = ("encoder-decoder", "decoder-only", "encoder-only")
-DTYPES = ("int64", "int32", "float32", "float16", "bool")
-#: pooling modes of encoder-only embeddings, in the order they are concatenated (sentence-transformers).
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
-#: how the decoder's self-attention cache grows: concatenated per step, or written into buffers
-#: sized for the whole request (past and present are then the same (B, H_kv, C, D) buffer).
-KV_ALLOCATIONS = ("growing", "preallocated")
+__all__ = [
+    "ARCHITECTURES",
+    "DTYPES",
+    "FORMAT_VERSION",
+    "KV_ALLOCATIONS",
+    "MANIFEST_FILE",
+    "POOLING_MODES",
+    "Component",
+    "KVGeometry",
+    "Manifest",
+    "Optimization",
+    "Pooling",
+    "Provenance",
+    "Quantization",
+    "SharedTensor",
+    "SharedWeights",
+    "SpecialIds",
+    "TensorSpec",
+    "TokenizerSpec",
+    "Validation",
+    "WeightsFile",
+    "artifact_file",
+    "check_sha256",
+    "component_path",
+    "expand_layers",
+    "load_manifest",
+    "sha256_of",
+    "weights_path",
+]
 
 
 @dataclass(frozen=True)
@@ -262,11 +298,11 @@ class Manifest:
         Raises:
             ManifestError: unknown format version, unknown or missing keys, wrong types.
         """
-        _check_version(data)
+        check_version(data, FORMAT_VERSION)
         problems: list[str] = []
-        manifest = _build(cls, data, "$", problems)
+        manifest = bind(cls, data, "$", problems)
         if not problems:
-            problems.extend(_semantic_problems(manifest))
+            problems.extend(semantic_problems(manifest))
         if problems:
             raise ManifestError(
                 "invalid seqport.json:\n  - "
@@ -299,64 +335,6 @@ def load_manifest(folder: str | Path) -> Manifest:
     return Manifest.from_dict(data)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def component_path(folder: str | Path, manifest: Manifest, name: str, verify: bool = True) -> Path:
-    """Path of a component file, checked to exist and (by default) to match its sha256.
-
-    Raises:
-        ArtifactError: the manifest has no such component, or the file is missing.
-        IntegrityError: the file's sha256 differs from the manifest's.
-    """
-    if name not in manifest.components:
-        raise ArtifactError(
-            f"this {manifest.architecture} artifact has no component {name!r}; "
-            f"it has: {', '.join(sorted(manifest.components))}"
-        )
-    spec = manifest.components[name]
-    path = Path(folder) / spec.file
-    if not path.is_file():
-        raise ArtifactError(f"component file missing: {path} ({name}). Re-export the model.")
-    if verify:
-        check_sha256(path, spec.sha256)
-    if spec.data is not None:
-        weights_path(folder, spec.data, f"the weights of {name}", verify)
-    return path
-
-
-def weights_path(folder: str | Path, weights: WeightsFile, what: str, verify: bool = True) -> Path:
-    """Path of an external-data file, checked to exist and (by default) to match its sha256.
-
-    Raises:
-        ArtifactError: the file is missing.
-        IntegrityError: the file's sha256 differs from the manifest's.
-    """
-    path = Path(folder) / weights.file
-    if not path.is_file():
-        raise ArtifactError(
-            f"weights file missing: {path} ({what}). The .onnx files keep their weights in the .data "
-            "files beside them: copy the whole artifact folder, or re-export the model."
-        )
-    if verify:
-        check_sha256(path, weights.sha256)
-    return path
-
-
-def check_sha256(path: Path, expected: str) -> None:
-    """Raises IntegrityError when `path`'s sha256 is not `expected`."""
-    if sha256_of(path) != expected:
-        raise IntegrityError(
-            f"{path} does not match the sha256 in seqport.json: the file is corrupt or was "
-            "replaced. Re-export the model, or pass verify=False if you changed it on purpose."
-        )
-
-
 def expand_layers(mapping: dict[str, TensorSpec], num_layers: int) -> dict[str, TensorSpec]:
     """Expand "{i}" templates into one entry per layer: "past_key.{i}" → "past_key.0", ..."""
     expanded: dict[str, TensorSpec] = {}
@@ -368,158 +346,3 @@ def expand_layers(mapping: dict[str, TensorSpec], num_layers: int) -> dict[str, 
             name = spec.name.replace("{i}", str(i))
             expanded[logical.replace("{i}", str(i))] = dataclasses.replace(spec, name=name)
     return expanded
-
-
-def _check_version(data: Any) -> None:
-    if not isinstance(data, dict):
-        raise ManifestError("seqport.json must hold a JSON object. Re-export the model.")
-    version = data.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ManifestError("seqport.json has no integer format_version. Re-export the model.")
-    if version > FORMAT_VERSION:
-        exporter = data.get("provenance", {}).get("exporter", "an unknown exporter")
-        raise ManifestError(
-            f"seqport.json has format_version {version}, exported by {exporter}; this engine "
-            f"reads format_version {FORMAT_VERSION}. Upgrade seqport, or re-export with this one."
-        )
-    if version < FORMAT_VERSION:
-        raise ManifestError(
-            f"seqport.json has format_version {version}, older than this engine's "
-            f"{FORMAT_VERSION}, which no longer reads it. Re-export the model."
-        )
-
-
-def _semantic_problems(m: Manifest) -> list[str]:
-    problems = []
-    if m.architecture not in ARCHITECTURES:
-        problems.append(f"$.architecture: {m.architecture!r} is not one of {ARCHITECTURES}")
-    for cname, comp in m.components.items():
-        for kind, specs in (("inputs", comp.inputs), ("outputs", comp.outputs)):
-            for logical, spec in specs.items():
-                if spec.dtype not in DTYPES:
-                    problems.append(
-                        f"$.components.{cname}.{kind}.{logical}.dtype: {spec.dtype!r} is not one of {DTYPES}"
-                    )
-    if m.architecture != "encoder-only" and m.kv is None:
-        problems.append(f"$.kv: a {m.architecture} artifact needs its KV geometry")
-    if m.kv is not None and m.kv.allocation not in KV_ALLOCATIONS:
-        problems.append(f"$.kv.allocation: {m.kv.allocation!r} is not one of {KV_ALLOCATIONS}")
-    decoder = m.components.get("decoder")
-    if m.kv is not None and decoder is not None:
-        takes_position = "cache_position" in decoder.inputs
-        if takes_position != (m.kv.allocation == "preallocated"):
-            problems.append(
-                f"$.components.decoder.inputs: a {m.kv.allocation} cache "
-                + ("needs" if not takes_position else "has no")
-                + " cache_position input"
-            )
-    if not m.special_ids.eos and m.architecture != "encoder-only":
-        problems.append("$.special_ids.eos: at least one end-of-sequence id is needed")
-    if m.architecture == "encoder-only":
-        problems.extend(_encoder_only_problems(m))
-    if m.shared_weights is not None:
-        problems.extend(_shared_weights_problems(m.shared_weights, set(m.components)))
-    return problems
-
-
-def _shared_weights_problems(shared: SharedWeights, components: set[str]) -> list[str]:
-    problems = []
-    for name, tensor in shared.tensors.items():
-        path = f"$.shared_weights.tensors.{name}"
-        if tensor.dtype not in DTYPES:
-            problems.append(f"{path}.dtype: {tensor.dtype!r} is not one of {DTYPES}")
-        if tensor.offset < 0 or any(d < 0 for d in tensor.shape):
-            problems.append(f"{path}: offset and dimensions must be >= 0")
-        unknown = [c for c in tensor.components if c not in components]
-        if unknown or not tensor.components:
-            problems.append(f"{path}.components: {tensor.components} must name components of {sorted(components)}")
-    return problems
-
-
-def _encoder_only_problems(m: Manifest) -> list[str]:
-    """An encoder-only artifact has one `encoder` that outputs hidden states (with pooling) or logits (with labels)."""
-    if "encoder" not in m.components:
-        return ["$.components: an encoder-only artifact needs an 'encoder' component"]
-    outputs = set(m.components["encoder"].outputs) & {"last_hidden_state", "logits"}
-    if len(outputs) != 1:
-        return ["$.components.encoder.outputs: need exactly one of 'last_hidden_state' or 'logits'"]
-    problems = []
-    if "last_hidden_state" in outputs and m.pooling is None:
-        problems.append("$.pooling: an encoder-only feature-extraction artifact needs its pooling")
-    if m.pooling is not None:
-        unknown = [mode for mode in m.pooling.modes if mode not in POOLING_MODES]
-        if unknown or not m.pooling.modes or len(set(m.pooling.modes)) != len(m.pooling.modes):
-            problems.append(f"$.pooling.modes: {m.pooling.modes} must be distinct values of {POOLING_MODES}")
-    if "logits" in outputs and not m.labels:
-        problems.append("$.labels: an encoder-only classification artifact needs one label per logit")
-    return problems
-
-
-def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
-    """Check `value` against type `tp` recursively; append problems, return the built value."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build_dataclass(tp, value, path, problems)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is not type(None) and _matches(option, value):
-                return _build(option, value, path, problems)
-        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            problems.append(f"{path}: expected a list, got {type(value).__name__}")
-            return value
-        (item,) = typing.get_args(tp)
-        return [_build(item, v, f"{path}[{k}]", problems) for k, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(f"{path}: expected an object, got {type(value).__name__}")
-            return value
-        _, item = typing.get_args(tp)
-        return {k: _build(item, v, f"{path}.{k}", problems) for k, v in value.items()}
-    if not _matches(tp, value):
-        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__}")
-    return value
-
-
-def _build_dataclass(cls: Any, value: Any, path: str, problems: list[str]) -> Any:
-    if not isinstance(value, dict):
-        problems.append(f"{path}: expected an object, got {type(value).__name__}")
-        return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in value:
-        if key not in fields:
-            problems.append(f"{path}.{key}: unknown key (known: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in value:
-            kwargs[name] = _build(hints[name], value[name], f"{path}.{name}", problems)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            problems.append(f"{path}.{name}: missing")
-    if problems:
-        return None
-    return cls(**kwargs)
-
-
-def _matches(tp: Any, value: Any) -> bool:
-    if tp is Any:
-        return True
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    origin = typing.get_origin(tp)
-    if origin is not None:
-        return isinstance(value, origin)
-    if dataclasses.is_dataclass(tp):
-        return isinstance(value, dict)
-    return isinstance(value, tp)
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -1,22 +1,60 @@
 """The small interface every backend implements, and how the engine picks one.
 
-Backends live in `seqport.runtimes` and are imported lazily, so importing the engine costs
-nothing for backends that are not used (and never imports torch).
+Backends are found by name in the `seqport.runtimes` entry-point group (pyproject.toml), so the
+engine names none of them but its default, and a backend package can add one without touching
+the engine. Each is imported lazily: importing the engine costs nothing for backends that are
+not used (and never imports torch).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from seqport.engine.errors import ProviderError
 
-#: backend name -> module in seqport.runtimes that defines `open_session(path, options, initializers)`.
-BACKENDS = {"onnxruntime": "seqport.runtimes.onnxruntime", "torch": "seqport.runtimes.torch_eager"}
+if TYPE_CHECKING:
+    from seqport.engine.shape_ranges import ShapeRange
+
+#: entry-point group: backend name -> module that defines `open_session(path, options, initializers, shape_ranges)`.
+ENTRY_POINT_GROUP = "seqport.runtimes"
+#: the default backend, known even where the package's metadata is not installed.
+_BUILTIN = {"onnxruntime": "seqport.runtimes.onnxruntime"}
+#: the extra that installs each registered backend's dependencies, for the message when one is missing.
+_EXTRAS = {"onnxruntime": "cpu", "torch": "export"}
+
+
+class _Backends(Mapping[str, str]):
+    """backend name -> module name, read from the entry points on first use."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, str] | None = None
+
+    def _modules(self) -> dict[str, str]:
+        if self._found is None:
+            found = dict(_BUILTIN)
+            found.update({ep.name: ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)})
+            self._found = found
+        return self._found
+
+    def __getitem__(self, name: str) -> str:
+        return self._modules()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules())
+
+    def __len__(self) -> int:
+        return len(self._modules())
+
+
+#: backend name -> module in the `seqport.runtimes` entry-point group ("onnxruntime", "torch").
+BACKENDS: Mapping[str, str] = _Backends()
 
 
 class Runtime(Protocol):
@@ -63,11 +101,14 @@ class RuntimeOptions:
             provider's device, only token ids (and k candidates) crossing to the host (see
             docs/gpu.md). None: on for the cuda and tensorrt providers, off otherwise; True
             runs the same code on the CPU.
-        engine_cache_dir: tensorrt only: where compiled TensorRT engines are kept between
-            loads (default: optimized_model_dir; None for both builds engines on every load).
-        trt_fp16: tensorrt only: let TensorRT run layers in fp16 (trt_fp16_enable).
-        trt_max_batch: tensorrt only: the largest batch of the optimization profile built
-            from the manifest's dims (see engine/tensorrt.py).
+        engine_cache_dir: provider option, tensorrt only: where compiled TensorRT engines are
+            kept between loads (default: optimized_model_dir; None for both builds engines on
+            every load). Read by the onnxruntime backend (runtimes/tensorrt.py).
+        trt_fp16: provider option, tensorrt only: let TensorRT run layers in fp16
+            (trt_fp16_enable).
+        trt_max_batch: the largest batch of the shape ranges the engine hands the runtime
+            (engine/shape_ranges.py); the onnxruntime backend builds TensorRT's optimization
+            profiles from them.
     """
 
     backend: str = "onnxruntime"
@@ -102,7 +143,10 @@ class RuntimeOptions:
 
 
 def open_runtime(
-    path: str | Path, options: RuntimeOptions, initializers: dict[str, np.ndarray] | None = None
+    path: str | Path,
+    options: RuntimeOptions,
+    initializers: dict[str, np.ndarray] | None = None,
+    shape_ranges: dict[str, ShapeRange] | None = None,
 ) -> Runtime:
     """Load one component file with the backend `options.backend` names.
 
@@ -113,6 +157,9 @@ def open_runtime(
             the file's copy, without copying it (the artifact's shared weights, see
             engine/weights.py); dtype and shape must be the graph's. The caller keeps the arrays
             alive as long as the runtime. The torch backend ignores them.
+        shape_ranges: graph input name → the (min, opt, max) shapes the engine will feed
+            (engine/shape_ranges.py); a compiling provider builds for them (TensorRT's
+            optimization profiles). None: the backend decides.
 
     Raises:
         ProviderError: the backend or provider is not available in this installation.
@@ -122,9 +169,9 @@ def open_runtime(
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = "cpu" if options.backend == "onnxruntime" else "export"
+        extra = _EXTRAS.get(options.backend, options.backend)
         raise ProviderError(
             f"the {options.backend} backend is not installed ({exc.name} is missing); "
             f"install it with: pip install 'seqport[{extra}]'"
         ) from None
-    return module.open_session(Path(path), options, initializers)
+    return module.open_session(Path(path), options, initializers, shape_ranges)

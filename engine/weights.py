@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from seqport.engine.artifact_files import artifact_file, check_sha256, weights_path
 from seqport.engine.errors import IntegrityError
-from seqport.engine.manifest import Manifest, SharedTensor, WeightsFile, check_sha256, weights_path
+from seqport.engine.manifest import Manifest, SharedTensor, WeightsFile
 
 
 def open_shared_weights(
@@ -35,7 +36,7 @@ def open_shared_weights(
         The arrays must stay referenced as long as the sessions using them.
 
     Raises:
-        ArtifactError: the shared file is missing.
+        ArtifactError: the shared file is missing or lies outside the artifact folder.
         IntegrityError: the shared file or a graph using it does not match seqport.json.
     """
     shared = manifest.shared_weights
@@ -43,9 +44,11 @@ def open_shared_weights(
         return {}
     folder = Path(folder)
     users = sorted({c for tensor in shared.tensors.values() for c in tensor.components})
-    path = weights_path(folder, WeightsFile(shared.file, shared.sha256), f"shared by {', '.join(users)}", verify)
+    what = f"shared by {', '.join(users)}"
+    path = weights_path(folder, WeightsFile(shared.file, shared.sha256), what, verify, "$.shared_weights.file")
     for name in users:
-        check_sha256(folder / manifest.components[name].file, manifest.components[name].sha256)
+        component = manifest.components[name]
+        check_sha256(artifact_file(folder, component.file, f"$.components.{name}.file"), component.sha256)
     size = path.stat().st_size
     per_component: dict[str, dict[str, np.ndarray]] = {name: {} for name in users}
     for name, tensor in shared.tensors.items():

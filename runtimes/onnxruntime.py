@@ -16,6 +16,8 @@ import onnxruntime as ort
 
 from seqport.engine.errors import ProviderError, RuntimeFailure
 from seqport.engine.runtime import RuntimeOptions
+from seqport.engine.shape_ranges import ShapeRange
+from seqport.runtimes.tensorrt import is_tensorrt, tensorrt_provider_options
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +133,11 @@ def cached_graph_path(path: Path, options: RuntimeOptions) -> Path | None:
     return Path(options.optimized_model_dir) / f"{path.stem}.{digest}.opt.onnx"
 
 
-def _provider_list(options: RuntimeOptions) -> list:
+def _provider_list(options: RuntimeOptions, shape_ranges: dict[str, ShapeRange] | None = None) -> list:
     names = resolve_provider(options.provider)
     provider_options = {str(k): str(v) for k, v in options.provider_options.items()}
+    if is_tensorrt(names[0]):  # profile shapes from the engine's ranges, engine cache, fp16
+        provider_options = tensorrt_provider_options(shape_ranges or {}, options)
     template = _ENGINE_CACHE_OPTIONS.get(names[0], {})
     if options.optimized_model_dir and template and not provider_options.keys() & template.keys():
         Path(options.optimized_model_dir).mkdir(parents=True, exist_ok=True)
@@ -149,11 +153,17 @@ class OrtSession:
         loaded_from: the file onnxruntime actually read (the saved optimized graph on a cache hit).
     """
 
-    def __init__(self, path: Path, options: RuntimeOptions, initializers: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: RuntimeOptions,
+        initializers: dict[str, np.ndarray] | None = None,
+        shape_ranges: dict[str, ShapeRange] | None = None,
+    ) -> None:
         self.path = path
         # onnxruntime reads these buffers in place: the arrays and OrtValues live as long as the session
         self._initializers = _initializer_values(path, initializers or {})
-        providers = _provider_list(options)
+        providers = _provider_list(options, shape_ranges)
         cache = cached_graph_path(path, options)
         self._session = None
         if cache is not None and cache.is_file():
@@ -308,9 +318,25 @@ def _create(path: Path, so: ort.SessionOptions, providers: list) -> ort.Inferenc
 
 
 def open_session(
-    path: Path, options: RuntimeOptions, initializers: dict[str, np.ndarray] | None = None
+    path: Path,
+    options: RuntimeOptions,
+    initializers: dict[str, np.ndarray] | None = None,
+    shape_ranges: dict[str, ShapeRange] | None = None,
 ) -> OrtSession:
-    return OrtSession(path, options, initializers)
+    """Load one component (the `seqport.runtimes` entry point "onnxruntime").
+
+    Args:
+        path: the component's .onnx file.
+        options: backend knobs; for TensorRT, engine_cache_dir, trt_fp16 and provider_options.
+        initializers: graph initializer name → array used in place (shared weights).
+        shape_ranges: graph input name → shapes the engine will feed; TensorRT's optimization
+            profiles are built from them, other providers ignore them.
+
+    Raises:
+        ProviderError: the provider is not available, or fell back to another.
+        RuntimeFailure: onnxruntime cannot load the file.
+    """
+    return OrtSession(path, options, initializers, shape_ranges)
 
 
 def _first_line(exc: Exception) -> str:

@@ -94,9 +94,21 @@ def test_info_lists_runtimes_and_providers(capsys):
 # --- PyTorch eager reference backend -------------------------------------------------------
 
 
+def test_backends_are_found_by_entry_point():
+    """The engine names no backend but its default: the torch reference comes from pyproject's
+    `seqport.runtimes` entry points and lives on the export side."""
+    from importlib.metadata import entry_points
+
+    from seqport.engine.runtime import BACKENDS, ENTRY_POINT_GROUP
+
+    declared = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    assert declared == {"onnxruntime": "seqport.runtimes.onnxruntime", "torch": "seqport.export.torch_runtime"}
+    assert dict(BACKENDS) == declared and list(BACKENDS)[0] == "onnxruntime"
+
+
 def test_torch_missing_is_a_provider_error(tiny_artifact, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails, as where it is not installed
-    monkeypatch.delitem(sys.modules, "seqport.runtimes.torch_eager", raising=False)
+    monkeypatch.delitem(sys.modules, "seqport.export.torch_runtime", raising=False)
     with pytest.raises(ProviderError, match=r"the torch backend is not installed .*pip install 'seqport\[export\]'"):
         open_runtime(tiny_artifact / "decoder.onnx", RuntimeOptions(backend="torch"))
 

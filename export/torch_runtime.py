@@ -6,7 +6,8 @@ exporter traced (EncoderComponent, DecoderComponent, ...), and maps graph-name f
 module's arguments. So `load(path, options=RuntimeOptions(backend="torch"))` runs the engine's
 loop and decoding code on PyTorch: a reference for parity and a baseline for `seqport bench`.
 
-torch is imported here only; engine/runtime.py imports this module lazily.
+Registered as the `torch` backend in the `seqport.runtimes` entry-point group (pyproject.toml):
+engine/runtime.py finds it by that name and imports it lazily, without naming the export side.
 """
 
 from __future__ import annotations
@@ -200,6 +201,12 @@ def _argument_plan(contract, manifest, layers: int) -> list[tuple[list[str], boo
     return plan
 
 
-def open_session(path: Path, options: RuntimeOptions, initializers: dict | None = None) -> TorchSession:
-    """`initializers` (an ONNX graph's shared weights) do not apply: the reference model has its own."""
+def open_session(
+    path: Path, options: RuntimeOptions, initializers: dict | None = None, shape_ranges: dict | None = None
+) -> TorchSession:
+    """Load one component (the `seqport.runtimes` entry point "torch").
+
+    `initializers` (an ONNX graph's shared weights) do not apply: the reference model has its
+    own; `shape_ranges` do not either: eager PyTorch compiles nothing ahead of the shapes.
+    """
     return TorchSession(path, options)
