@@ -1,0 +1,191 @@
+"""A batch job: input file → shards → (this process | Ray) → ordered output file, resumable.
+
+from seqport.batch import BatchJob, run_job
+summary = run_job(BatchJob("artifacts/translator", "in.txt", "out.jsonl"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seqport.batch.records import Record, file_format, read_records, write_output
+from seqport.batch.shards import ShardStore
+from seqport.batch.work import JobSpec
+from seqport.engine.errors import ArtifactError, ConfigError
+from seqport.engine.manifest import load_manifest
+
+Progress = Callable[[int, int], None]  # (records just finished, tokens just generated)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a job runs on Ray.
+
+    Args:
+        address: passed to ray.init(): "auto", "HOST:PORT", "ray://HOST:PORT"; "" starts or
+            joins the local Ray the way ray.init() does by default.
+        workers: actors in the pool (0: the cluster's CPUs // cpus_per_worker).
+        cpus_per_worker: CPUs each actor reserves; its onnxruntime intra-op threads.
+        ship_artifact: send the artifact's files through the object store (for small
+            artifacts; otherwise every node must see the artifact path, e.g. shared storage).
+    """
+
+    address: str = ""
+    workers: int = 0
+    cpus_per_worker: float = 1.0
+    ship_artifact: bool = False
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One offline job.
+
+    Args:
+        artifact: the artifact folder.
+        input, output: files; their formats come from their suffixes unless given.
+        spec: what to do to each record.
+        input_format, output_format: "text", "jsonl" or "parquet" (None: from the suffix).
+        shard_size: records per shard (the unit of resuming and of Ray work).
+        provider, threads: the local engine's execution provider and intra-op threads (0: auto).
+        ray: run on Ray with these options (None: in this process).
+        overwrite: replace an existing output file.
+    """
+
+    artifact: str | Path
+    input: str | Path
+    output: str | Path
+    spec: JobSpec = field(default_factory=JobSpec)
+    input_format: str | None = None
+    output_format: str | None = None
+    shard_size: int = 1000
+    provider: str = "cpu"
+    threads: int = 0
+    ray: RayOptions | None = None
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a job did: records written, shards skipped (already done), tokens and failures."""
+
+    records: int
+    processed: int
+    skipped_shards: int
+    tokens: int
+    failures: int
+    seconds: float
+    output: Path
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def records_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_job(job: BatchJob, progress: Progress | None = None) -> JobSummary:
+    """Run `job` to completion and merge its shards into the output, in input order.
+
+    Args:
+        job: the job.
+        progress: called as shards finish with (records, tokens).
+
+    Returns:
+        The summary (tokens and records/s count this run's work only).
+
+    Raises:
+        ConfigError: bad options, an existing output, shards of another job, Ray missing.
+        ArtifactError: the artifact or input does not exist.
+        SeqportError: as seqport.engine.load() raises for the artifact.
+    """
+    _check(job)
+    job = dataclasses.replace(job, spec=job.spec.resolved(load_manifest(Path(job.artifact)).architecture))
+    input_path, output = Path(job.input), Path(job.output)
+    in_fmt = file_format(input_path, job.input_format)
+    out_fmt = file_format(output, job.output_format)
+    store = ShardStore(output, _fingerprint(job, in_fmt, out_fmt))
+    store.open()
+    shards = _shards(read_records(input_path, in_fmt, job.spec.text_field, job.spec.id_field), job.shard_size)
+    todo, done = [], []
+    for index, records in shards:
+        info = store.done(index)
+        (done if info else todo).append((index, info) if info else (index, records))
+    start = time.perf_counter()
+    if job.ray is None:
+        from seqport.batch.local import run_local
+
+        made = run_local(job, todo, store, progress)
+    else:
+        from seqport.batch.on_ray import run_on_ray
+
+        made = run_on_ray(job, todo, store, progress)
+    seconds = time.perf_counter() - start
+    count = len(todo) + len(done)
+    infos = [info for _, info in done] + made
+    written = write_output(output, out_fmt, store.rows(count), job.spec.output_field or "output")
+    store.remove()
+    return JobSummary(
+        records=written,
+        processed=sum(i.records for i in made),
+        skipped_shards=len(done),
+        tokens=sum(i.tokens for i in made),
+        failures=sum(i.failures for i in infos),
+        seconds=seconds,
+        output=output,
+    )
+
+
+def _check(job: BatchJob) -> None:
+    problems = []
+    if job.shard_size < 1:
+        problems.append(f"shard_size must be >= 1, got {job.shard_size}")
+    if job.spec.chunk_size < 1:
+        problems.append(f"chunk_size (--batch-size) must be >= 1, got {job.spec.chunk_size}")
+    if job.ray is not None and (job.ray.workers < 0 or job.ray.cpus_per_worker <= 0):
+        problems.append("--workers must be >= 0 and --cpus-per-worker > 0")
+    output = Path(job.output)
+    parts = output.with_name(output.name + ".parts")
+    if output.exists() and not parts.exists() and not job.overwrite:
+        problems.append(f"the output {output} exists; pass --overwrite to replace it")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if not (Path(job.artifact) / "seqport.json").is_file():
+        raise ArtifactError(
+            f"{job.artifact} is not an artifact folder (no seqport.json); pass a folder `seqport export` wrote"
+        )
+
+
+def _shards(records: Iterator[Record], size: int) -> Iterator[tuple[int, list[Record]]]:
+    shard: list[Record] = []
+    index = 0
+    for record in records:
+        shard.append(record)
+        if len(shard) == size:
+            yield index, shard
+            index, shard = index + 1, []
+    if shard:
+        yield index, shard
+
+
+def _fingerprint(job: BatchJob, in_fmt: str, out_fmt: str) -> dict[str, Any]:
+    source = Path(job.input).resolve()
+    stat = source.stat() if source.is_file() else None
+    manifest = Path(job.artifact) / "seqport.json"
+    return {
+        "input": str(source),
+        "input_size": stat.st_size if stat else None,
+        "input_mtime_ns": stat.st_mtime_ns if stat else None,
+        "input_format": in_fmt,
+        "output_format": out_fmt,
+        "artifact_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None,
+        "spec": dataclasses.asdict(job.spec),
+        "shard_size": job.shard_size,
+    }
