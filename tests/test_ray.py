@@ -1,0 +1,183 @@
+"""`seqport batch --ray` and the Ray Serve deployment on a real 2-node local Ray cluster.
+
+The module starts the cluster itself (two `ray start` nodes of 1 CPU each on 127.0.0.1, every
+port chosen free, token auth off as a local test cluster needs since Ray 2.5x) and stops
+exactly the processes it started afterwards. The bundled translator is the artifact (exported
+once into the cache, as `seqport demo` does). Marked `ray`; about 2-3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+serve = pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+
+from seqport.batch import BatchJob, JobSpec, RayOptions, run_job  # noqa: E402
+from seqport.serving.server import bundled_translator  # noqa: E402
+
+RAY = str(Path(sys.executable).with_name("ray"))
+MAX_NEW = 3  # short outputs keep 10,000 records within the CI budget
+WORDS = "house dog cat tea home cold small big red blue one two where is the".split()
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _node_ports() -> list[str]:
+    names = (
+        "node-manager",
+        "object-manager",
+        "dashboard-agent-listen",
+        "dashboard-agent-grpc",
+        "metrics-export",
+        "runtime-env-agent",
+    )
+    return [f"--{name}-port={port}" for name, port in zip(names, _free_ports(len(names)))]
+
+
+def _our_processes(temp_dir: str) -> list:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any(temp_dir in part for part in (process.info["cmdline"] or [])):
+            found.append(process)
+    return found
+
+
+def _stop(temp_dir: str) -> None:
+    """Stop the processes of this cluster only (their command lines name its temp dir); `ray stop
+    --force` only if some survive, since it stops every Ray process on the machine."""
+    import psutil
+
+    processes = _our_processes(temp_dir)
+    for process in processes:
+        process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=15)
+    for process in alive:
+        process.kill()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    if alive or _our_processes(temp_dir):
+        subprocess.run([RAY, "stop", "--force"], check=False, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The address of a fresh 2-node local cluster, stopped after the module."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the driver, and the nodes it starts, skip token auth
+    temp_dir = tempfile.mkdtemp(prefix="sqray", dir="/tmp")  # short: Ray's socket paths must stay short
+    port, client_port = _free_ports(2)
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=150000000", "--disable-usage-stats"]
+    try:
+        head = [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--ray-client-server-port={client_port}",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            *common,
+            *_node_ports(),
+        ]
+        subprocess.run(head, check=True, capture_output=True, timeout=120)
+        worker = [RAY, "start", f"--address=127.0.0.1:{port}", f"--temp-dir={temp_dir}", *common, *_node_ports()]
+        subprocess.run(worker, check=True, capture_output=True, timeout=120)
+        ray.init(address=f"127.0.0.1:{port}", logging_level="WARNING", log_to_driver=False)
+        deadline = time.monotonic() + 60
+        while sum(node["Alive"] for node in ray.nodes()) < 2:
+            assert time.monotonic() < deadline, f"the second node never joined: {ray.nodes()}"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        _stop(temp_dir)
+
+
+@pytest.fixture(scope="module")
+def translator() -> Path:
+    return bundled_translator()
+
+
+def _lines(count: int) -> list[str]:
+    import random
+
+    rng = random.Random(7)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) for _ in range(count)]
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_batch_on_two_nodes_equals_the_local_run(cluster, translator, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(_lines(10_000)) + "\n", encoding="utf-8")
+    spec = JobSpec(generation={"max_new_tokens": MAX_NEW}, chunk_size=128, worker_field="worker")
+    local = run_job(BatchJob(translator, source, tmp_path / "local.jsonl", spec, shard_size=1000, threads=2))
+    on_ray = run_job(
+        BatchJob(translator, source, tmp_path / "ray.jsonl", spec, shard_size=1000, ray=RayOptions(cluster, 2))
+    )
+    assert local.records == on_ray.records == 10_000 and on_ray.failures == 0
+    expected, got = _read(tmp_path / "local.jsonl"), _read(tmp_path / "ray.jsonl")
+    workers = Counter(row.pop("worker").split(":")[0] for row in got)
+    for row in expected:
+        row.pop("worker")
+    assert [row["id"] for row in got] == list(range(10_000))
+    assert got == expected, "the Ray output differs from the single-process output"
+    nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    assert set(workers) == nodes and len(nodes) == 2, f"records per node: {workers}, nodes: {nodes}"
+
+
+def test_serve_two_replicas_equal_the_local_engine(cluster, translator):
+    import seqport.engine as sp
+    from seqport.serving import ServeOptions
+    from seqport.serving.ray_app import REPLICA_HEADER, application
+
+    (port,) = _free_ports(1)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        options = ServeOptions(model_name="translator", max_batch_rows=4, max_queue=8)
+        serve.run(application(translator, options, replicas=2, replica_cpus=1), name="seqport", route_prefix="/")
+        prompts = _lines(20)
+        model = sp.load(translator)
+        expected = [r.text for r in model.generate(prompts, max_new_tokens=MAX_NEW)]
+        url = f"http://127.0.0.1:{port}/v1/completions"
+
+        def ask(i: int) -> tuple[str, str]:
+            body = {"model": "translator", "prompt": prompts[i % 20], "max_tokens": MAX_NEW, "temperature": 0}
+            response = httpx.post(url, json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            return response.json()["choices"][0]["text"], response.headers[REPLICA_HEADER]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(200)))
+        assert [text for text, _ in answers] == [expected[i % 20] for i in range(200)]
+        replicas = Counter(replica for _, replica in answers)
+        assert len(replicas) == 2, f"requests per replica: {replicas}"
+    finally:
+        serve.shutdown()
