@@ -113,20 +113,14 @@ def run_job(job: BatchJob, progress: Progress | None = None) -> JobSummary:
     out_fmt = file_format(output, job.output_format)
     store = ShardStore(output, _fingerprint(job, in_fmt, out_fmt))
     store.open()
-    shards = _shards(read_records(input_path, in_fmt, job.spec.text_field, job.spec.id_field), job.shard_size)
-    todo, done = [], []
-    for index, records in shards:
-        info = store.done(index)
-        (done if info else todo).append((index, info) if info else (index, records))
-    start = time.perf_counter()
-    if job.ray is None:
-        from seqport.batch.local import run_local
-
-        made = run_local(job, todo, store, progress)
-    else:
-        from seqport.batch.on_ray import run_on_ray
-
-        made = run_on_ray(job, todo, store, progress)
+    try:
+        todo, done = _split(store, read_records(input_path, in_fmt, job.spec.text_field, job.spec.id_field), job)
+        start = time.perf_counter()
+        made = _runner(job)(job, todo, store, progress)
+    except BaseException:
+        if store.empty():  # nothing to resume: a rerun with other settings must not be refused
+            store.remove()
+        raise
     seconds = time.perf_counter() - start
     count = len(todo) + len(done)
     infos = [info for _, info in done] + made
@@ -157,10 +151,34 @@ def _check(job: BatchJob) -> None:
         problems.append(f"the output {output} exists; pass --overwrite to replace it")
     if problems:
         raise ConfigError("; ".join(problems))
+    if not Path(job.input).is_file():
+        raise ArtifactError(f"input file {job.input} does not exist; pass an existing --input file")
     if not (Path(job.artifact) / "seqport.json").is_file():
         raise ArtifactError(
             f"{job.artifact} is not an artifact folder (no seqport.json); pass a folder `seqport export` wrote"
         )
+
+
+def _split(store: ShardStore, records: Iterator[Record], job: BatchJob) -> tuple[list, list]:
+    """(shards still to run as (index, records), finished shards as (index, ShardInfo))."""
+    todo, done = [], []
+    for index, records_of_shard in _shards(records, job.shard_size):
+        info = store.done(index)
+        if info is None:
+            todo.append((index, records_of_shard))
+        else:
+            done.append((index, info))
+    return todo, done
+
+
+def _runner(job: BatchJob) -> Callable:
+    if job.ray is None:
+        from seqport.batch.local import run_local
+
+        return run_local
+    from seqport.batch.on_ray import run_on_ray
+
+    return run_on_ray
 
 
 def _shards(records: Iterator[Record], size: int) -> Iterator[tuple[int, list[Record]]]:

@@ -77,6 +77,10 @@ class ShardStore:
                 for line in lines:
                     yield json.loads(line)
 
+    def empty(self) -> bool:
+        """True when no shard has been stored yet."""
+        return not any(self.folder.glob("shard-*.json"))
+
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
