@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     )
     ray = None
     if args.ray is not None:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar replaces its per-dataset chatter
         ray = RayOptions(args.ray, args.workers, args.cpus_per_worker, args.ship_artifact)
     job = BatchJob(
         args.artifact,

@@ -76,7 +76,7 @@ def _stop(temp_dir: str) -> None:
     processes = _our_processes(temp_dir)
     for process in processes:
         process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=15)
+    _, alive = psutil.wait_procs(processes, timeout=5)
     for process in alive:
         process.kill()
     _, alive = psutil.wait_procs(alive, timeout=5)
@@ -155,14 +155,14 @@ def test_batch_on_two_nodes_equals_the_local_run(cluster, translator, tmp_path):
 
 def test_serve_two_replicas_equal_the_local_engine(cluster, translator):
     import seqport.engine as sp
-    from seqport.serving import ServeOptions
-    from seqport.serving.ray_app import REPLICA_HEADER, application
+    from seqport.serving.ray_app import REPLICA_HEADER, app_builder
 
     (port,) = _free_ports(1)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        options = ServeOptions(model_name="translator", max_batch_rows=4, max_queue=8)
-        serve.run(application(translator, options, replicas=2, replica_cpus=1), name="seqport", route_prefix="/")
+        # the documented `serve run seqport.serving.ray_app:app_builder key=value ...` entry point
+        args = {"artifact": str(translator), "num_replicas": "2", "model_name": "translator", "max_batch_rows": "4"}
+        serve.run(app_builder({**args, "max_queue": "8"}), name="seqport", route_prefix="/")
         prompts = _lines(20)
         model = sp.load(translator)
         expected = [r.text for r in model.generate(prompts, max_new_tokens=MAX_NEW)]
@@ -179,5 +179,26 @@ def test_serve_two_replicas_equal_the_local_engine(cluster, translator):
         assert [text for text, _ in answers] == [expected[i % 20] for i in range(200)]
         replicas = Counter(replica for _, replica in answers)
         assert len(replicas) == 2, f"requests per replica: {replicas}"
+        _check_backpressure(url, prompts[0], model)
     finally:
         serve.shutdown()
+
+
+def _check_backpressure(url: str, prompt: str, model) -> None:
+    """64 concurrent long requests against 2 replicas that hold 4 + 8 each and a router queue of
+    8: some are refused (503 from Serve, or 429 from a full replica queue), none fails otherwise,
+    and every admitted one equals the local engine (exact counts vary; not asserted)."""
+    long = 40
+    expected = model.generate([prompt], max_new_tokens=long, min_new_tokens=long)[0].text
+    body = {"model": "translator", "prompt": prompt, "max_tokens": long, "min_tokens": long, "temperature": 0}
+
+    def ask(_: int) -> tuple[int, str]:
+        response = httpx.post(url, json=body, timeout=120)
+        return response.status_code, response.json()["choices"][0]["text"] if response.status_code == 200 else ""
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(ask, range(64)))
+    statuses = Counter(status for status, _ in answers)
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses[200] >= 1 and statuses[429] + statuses[503] >= 1, statuses
+    assert all(text == expected for status, text in answers if status == 200)
