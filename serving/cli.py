@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
 from seqport.engine.runtime import RuntimeOptions
+
+if TYPE_CHECKING:
+    from seqport.serving.app import ServeOptions
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_on_ray(args: argparse.Namespace, options: object) -> int:
+def _run_on_ray(args: argparse.Namespace, options: ServeOptions) -> int:
+    """`seqport serve --ray`: deploy on Ray Serve and serve until interrupted."""
     from seqport.engine.errors import ConfigError
 
     try:

@@ -153,6 +153,19 @@ def test_ray_missing_says_what_to_install(tiny_artifact, lines, tmp_path, monkey
         run_job(BatchJob(tiny_artifact, lines, tmp_path / "o.jsonl", SPEC, ray=RayOptions()))
 
 
+def test_serve_ray_without_ray_says_what_to_install(tiny_artifact, monkeypatch):
+    pytest.importorskip("starlette")
+    from seqport.serving import cli as serve_cli
+
+    parser = argparse.ArgumentParser()
+    serve_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", str(tiny_artifact), "--ray", "--replicas", "2"])
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.delitem(sys.modules, "seqport.serving.ray_app", raising=False)
+    with pytest.raises(ConfigError, match=r"pip install 'seqport\[serve,ray\]'"):
+        args.run(args)
+
+
 def test_cli_runs_the_job_and_exits_1_on_failed_records(tiny_artifact, tmp_path, capsys):
     source = tmp_path / "in.txt"
     source.write_text(f"{SENTENCES[0]}\n\n", encoding="utf-8")
