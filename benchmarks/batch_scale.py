@@ -1,10 +1,11 @@
 """`seqport batch` throughput: one process against Ray Data with 1 and 2 actors (issue #15).
 
-    python benchmarks/batch_scale.py [--records 4000] [--max-new-tokens 8] [--out benchmarks/results]
+    python benchmarks/batch_scale.py [--records 4000] [--max-new-tokens 8] [--repeats 3] [--out benchmarks/results]
 
-The same job (the bundled translator over short lines, greedy) runs four ways, back to back:
-in this process with 1 and with 2 onnxruntime threads, then on a local Ray (ray.init with the
-machine's CPUs) with a pool of 1 and of 2 actors of 1 CPU each. Each figure is the job's own
+The same job (the bundled translator over short lines, greedy) runs four ways: in this process
+with 1 and with 2 onnxruntime threads, and on a local Ray (ray.init with the machine's CPUs)
+with a pool of 1 and of 2 actors of 1 CPU each, in interleaved rounds (`--repeats`), so a load
+change on a shared machine hits every configuration; best and median times are reported. Each figure is the job's own
 wall time (`JobSummary.seconds`: model loading, actor start-up, the work and the shard files;
 not ray.init, reported apart). The overhead of Ray is its time over the plain run's at equal
 CPUs (1 actor vs 1 thread, 2 actors vs 2 threads); the target is <= 15 %. Writes
@@ -17,9 +18,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,50 +55,76 @@ def make_input(path: Path, records: int) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def run(label: str, artifact: Path, source: Path, out: Path, spec: JobSpec, **kw: Any) -> dict[str, Any]:
-    summary = run_job(BatchJob(artifact, source, out / f"{label}.jsonl", spec, shard_size=250, **kw))
-    row = {
-        "run": label,
-        "records": summary.records,
-        "seconds": round(summary.seconds, 2),
-        "records_per_s": round(summary.records_per_second, 1),
-        "tokens_per_s": round(summary.tokens_per_second, 1),
-        "failures": summary.failures,
-    }
-    print(json.dumps(row), file=sys.stderr)
-    return row
+CONFIGS = {  # label -> BatchJob keywords
+    "local-1-thread": {"threads": 1},
+    "ray-1-actor": {"ray": RayOptions(workers=1)},
+    "local-2-threads": {"threads": 2},
+    "ray-2-actors": {"ray": RayOptions(workers=2)},
+}
+
+
+def run(label: str, artifact: Path, source: Path, out: Path, spec: JobSpec) -> float:
+    """One job; returns its own wall time in seconds."""
+    summary = run_job(
+        BatchJob(artifact, source, out / f"{label}.jsonl", spec, shard_size=250, overwrite=True, **CONFIGS[label])
+    )
+    assert summary.failures == 0 and summary.processed == summary.records, summary
+    print(f"{label}: {summary.seconds:.2f} s", file=sys.stderr)
+    return summary.seconds
+
+
+def rows_of(records: int, tokens: int, seconds: dict[str, list[float]]) -> list[dict[str, Any]]:
+    rows = []
+    for label, times in seconds.items():
+        best, median = min(times), statistics.median(times)
+        rows.append(
+            {
+                "run": label,
+                "seconds": [round(t, 2) for t in times],
+                "best_s": round(best, 2),
+                "median_s": round(median, 2),
+                "records_per_s": round(records / best, 1),
+                "tokens_per_s": round(tokens / best, 1),
+            }
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=4000)
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each round runs every configuration once")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     import ray
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset otherwise
     artifact = bundled_translator()
     spec = JobSpec(generation={"max_new_tokens": args.max_new_tokens}, chunk_size=64)
     load_before = os.getloadavg()
+    seconds: dict[str, list[float]] = {label: [] for label in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         source = work / "in.txt"
         make_input(source, args.records)
-        rows = [run("local-1-thread", artifact, source, work, spec, threads=1)]
-        rows.append(run("local-2-threads", artifact, source, work, spec, threads=2))
+        tokens = run_job(BatchJob(artifact, source, work / "reference.jsonl", spec, threads=1)).tokens  # warm-up
         start = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         ray_init_s = round(time.perf_counter() - start, 1)
         try:
-            rows.append(run("ray-1-actor", artifact, source, work, spec, ray=RayOptions(workers=1)))
-            rows.append(run("ray-2-actors", artifact, source, work, spec, ray=RayOptions(workers=2)))
+            for _ in range(args.repeats):  # interleaved: a load change on a shared machine hits every configuration
+                for label in CONFIGS:
+                    seconds[label].append(run(label, artifact, source, work, spec))
         finally:
             ray.shutdown()
+    rows = rows_of(args.records, tokens, seconds)
     by = {row["run"]: row for row in rows}
+    pairs = {"1 cpu": ("ray-1-actor", "local-1-thread"), "2 cpus": ("ray-2-actors", "local-2-threads")}
     overhead = {
-        "1 cpu (ray-1-actor vs local-1-thread)": by["ray-1-actor"]["seconds"] / by["local-1-thread"]["seconds"] - 1,
-        "2 cpus (ray-2-actors vs local-2-threads)": by["ray-2-actors"]["seconds"] / by["local-2-threads"]["seconds"]
-        - 1,
+        f"{name} ({ray_run} vs {local_run}), {stat}": round(by[ray_run][stat] / by[local_run][stat] - 1, 3)
+        for name, (ray_run, local_run) in pairs.items()
+        for stat in ("best_s", "median_s")
     }
     result = {
         "meta": {
@@ -106,10 +135,11 @@ def main() -> None:
             "ray": ray.__version__,
             "records": args.records,
             "max_new_tokens": args.max_new_tokens,
+            "repeats": args.repeats,
             "ray_init_seconds": ray_init_s,
         },
         "runs": rows,
-        "ray_overhead": {k: round(v, 3) for k, v in overhead.items()},
+        "ray_overhead": overhead,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "batch_scale.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -129,12 +159,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"load average before/after: {meta['load_average_before']} / {meta['load_average_after']}; "
         f"ray.init: {meta['ray_init_seconds']} s (not counted below).",
         "",
-        "| run | seconds | records/s | tokens/s | failures |",
-        "| --- | --- | --- | --- | --- |",
+        f"{meta['repeats']} interleaved rounds; records/s and tokens/s from the best time.",
+        "",
+        "| run | seconds (each round) | best s | median s | records/s | tokens/s |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["runs"]:
+        times = ", ".join(str(t) for t in row["seconds"])
         lines.append(
-            f"| {row['run']} | {row['seconds']} | {row['records_per_s']} | {row['tokens_per_s']} | {row['failures']} |"
+            f"| {row['run']} | {times} | {row['best_s']} | {row['median_s']} | {row['records_per_s']} "
+            f"| {row['tokens_per_s']} |"
         )
     lines += ["", "Ray's overhead over the plain run at equal CPUs (target <= 15 %):", ""]
     lines += [f"- {name}: {value * 100:+.1f} %" for name, value in result["ray_overhead"].items()]

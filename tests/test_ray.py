@@ -153,6 +153,35 @@ def test_batch_on_two_nodes_equals_the_local_run(cluster, translator, tmp_path):
     assert set(workers) == nodes and len(nodes) == 2, f"records per node: {workers}, nodes: {nodes}"
 
 
+def test_a_shipped_artifact_is_loaded_and_checked_on_the_worker(cluster, translator, tmp_path):
+    import shutil
+
+    import seqport.engine as sp
+    from seqport.batch.shipping import ship
+    from seqport.engine.errors import IntegrityError
+
+    @ray.remote(num_cpus=1)
+    def translate(source) -> str:
+        from seqport.batch.shipping import materialize
+        from seqport.engine import load
+
+        folder = materialize(source)
+        return f"{folder}|{load(folder, verify=True).generate(['the house'], max_new_tokens=MAX_NEW)[0].text}"
+
+    copy = Path(shutil.copytree(translator, tmp_path / "copy"))
+    source = ship(copy)
+    shutil.rmtree(copy)  # the worker can only have it from the object store
+    folder, text = ray.get(translate.remote(source), timeout=120).split("|")
+    assert folder != str(copy)
+    assert text == sp.load(translator).generate(["the house"], max_new_tokens=MAX_NEW)[0].text
+    broken = Path(shutil.copytree(translator, tmp_path / "broken"))
+    data = bytearray((broken / "decoder.onnx.data").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
+    (broken / "decoder.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        ray.get(translate.remote(ship(broken)), timeout=120)
+
+
 def test_serve_two_replicas_equal_the_local_engine(cluster, translator):
     import seqport.engine as sp
     from seqport.serving.ray_app import REPLICA_HEADER, app_builder
