@@ -101,7 +101,14 @@ def run_on_ray(
             ray.shutdown()
 
 
-def _run(ray: Any, job: BatchJob, options: RayOptions, todo, store: ShardStore, progress) -> list[ShardInfo]:
+def _run(
+    ray: Any,
+    job: BatchJob,
+    options: RayOptions,
+    todo: list[tuple[int, list[Record]]],
+    store: ShardStore,
+    progress: Progress | None,
+) -> list[ShardInfo]:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI draws one bar for the whole job
     context.execution_options.preserve_order = False  # shards are stored by index as they finish

@@ -8,6 +8,7 @@ record by record so one bad record never takes its neighbours down.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,16 +63,7 @@ class JobSpec:
                 "(leave --task out to use it)"
             )
         output = self.output_field or ("embedding" if task == "embed" else "output")
-        return JobSpec(
-            task,
-            self.text_field,
-            self.id_field,
-            output,
-            dict(self.generation),
-            self.chunk_size,
-            self.truncate,
-            self.worker_field,
-        )
+        return dataclasses.replace(self, task=task, output_field=output)
 
 
 @dataclass
