@@ -87,6 +87,7 @@ def _stop(temp_dir: str) -> None:
 @pytest.fixture(scope="module")
 def cluster():
     """The address of a fresh 2-node local cluster, stopped after the module."""
+    saved_auth = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # the driver, and the nodes it starts, skip token auth
     temp_dir = tempfile.mkdtemp(prefix="sqray", dir="/tmp")  # short: Ray's socket paths must stay short
     port, client_port = _free_ports(2)
@@ -116,6 +117,10 @@ def cluster():
         if ray.is_initialized():
             ray.shutdown()
         _stop(temp_dir)
+        if saved_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_auth
 
 
 @pytest.fixture(scope="module")
