@@ -1,8 +1,9 @@
 """The `seqport` command line: the parser, built from one module per subcommand group, and main().
 
-Each group module (generate, artifact, bench, demo; `serve` comes from seqport.serving) adds its
-own subparsers and imports what its command needs when it runs: a runtime-only install starts,
-answers --help and runs `generate`, `embed`, `classify`, `info` and `bench` without torch.
+Each group module (generate, artifact, bench, demo; `serve` and `batch` come from seqport.serving
+and seqport.batch) adds its own subparsers and imports what its command needs when it runs: a
+runtime-only install starts, answers --help and runs `generate`, `embed`, `classify`, `info`,
+`bench`, `serve` and `batch` without torch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from seqport.batch import cli as batch
 from seqport.cli import artifact, bench, demo, generate
 from seqport.engine.errors import SeqportError
 from seqport.serving import cli as serve
@@ -25,6 +27,7 @@ ADD_PARSERS = (
     artifact.add_info_parser,
     generate.add_encoder_parsers,
     serve.add_parser,
+    batch.add_parser,
 )
 
 

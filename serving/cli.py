@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import TYPE_CHECKING
 
 from seqport.engine.runtime import RuntimeOptions
+
+if TYPE_CHECKING:
+    from seqport.serving.app import ServeOptions
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,6 +32,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for batch mates")
     p.add_argument("--kv-budget-mb", type=float, default=0.0, help="worst-case KV cache per batch, MiB (0: none)")
     p.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running requests get on shutdown")
+    ray = p.add_argument_group("Ray Serve (pip install 'seqport[serve,ray]')")
+    ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="serve as a Ray Serve deployment: no ADDRESS starts or joins the local Ray as ray.init() "
+                     "does; 'auto' or HOST:PORT join that cluster")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas, each with its own engine (default 1)")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves (its threads)")
+    ray.add_argument("--ship-artifact", action="store_true",
+                     help="send the artifact through the object store (small ones; else every node needs its path)")
     p.set_defaults(run=run)
     return p
 
@@ -57,6 +70,34 @@ def run(args: argparse.Namespace) -> int:
         kv_budget_mb=args.kv_budget_mb,
         shutdown_grace_s=args.shutdown_grace,
     )
+    if getattr(args, "ray", None) is not None:
+        return _run_on_ray(args, options)
     runtime = RuntimeOptions(intra_op_threads=args.threads)
     run_server(args.artifact, args.host, args.port, provider=args.provider, runtime=runtime, options=options)
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace, options: ServeOptions) -> int:
+    """`seqport serve --ray`: deploy on Ray Serve and serve until interrupted."""
+    from seqport.engine.errors import ConfigError
+
+    try:
+        from seqport.serving import ray_app
+    except ImportError as exc:
+        raise ConfigError(
+            f"`seqport serve --ray` needs Ray Serve ({exc.name} is missing): pip install 'seqport[serve,ray]'"
+        ) from None
+    if args.replicas < 1 or args.replica_cpus <= 0:
+        raise ConfigError("--replicas must be >= 1 and --replica-cpus > 0")
+    artifact = args.artifact
+    if artifact is None:
+        from seqport.serving.server import bundled_translator
+
+        artifact = bundled_translator()
+        if options.model_name is None:
+            options = dataclasses.replace(options, model_name="translator")
+    ray_app.run_on_ray(
+        artifact, args.ray, args.host, args.port, options, args.replicas, args.replica_cpus, args.provider,
+        args.threads, args.ship_artifact,
+    )
     return 0

@@ -14,8 +14,8 @@ import ast
 import importlib.util
 from pathlib import Path
 
-PACKAGES = ("seqport.engine", "seqport.runtimes", "seqport.export", "seqport.cli", "seqport.serving")
-FORBIDDEN_FROM_ENGINE = ("seqport.export", "seqport.cli", "seqport.serving")
+PACKAGES = ("seqport.engine", "seqport.runtimes", "seqport.export", "seqport.cli", "seqport.serving", "seqport.batch")
+FORBIDDEN_FROM_ENGINE = ("seqport.export", "seqport.cli", "seqport.serving", "seqport.batch")
 
 
 def _modules() -> dict[str, Path]:
