@@ -13,6 +13,13 @@ DATA = Path(__file__).resolve().parent / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def pytest_configure(config) -> None:
+    """Fail the run on a skip whose reason docs/testing.md does not list (tests/skips.py)."""
+    from skips import DOC, SkipAudit, documented_reasons
+
+    config.pluginmanager.register(SkipAudit(documented_reasons(DOC.read_text(encoding="utf-8"))), "seqport-skips")
+
+
 @pytest.fixture(scope="session")
 def tiny_artifact() -> Path:
     """Read-only tiny encoder-decoder artifact (tests/data/make_tiny.py)."""

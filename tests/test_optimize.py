@@ -13,6 +13,8 @@ pytestmark = pytest.mark.export
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from test_validation_cases import ENCODER_DECODER_CASES  # noqa: E402
+
 import seqport.engine as sp  # noqa: E402
 from seqport.engine.errors import ExportError, ParityError  # noqa: E402
 from seqport.engine.manifest import load_manifest, sha256_of  # noqa: E402
@@ -66,7 +68,7 @@ def test_optimized_artifact_passes_its_recorded_validation(fp32_copy):
         assert record.fusions[name].get("SkipLayerNormalization", 0) > 0, record.fusions
         assert "SkipLayerNormalization" in _ops(folder / f"{name}.onnx")
         assert _io(folder / f"{name}.onnx") == _io(fp32 / f"{name}.onnx")  # same contract
-    assert record.validation.cases == manifest.validation.cases
+    assert record.validation.cases == manifest.validation.cases == ENCODER_DECODER_CASES  # re-run on every case
     again = revalidate(adapter, folder, manifest)  # what the manifest claims holds on a re-run
     for component, outputs in record.validation.max_abs_diff.items():
         for output, diff in outputs.items():
