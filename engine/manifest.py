@@ -18,7 +18,9 @@ from typing import Any
 
 from seqport.engine.errors import ArtifactError, IntegrityError, ManifestError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the oldest layout this engine still reads: version 2 only added `attention` (default "portable").
+OLDEST_FORMAT_VERSION = 1
 MANIFEST_FILE = "seqport.json"
 ARCHITECTURES = ("encoder-decoder", "decoder-only", "encoder-only")
 DTYPES = ("int64", "int32", "float32", "float16", "bool")
@@ -27,6 +29,9 @@ POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
 #: how the decoder's self-attention cache grows: concatenated per step, or written into buffers
 #: sized for the whole request (past and present are then the same (B, H_kv, C, D) buffer).
 KV_ALLOCATIONS = ("growing", "preallocated")
+#: how the graphs compute attention: plain ONNX operators, or onnxruntime's contrib operators
+#: (com.microsoft GroupQueryAttention), which only onnxruntime runs (`seqport export --attention`).
+ATTENTION_MODES = ("portable", "fused")
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,7 @@ class Manifest:
     optimization: Optimization | None = None  # `seqport export --optimize`
     quantization: Quantization | None = None  # `seqport export --quantize int8`
     shared_weights: SharedWeights | None = None  # tensors stored once for several components
+    attention: str = "portable"  # ATTENTION_MODES; format_version 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -382,7 +388,7 @@ def _check_version(data: Any) -> None:
             f"seqport.json has format_version {version}, exported by {exporter}; this engine "
             f"reads format_version {FORMAT_VERSION}. Upgrade seqport, or re-export with this one."
         )
-    if version < FORMAT_VERSION:
+    if version < OLDEST_FORMAT_VERSION:
         raise ManifestError(
             f"seqport.json has format_version {version}, older than this engine's "
             f"{FORMAT_VERSION}, which no longer reads it. Re-export the model."
@@ -402,6 +408,8 @@ def _semantic_problems(m: Manifest) -> list[str]:
                     )
     if m.architecture != "encoder-only" and m.kv is None:
         problems.append(f"$.kv: a {m.architecture} artifact needs its KV geometry")
+    if m.attention not in ATTENTION_MODES:
+        problems.append(f"$.attention: {m.attention!r} is not one of {ATTENTION_MODES}")
     if m.kv is not None and m.kv.allocation not in KV_ALLOCATIONS:
         problems.append(f"$.kv.allocation: {m.kv.allocation!r} is not one of {KV_ALLOCATIONS}")
     decoder = m.components.get("decoder")

@@ -31,6 +31,7 @@ from seqport.engine.manifest import (
     sha256_of,
 )
 from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
+from seqport.export.attention import check_attention
 from seqport.export.cache_slots import preallocate
 from seqport.export.causal import export_decoder_only
 from seqport.export.components import (
@@ -103,6 +104,7 @@ def export_model(
     quantize: str | None = None,
     dtype: str = "fp32",
     kv_cache: str = "growing",
+    attention: str = "portable",
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
 
@@ -123,6 +125,8 @@ def export_model(
         kv_cache: "growing" (past + new concatenated each step) or "preallocated" (the
             engine sizes one buffer per request and the decoder writes into it; see
             export/cache_slots.py and docs/manifest.md).
+        attention: "portable" (plain ONNX) or "fused" (onnxruntime's GroupQueryAttention,
+            decoder-only Llama/Mistral/Qwen2 with a growing cache; export/attention.py).
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -142,7 +146,9 @@ def export_model(
     adapter = load_adapter(source, family, task)
     with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
         tokenizer = _tokenizer_file(adapter, source, Path(staging))
-        manifest = _export_inline(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
+        manifest = _export_inline(
+            adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache, attention=attention
+        )
     return _finish(Path(out), _post_process(adapter, Path(out), manifest, optimize, quantize, dtype))
 
 
@@ -229,6 +235,7 @@ def _export_inline(
     progress: bool,
     source: str | Path | None,
     kv_cache: str,
+    attention: str = "portable",
 ) -> Manifest:
     """export_adapter without the weights layout: inline components, validated, manifest saved
     (the post-processing steps rewrite these files with onnx.load/save)."""
@@ -242,6 +249,7 @@ def _export_inline(
     if isinstance(spec, EncoderSpec):
         return _export_encoder_only(adapter, spec, tokenizer, out, source, progress)
     _check_allocation(adapter, kv_cache)
+    check_attention(adapter, spec.head_dim, attention, kv_cache)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
     steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
     components: dict[str, Component] = {}
@@ -251,16 +259,22 @@ def _export_inline(
             if step == "encoder":
                 components["encoder"] = _export_encoder(adapter, spec, out)
             elif step == "decoder":
-                export = export_decoder_only if decoder_only else _export_decoder
-                components["decoder"] = export(adapter, spec, out, kv_cache)
+                if decoder_only:
+                    components["decoder"] = export_decoder_only(adapter, spec, out, kv_cache, attention)
+                else:
+                    components["decoder"] = _export_decoder(adapter, spec, out, kv_cache)
             else:
                 fixed = {
                     "num_kv_heads": spec.num_kv_heads,
                     "head_dim": spec.head_dim,
                     "vocab_size": spec.vocab_size,
                 }
-                check = validate_decoder_only if decoder_only else validate
-                validation = check(adapter, out, components, fixed, allocation=kv_cache)
+                if decoder_only:
+                    validation = validate_decoder_only(
+                        adapter, out, components, fixed, allocation=kv_cache, attention=attention
+                    )
+                else:
+                    validation = validate(adapter, out, components, fixed, allocation=kv_cache)
     shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -277,6 +291,7 @@ def _export_inline(
         provenance=_provenance(source),
         validation=validation,
         generation=dict(spec.generation),
+        attention=attention,
     )
     manifest.save(out)
     return manifest

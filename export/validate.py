@@ -184,9 +184,11 @@ def validate_decoder_only(
     fixed: dict[str, int],
     options: RuntimeOptions | None = None,
     allocation: str = "growing",
+    attention: str = "portable",
 ) -> Validation:
     """Run a decoder-only model's `decoder` in PyTorch and onnxruntime on DECODER_ONLY_CASES
-    (a preallocated graph against PyTorch's growing cache, as in `validate`).
+    (a preallocated graph against PyTorch's growing cache, as in `validate`; a fused graph
+    against the adapter's portable attention).
 
     Raises:
         ParityError: naming the output, case and figures of every failure.
@@ -213,8 +215,8 @@ def validate_decoder_only(
         values.update({"position_ids": positions[:, new].numpy(), "logits_positions": keep.numpy()})
         values.update(_kv_values("past", past))
         ours = _run_decoder(signature, runtime, values, case, allocation, recorder)
-        if allocation == "preallocated":  # a left-pad query attends to nothing: its output is unspecified
-            _blank_pads(ours, theirs, mask.numpy(), case.past + keep.numpy())
+        if allocation == "preallocated" or attention == "fused":  # a left-pad query attends to nothing:
+            _blank_pads(ours, theirs, mask.numpy(), case.past + keep.numpy())  # its output is unspecified
         labels.append(case.label + (" left-padded" if case.batch > 1 else ""))
         recorder.compare("decoder", labels[-1], ours, theirs, signature)
     if recorder.failures:
