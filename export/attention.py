@@ -31,6 +31,7 @@ import torch
 
 from seqport.engine.errors import ExportError
 from seqport.engine.manifest import ATTENTION_MODES
+
 #: onnxruntime's GroupQueryAttention kernels take head sizes that are multiples of this.
 HEAD_SIZE_MULTIPLE = 8
 
@@ -107,12 +108,13 @@ def _contrib_op(name: str, num_outputs: int):
     from onnxscript.values import Op, Opset
 
     (ort,) = [s for s in get_all_operator_schema() if s.name == name and s.domain == "com.microsoft"]
-    options = {str(o).rsplit(".", 1)[-1]: getattr(OpSchema.FormalParameterOption, str(o).rsplit(".", 1)[-1])
-               for o in (p.option for p in [*ort.inputs, *ort.outputs])}  # fmt: skip
+
+    def enum(kind, value):  # onnxruntime's pybind enums → onnx's, by member name
+        return getattr(kind, str(value).rsplit(".", 1)[-1])
 
     def params(items):
-        return [OpSchema.FormalParameter(p.name, p.typeStr, "", param_option=options[str(p.option).rsplit(".", 1)[-1]])
-                for p in items]  # fmt: skip
+        option = OpSchema.FormalParameterOption
+        return [OpSchema.FormalParameter(p.name, p.typeStr, "", param_option=enum(option, p.option)) for p in items]
 
     schema = OpSchema(
         name,
@@ -122,7 +124,7 @@ def _contrib_op(name: str, num_outputs: int):
         outputs=params(ort.outputs[:num_outputs]),
         type_constraints=[(t.type_param_str, list(t.allowed_type_strs), "") for t in ort.type_constraints],
         attributes=[
-            OpSchema.Attribute(a.name, getattr(OpSchema.AttrType, str(a.type).rsplit(".", 1)[-1]), "", required=a.required)
+            OpSchema.Attribute(a.name, enum(OpSchema.AttrType, a.type), "", required=a.required)
             for a in ort.attributes.values()
         ],
     )
