@@ -44,6 +44,7 @@ from seqport.export.components import (
 )
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
+from seqport.export.int4 import Int4Options
 from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
 from seqport.export.validate import validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
@@ -105,6 +106,7 @@ def export_model(
     dtype: str = "fp32",
     kv_cache: str = "growing",
     attention: str = "portable",
+    int4: Int4Options | None = None,
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
 
@@ -119,7 +121,8 @@ def export_model(
         optimize: apply onnxruntime's transformer fusions offline and validate again
             (export/optimize.py); the manifest records the fusions and the figures.
         quantize: "int8": dynamic int8 weights, gated on greedy token agreement with fp32
-            (export/quantize.py); the manifest records the figures.
+            (export/quantize.py); the manifest records the figures. "int4": blockwise int4
+            weights (MatMulNBits), gated the same way (export/int4.py).
         dtype: "fp32", or "fp16": weights and activations in float16 (float32 graph I/O),
             gated on greedy token agreement with fp32 (export/fp16.py); T5 must stay fp32.
         kv_cache: "growing" (past + new concatenated each step) or "preallocated" (the
@@ -127,6 +130,7 @@ def export_model(
             export/cache_slots.py and docs/manifest.md).
         attention: "portable" (plain ONNX) or "fused" (onnxruntime's GroupQueryAttention,
             decoder-only Llama/Mistral/Qwen2 with a growing cache; export/attention.py).
+        int4: block size, accuracy level and projection of --quantize int4 (default Int4Options()).
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -138,6 +142,8 @@ def export_model(
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize {quantize!r} is not supported; supported: {', '.join(QUANTIZE_MODES)}")
+    if int4 is not None and quantize != "int4":
+        raise ExportError("int4 options (block size, accuracy level, projection) need --quantize int4")
     if dtype not in ("fp32", "fp16") or (dtype == "fp16" and quantize is not None):
         raise ExportError(f"--dtype must be fp32 or fp16 (fp16 without --quantize), got {dtype!r}")
     if kv_cache not in KV_ALLOCATIONS:
@@ -149,14 +155,20 @@ def export_model(
         manifest = _export_inline(
             adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache, attention=attention
         )
-    return _finish(Path(out), _post_process(adapter, Path(out), manifest, optimize, quantize, dtype))
+    return _finish(Path(out), _post_process(adapter, Path(out), manifest, optimize, quantize, dtype, int4))
 
 
-QUANTIZE_MODES = ("int8",)
+QUANTIZE_MODES = ("int8", "int4")
 
 
 def _post_process(
-    adapter, out: Path, manifest: Manifest, optimize: bool, quantize: str | None, dtype: str = "fp32"
+    adapter,
+    out: Path,
+    manifest: Manifest,
+    optimize: bool,
+    quantize: str | None,
+    dtype: str = "fp32",
+    int4: Int4Options | None = None,
 ) -> Manifest:
     """--optimize, then --quantize or --dtype fp16: rewrite the components in place, re-validate, re-save."""
     if not optimize and quantize is None and dtype == "fp32":
@@ -166,7 +178,11 @@ def _post_process(
         from seqport.export.optimize import optimize_artifact
 
         manifest = optimize_artifact(adapter, out, manifest)
-    if quantize is not None:
+    if quantize == "int4":
+        from seqport.export.int4 import quantize_int4_artifact
+
+        manifest = quantize_int4_artifact(out, manifest, int4)
+    elif quantize is not None:
         from seqport.export.quantize import quantize_artifact
 
         manifest = quantize_artifact(out, manifest)
