@@ -1,6 +1,7 @@
 """Fused attention for the exported graphs: onnxruntime's contrib GroupQueryAttention.
 
-`seqport export --attention fused` makes a decoder-only family's self-attention one
+`seqport export --attention fused` makes a decoder-only family's self-attention (Llama,
+Mistral, Qwen2 with grouped-query K/V; GPT-2 with H_kv = H) one
 `com.microsoft.GroupQueryAttention` node per layer instead of the portable MatMul/Softmax
 subgraph (`--attention portable`, the default, which any ONNX runtime runs). The adapter calls
 `group_query_attention`, a torch custom op: in PyTorch it computes exactly the portable path
@@ -15,7 +16,11 @@ The node is wired so the engine feeds nothing new and the cache stays a growing 
   `total_sequence_length` = P+T and `query_seqlens` = T per row, derived inside the graph from
   the shapes of the past and new keys (`query_seqlens` lets a batch of several rows take T > 1
   new tokens after a past, which the node otherwise refuses);
-- past K/V (B, H_kv, P, D) in, present (B, H_kv, P+T, D) out (no shared buffer).
+- growing cache: past K/V (B, H_kv, P, D) in, present (B, H_kv, P+T, D) out;
+- preallocated cache (`--kv-cache preallocated`): past and present are the same (B, H_kv, C, D)
+  buffer (the node's past_present_share_buffer: it writes in place when the engine binds
+  present to past, as it does through IOBinding), `seqlens_k` = cache_position[-1] per row,
+  and the bias is cut to the first cache_position[-1] + 1 slots, the ones the node reads.
 Rotary embedding stays outside the node: its `do_rotary` uses only the first position id of a
 prompt, which would shift the cached keys of a left-padded row (see docs/runtimes.md).
 
@@ -59,18 +64,9 @@ def group_query_attention(
     Returns:
         output (B, T, H*D), present_key and present_value (B, H_kv, P+T, D).
     """
-    b, t, _ = query.shape
-    d = past_key.shape[-1]
-    q = query.view(b, t, num_heads, d).transpose(1, 2)  # (B, H, T, D)
-    k = torch.cat([past_key, key.view(b, t, kv_num_heads, d).transpose(1, 2)], dim=2)  # (B, H_kv, P+T, D)
-    v = torch.cat([past_value, value.view(b, t, kv_num_heads, d).transpose(1, 2)], dim=2)
-    groups = num_heads // kv_num_heads
-    ks = k.repeat_interleave(groups, dim=1) if groups > 1 else k  # (B, H, P+T, D)
-    vs = v.repeat_interleave(groups, dim=1) if groups > 1 else v
-    scores = torch.matmul(q, ks.transpose(2, 3)) * scale + bias  # (B, H, T, P+T)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    out = torch.matmul(weights, vs).transpose(1, 2).reshape(b, t, num_heads * d)  # (B, T, H*D)
-    return out, k, v
+    new_k, new_v = _heads(key, kv_num_heads, past_key.shape[-1]), _heads(value, kv_num_heads, past_key.shape[-1])
+    k, v = torch.cat([past_key, new_k], dim=2), torch.cat([past_value, new_v], dim=2)  # (B, H_kv, P+T, D)
+    return _attend(query, k, v, bias, num_heads, scale), k, v
 
 
 @group_query_attention.register_fake
@@ -80,21 +76,113 @@ def _(query, key, value, past_key, past_value, bias, num_heads, kv_num_heads, sc
     return query.new_empty(query.shape), present, present.new_empty(present.shape)
 
 
+@torch.library.custom_op("seqport::group_query_attention_buffer", mutates_args=())
+def group_query_attention_buffer(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    bias: torch.Tensor,
+    cache_position: torch.Tensor,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`group_query_attention` over preallocated buffers: the new K/V are written at
+    `cache_position` (T,) of past_key/past_value (B, H_kv, C, D), which come back as present;
+    bias (B, 1, T, C). Exported as the node with past and present sharing one buffer."""
+    index = cache_position.view(1, 1, -1, 1).expand(query.shape[0], kv_num_heads, -1, past_key.shape[-1])
+    new_k, new_v = _heads(key, kv_num_heads, past_key.shape[-1]), _heads(value, kv_num_heads, past_key.shape[-1])
+    k, v = past_key.scatter(2, index, new_k), past_value.scatter(2, index, new_v)  # (B, H_kv, C, D)
+    return _attend(query, k, v, bias, num_heads, scale), k, v
+
+
+@group_query_attention_buffer.register_fake
+def _(query, key, value, past_key, past_value, bias, cache_position, num_heads, kv_num_heads, scale):
+    return query.new_empty(query.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past: tuple[torch.Tensor, torch.Tensor],
+    bias: torch.Tensor,
+    cache_position: torch.Tensor | None,
+    heads: tuple[int, int],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The adapters' call: `group_query_attention` over a growing cache, or
+    `group_query_attention_buffer` when `cache_position` (T,) says where the new K/V go.
+
+    Args:
+        q: (B, T, H*D) (rotated where the model uses RoPE); k, v: (B, T, H_kv*D).
+        past: K and V (B, H_kv, P or C, D); bias: (B, 1, T, P+T or C); heads: (H, H_kv).
+
+    Returns:
+        output (B, T, H*D) and present K, V (B, H_kv, P+T or C, D).
+    """
+    if cache_position is None:
+        return group_query_attention(q, k, v, *past, bias, *heads, scale)
+    return group_query_attention_buffer(q, k, v, *past, bias, cache_position, *heads, scale)
+
+
+def _heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """(B, T, H*D) → (B, H, T, D)."""
+    return x.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+
+def _attend(query, k, v, bias, num_heads: int, scale: float) -> torch.Tensor:
+    """query (B, T, H*D) over k, v (B, H_kv, S, D) with bias (B, 1, T, S) → (B, T, H*D)."""
+    b, t, _ = query.shape
+    q = _heads(query, num_heads, k.shape[-1])  # (B, H, T, D)
+    groups = num_heads // k.shape[1]
+    ks = k.repeat_interleave(groups, dim=1) if groups > 1 else k  # (B, H, S, D)
+    vs = v.repeat_interleave(groups, dim=1) if groups > 1 else v
+    scores = torch.matmul(q, ks.transpose(2, 3)) * scale + bias  # (B, H, T, S)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights, vs).transpose(1, 2).reshape(b, t, -1)  # (B, T, H*D)
+
+
 def _onnx_group_query_attention(query, key, value, past_key, past_value, bias, num_heads, kv_num_heads, scale):
-    """The contrib node, with seqlens_k, total_sequence_length and query_seqlens from the shapes."""
+    """The node over a growing cache: every row holds P+T slots after the step."""
+    from onnxscript import opset18 as op
+
+    total = op.Add(op.Shape(past_key, start=2, end=3), op.Shape(query, start=1, end=2))  # (1,) P+T
+    last = op.Sub(total, op.Constant(value_ints=[1]))  # (1,) P+T-1
+    attrs = dict(num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale)
+    return _node(query, key, value, past_key, past_value, bias, last, attrs)
+
+
+def _onnx_group_query_attention_buffer(
+    query, key, value, past_key, past_value, bias, cache_position, num_heads, kv_num_heads, scale
+):
+    """The node over shared buffers: the step fills slots up to cache_position[-1]; the node
+    writes in place when the engine binds present to past (IOBinding), and reads only the
+    slots up to there, so the bias is cut to them."""
+    from onnxscript import opset18 as op
+
+    last = op.Slice(cache_position, op.Constant(value_ints=[-1]), op.Constant(value_ints=[2**62]))  # (1,)
+    total = op.Add(last, op.Constant(value_ints=[1]))  # (1,)
+    bias = op.Slice(bias, op.Constant(value_ints=[0]), total, op.Constant(value_ints=[3]))  # (B, 1, T, total)
+    attrs = dict(num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale)
+    return _node(query, key, value, past_key, past_value, bias, last, attrs)
+
+
+def _node(query, key, value, past_key, past_value, bias, last, attrs: dict):
+    """GroupQueryAttention with seqlens_k = `last` (1,) for every row, total_sequence_length =
+    last + 1 and query_seqlens = T for every row."""
     from onnx import TensorProto
     from onnxscript import opset18 as op
 
     rows = op.Shape(query, start=0, end=1)  # (1,) B
-    new = op.Shape(query, start=1, end=2)  # (1,) T
-    total = op.Add(op.Shape(past_key, start=2, end=3), new)  # (1,) P+T
-    seqlens_k = op.Cast(op.Expand(op.Sub(total, op.Constant(value_ints=[1])), rows), to=TensorProto.INT32)  # (B,)
-    query_seqlens = op.Cast(op.Expand(new, rows), to=TensorProto.INT32)  # (B,)
-    total_length = op.Cast(op.Squeeze(total), to=TensorProto.INT32)  # scalar
+    seqlens_k = op.Cast(op.Expand(last, rows), to=TensorProto.INT32)  # (B,)
+    query_seqlens = op.Cast(op.Expand(op.Shape(query, start=1, end=2), rows), to=TensorProto.INT32)  # (B,)
+    total_length = op.Cast(op.Squeeze(op.Add(last, op.Constant(value_ints=[1]))), to=TensorProto.INT32)  # ()
     return _contrib_op("GroupQueryAttention", 3)(
         query, key, value, past_key, past_value, seqlens_k, total_length,
-        None, None, None, bias, None, None, None, None, None, query_seqlens,
-        num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale,
+        None, None, None, bias, None, None, None, None, None, query_seqlens, **attrs,
     )  # fmt: skip
 
 
@@ -132,15 +220,18 @@ def _contrib_op(name: str, num_outputs: int):
 
 
 #: torch.onnx custom_translation_table entries for the fused operators.
-TRANSLATIONS = {torch.ops.seqport.group_query_attention.default: _onnx_group_query_attention}
+TRANSLATIONS = {
+    torch.ops.seqport.group_query_attention.default: _onnx_group_query_attention,
+    torch.ops.seqport.group_query_attention_buffer.default: _onnx_group_query_attention_buffer,
+}
 
 
-def check_attention(adapter, head_dim: int, attention: str, allocation: str) -> None:
-    """Refuse an `--attention` value this model or cache kind cannot export, listing every reason.
+def check_attention(adapter, head_dim: int, attention: str) -> None:
+    """Refuse an `--attention` value this model cannot export, listing every reason.
 
     Raises:
-        ExportError: unknown mode, or fused attention for a family without it, a preallocated
-            cache, or a head size onnxruntime's kernel does not take.
+        ExportError: unknown mode, or fused attention for a family without it or with a head
+            size onnxruntime's kernel does not take.
     """
     if attention not in ATTENTION_MODES:
         raise ExportError(f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
@@ -148,9 +239,7 @@ def check_attention(adapter, head_dim: int, attention: str, allocation: str) -> 
         return
     problems = []
     if not hasattr(adapter, "attention"):
-        problems.append(f"{type(adapter).__name__} has no fused attention (so far: Llama, Mistral, Qwen2)")
-    if allocation != "growing":
-        problems.append(f"fused attention takes a growing KV cache, not --kv-cache {allocation}")
+        problems.append(f"{type(adapter).__name__} has no fused attention (so far: GPT-2, Llama, Mistral, Qwen2)")
     if head_dim % HEAD_SIZE_MULTIPLE:
         problems.append(
             f"onnxruntime's GroupQueryAttention needs a head size that is a multiple of {HEAD_SIZE_MULTIPLE}, "

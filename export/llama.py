@@ -14,7 +14,7 @@ import torch
 
 from seqport.engine.errors import ExportError
 from seqport.export.adapter import KV, ModelSpec, tied_projection
-from seqport.export.attention import group_query_attention
+from seqport.export.attention import fused_attention
 from seqport.export.cache_slots import step_slots
 from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
 from seqport.export.hf_common import rms_norm
@@ -101,7 +101,7 @@ class LlamaAdapter:
         for layer, window, (past_k, past_v) in zip(body.layers, self.windows, past):
             attn, h = layer.self_attn, rms_norm(layer.input_layernorm, x)
             if self.attention == "fused":
-                out, k, v = self._fused_attention(attn, h, cos, sin, (past_k, past_v), biases[window])
+                out, k, v = self._fused_attention(attn, h, cos, sin, (past_k, past_v), biases[window], slots)
             else:
                 q, k, v = (split_heads(proj(h), self.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
                 q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # (B, H|H_kv, T, D)
@@ -112,15 +112,15 @@ class LlamaAdapter:
             x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
         return rms_norm(body.norm, x), present
 
-    def _fused_attention(self, attn, h, cos, sin, past: KV, bias) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rotary in (B, T, H, D), then one GroupQueryAttention over the growing cache."""
+    def _fused_attention(self, attn, h, cos, sin, past: KV, bias, slots) -> tuple[torch.Tensor, ...]:
+        """Rotary in (B, T, H, D), then one GroupQueryAttention over the growing cache or buffers."""
         b, t, _ = h.shape
         q, k = (proj(h).view(b, t, -1, self.head_dim) for proj in (attn.q_proj, attn.k_proj))  # (B, T, H|H_kv, D)
         cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)  # (B, T, 1, D)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
         q, k = q.reshape(b, t, heads * self.head_dim), k.reshape(b, t, kv_heads * self.head_dim)  # (B, T, H*D)
-        return group_query_attention(q, k, attn.v_proj(h), *past, bias, heads, kv_heads, attn.scaling)
+        return fused_attention(q, k, attn.v_proj(h), past, bias, slots.cache_position, (heads, kv_heads), attn.scaling)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return tied_projection(hidden, self.model.lm_head.weight).float()  # (B, K, V)

@@ -129,7 +129,7 @@ def export_model(
             engine sizes one buffer per request and the decoder writes into it; see
             export/cache_slots.py and docs/manifest.md).
         attention: "portable" (plain ONNX) or "fused" (onnxruntime's GroupQueryAttention,
-            decoder-only Llama/Mistral/Qwen2 with a growing cache; export/attention.py).
+            decoder-only Llama/Mistral/Qwen2; export/attention.py).
         int4: block size, accuracy level and projection of --quantize int4 (default Int4Options()).
 
     Returns:
@@ -265,7 +265,7 @@ def _export_inline(
     if isinstance(spec, EncoderSpec):
         return _export_encoder_only(adapter, spec, tokenizer, out, source, progress)
     _check_allocation(adapter, kv_cache)
-    check_attention(adapter, spec.head_dim, attention, kv_cache)
+    check_attention(adapter, spec.head_dim, attention)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
     steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
     components: dict[str, Component] = {}

@@ -1,5 +1,7 @@
 """`seqport export --attention fused`: onnxruntime's GroupQueryAttention against the portable graph.
 
+Families: GPT-2 (H_kv = H), Llama, Mistral, Qwen2.
+
 Each row is a tiny seeded decoder-only model with a head size onnxruntime's kernel takes (a
 multiple of 8), exported twice: portable and fused. Greedy generation through the engine on a
 left-padded batch of 3 must give the same ids from both, with every step's logits within 1e-4,
@@ -25,6 +27,7 @@ from seqport.engine.errors import ExportError  # noqa: E402
 ATOL, MAX_NEW = 1e-4, 10
 #: the families with fused attention, at head sizes of 8 or 16 (test_hf_causal's rows use 10 and 12).
 ROWS = {
+    "gpt2": replace(CASES["gpt2"], config={**CASES["gpt2"].config, "n_embd": 48}),  # head 16, H_kv = H
     "llama": replace(CASES["llama"], config={**CASES["llama"].config, "head_dim": 8}),  # GQA 4:2, linear RoPE
     "mistral": CASES["mistral"],  # 40 / 5 heads = 8, GQA 5:1, sliding window 6
     "qwen2": replace(CASES["qwen2"], config={**CASES["qwen2"].config, "hidden_size": 48}),  # head 16, QKV bias
@@ -92,25 +95,47 @@ def _llama(**config):
 
 
 @pytest.mark.parametrize(
-    "model, kv_cache, message",
+    "model, message",
     [
-        (lambda: _llama(head_dim=10), "growing", r"head size that is a multiple of 8, this model's is 10"),
-        (lambda: _llama(), "preallocated", r"takes a growing KV cache, not --kv-cache preallocated"),
-        (
-            lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_head=2)),
-            "growing",
-            r"GPT2Adapter has no fused attention \(so far: Llama, Mistral, Qwen2\).*--attention portable",
-        ),
+        (lambda: _llama(head_dim=10), r"head size that is a multiple of 8, this model's is 10"),
+        (lambda: None, r"OwnAdapter has no fused attention \(so far: GPT-2, Llama, Mistral, Qwen2\).*portable"),
     ],
 )
-def test_fused_attention_refusals_say_why(model, kv_cache, message):
+def test_fused_attention_refusals_say_why(model, message):
     from seqport.export.attention import check_attention
-    from seqport.export.gpt2 import GPT2Adapter
     from seqport.export.llama import LlamaAdapter
 
+    class OwnAdapter:  # an adapter without the fused path (an encoder-decoder family, or your own)
+        def spec(self):
+            return type("Spec", (), {"head_dim": 16})()
+
     hf = model()
-    adapter = (GPT2Adapter if isinstance(hf, transformers.GPT2LMHeadModel) else LlamaAdapter)(hf)
+    adapter = OwnAdapter() if hf is None else LlamaAdapter(hf)
     with pytest.raises(ExportError, match=message):
-        check_attention(adapter, adapter.spec().head_dim, "fused", kv_cache)
+        check_attention(adapter, adapter.spec().head_dim, "fused")
     with pytest.raises(ExportError, match=r"--attention must be one of portable, fused, got 'flash'"):
-        check_attention(adapter, adapter.spec().head_dim, "flash", kv_cache)
+        check_attention(adapter, adapter.spec().head_dim, "flash")
+
+
+@pytest.mark.parametrize("pair", ["llama", "mistral"], indirect=True)  # Mistral: the window cut with the buffer
+def test_fused_over_preallocated_buffers_equals_portable(pair, tmp_path):
+    """--kv-cache preallocated --attention fused: the node shares past/present buffers (written
+    in place through the engine's IOBinding); same greedy ids and per-step logits as portable."""
+    import onnx
+
+    import seqport.engine as sp
+    from seqport.export.pipeline import export_model
+
+    family, portable, _ = pair
+    source = portable.manifest.provenance.source
+    export_model(source, tmp_path / "buffers", progress=False, attention="fused", kv_cache="preallocated")
+    fused = sp.load(tmp_path / "buffers")
+    assert (fused.manifest.kv.allocation, fused.manifest.attention) == ("preallocated", "fused")
+    graph = onnx.load(str(tmp_path / "buffers" / "decoder.onnx"), load_external_data=False).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["GroupQueryAttention"] == fused.manifest.kv.num_layers and ops["ScatterElements"] == 0
+    expected, _, expected_steps = _generate(portable, PROMPTS, max_new_tokens=MAX_NEW)
+    produced, _, produced_steps = _generate(fused, PROMPTS, max_new_tokens=MAX_NEW)
+    assert [r.ids for r in produced] == [r.ids for r in expected]
+    for step, ((_, ours), (_, theirs)) in enumerate(zip(produced_steps, expected_steps)):
+        assert np.abs(ours - theirs).max() <= ATOL, f"{family} step {step}"
