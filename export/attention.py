@@ -24,7 +24,7 @@ The node is wired so the engine feeds nothing new and the cache stays a growing 
 Rotary embedding stays outside the node: its `do_rotary` uses only the first position id of a
 prompt, which would shift the cached keys of a left-padded row (see docs/runtimes.md).
 
-onnxruntime's CPU kernel needs a head size that is a multiple of 8 (`fused_problem`).
+onnxruntime's CPU kernel needs a head size that is a multiple of 8 (`check_attention`).
 """
 
 from __future__ import annotations

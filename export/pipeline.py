@@ -129,7 +129,7 @@ def export_model(
             engine sizes one buffer per request and the decoder writes into it; see
             export/cache_slots.py and docs/manifest.md).
         attention: "portable" (plain ONNX) or "fused" (onnxruntime's GroupQueryAttention,
-            decoder-only Llama/Mistral/Qwen2; export/attention.py).
+            decoder-only GPT-2/Llama/Mistral/Qwen2; export/attention.py).
         int4: block size, accuracy level and projection of --quantize int4 (default Int4Options()).
 
     Returns:
