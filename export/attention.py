@@ -21,8 +21,10 @@ The node is wired so the engine feeds nothing new and the cache stays a growing 
   buffer (the node's past_present_share_buffer: it writes in place when the engine binds
   present to past, as it does through IOBinding), `seqlens_k` = cache_position[-1] per row,
   and the bias is cut to the first cache_position[-1] + 1 slots, the ones the node reads.
-Rotary embedding stays outside the node: its `do_rotary` uses only the first position id of a
-prompt, which would shift the cached keys of a left-padded row (see docs/runtimes.md).
+Rotary embedding is a separate com.microsoft.RotaryEmbedding node per Q and K (`rotary_embedding`)
+with per-token position ids and cos/sin tables over the model's positions: the attention node's
+own `do_rotary` uses only the first position id of a prompt, which would rotate a left-padded
+row's keys by the wrong positions.
 
 onnxruntime's CPU kernel needs a head size that is a multiple of 8 (`check_attention`).
 """
@@ -128,6 +130,38 @@ def fused_attention(
     return group_query_attention_buffer(q, k, v, *past, bias, cache_position, *heads, scale)
 
 
+@torch.library.custom_op("seqport::rotary_embedding", mutates_args=())
+def rotary_embedding(
+    x: torch.Tensor, position_ids: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor
+) -> torch.Tensor:
+    """RoPE (non-interleaved halves, as transformers' rotate_half) in onnxruntime's
+    RotaryEmbedding layout.
+
+    Args:
+        x: (B, T, N*D); position_ids: int64 (B, T); cos_cache, sin_cache: (max_positions, D/2),
+            the model's attention scaling included.
+
+    Returns:
+        (B, T, N*D), rotated.
+    """
+    half = cos_cache.shape[-1]
+    cos, sin = cos_cache[position_ids], sin_cache[position_ids]  # (B, T, D/2)
+    cos, sin = torch.cat((cos, cos), dim=-1)[:, :, None], torch.cat((sin, sin), dim=-1)[:, :, None]  # (B, T, 1, D)
+    heads = x.view(x.shape[0], x.shape[1], -1, 2 * half)  # (B, T, N, D)
+    rotated = torch.cat((-heads[..., half:], heads[..., :half]), dim=-1)
+    return (heads * cos + rotated * sin).reshape(x.shape)
+
+
+@rotary_embedding.register_fake
+def _(x, position_ids, cos_cache, sin_cache):
+    return x.new_empty(x.shape)
+
+
+def _onnx_rotary_embedding(x, position_ids, cos_cache, sin_cache):
+    """com.microsoft.RotaryEmbedding: per-token positions, so left-padded rows rotate right."""
+    return _contrib_op("RotaryEmbedding", 1)(x, position_ids, cos_cache, sin_cache)
+
+
 def _heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     """(B, T, H*D) → (B, H, T, D)."""
     return x.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
@@ -223,6 +257,7 @@ def _contrib_op(name: str, num_outputs: int):
 TRANSLATIONS = {
     torch.ops.seqport.group_query_attention.default: _onnx_group_query_attention,
     torch.ops.seqport.group_query_attention_buffer.default: _onnx_group_query_attention_buffer,
+    torch.ops.seqport.rotary_embedding.default: _onnx_rotary_embedding,
 }
 
 

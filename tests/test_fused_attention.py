@@ -73,8 +73,8 @@ def test_fused_and_portable_give_the_same_greedy_ids(pair):
 
 
 def test_fused_graph_holds_group_query_attention(pair):
-    """Meta-check: one com.microsoft GroupQueryAttention per layer, no Softmax left; the
-    portable graph has none; the manifests say which."""
+    """Meta-check: one com.microsoft GroupQueryAttention per layer (and a RotaryEmbedding per Q
+    and K with RoPE), no Softmax left; the portable graph has none; the manifests say which."""
     import onnx
 
     _, portable, fused = pair
@@ -85,6 +85,8 @@ def test_fused_graph_holds_group_query_attention(pair):
         ops[name] = Counter((node.domain, node.op_type) for node in graph.node)
         assert model.manifest.attention == name
     assert ops["fused"][("com.microsoft", "GroupQueryAttention")] == layers
+    rope = 0 if fused.manifest.family == "gpt2" else 2 * layers  # one per Q and K where the family uses RoPE
+    assert ops["fused"][("com.microsoft", "RotaryEmbedding")] == rope
     assert ops["fused"][("", "Softmax")] == 0 and ops["portable"][("", "Softmax")] == layers
     assert not any(domain for domain, _ in ops["portable"])
 
