@@ -116,7 +116,12 @@ def quantize_int4_artifact(
             os.replace(path, folder / manifest.components[name].file)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    record = Quantization(
+    record = _record(options, figures, nodes, min_agreement, sizes)
+    return dataclasses.replace(quantized, quantization=record)
+
+
+def _record(options: Int4Options, figures, nodes: dict[str, int], min_agreement: float, sizes) -> Quantization:
+    return Quantization(
         method=options.method,
         per_channel=False,
         op_types=["MatMul"],
@@ -130,7 +135,6 @@ def quantize_int4_artifact(
         f"up to {NEW_TOKENS} new tokens",
         bytes=sizes,
     )
-    return dataclasses.replace(quantized, quantization=record)
 
 
 def _int4_files(sources: dict[str, Path], manifest: Manifest, out: Path, options: Int4Options):
