@@ -54,8 +54,26 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="store weights as int8 (dynamic quantization), gated on greedy token agreement with fp32",
+        choices=["int8", "int4"],
+        help="int8: dynamic int8 weights; int4: blockwise int4 weights (MatMulNBits); both gated on greedy "
+        "token agreement with fp32",
+    )
+    p.add_argument("--block-size", type=int, default=None, help="--quantize int4: weights per scale (default 32)")
+    p.add_argument(
+        "--accuracy-level", type=int, default=None, help="--quantize int4: MatMulNBits compute type 0-4 (default 4)"
+    )
+    p.add_argument(
+        "--int4-projection",
+        choices=["int4", "float"],
+        default=None,
+        help="--quantize int4: quantize the vocabulary projection too (default) or keep it float32",
+    )
+    p.add_argument(
+        "--attention",
+        choices=["portable", "fused"],
+        default="portable",
+        help="portable: plain ONNX attention (any runtime); fused: onnxruntime's GroupQueryAttention and "
+        "RotaryEmbedding (GPT-2, Llama, Mistral, Qwen2; onnxruntime only; docs/runtimes.md)",
     )
     p.add_argument(
         "--dtype",
@@ -100,10 +118,27 @@ def _export(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         kv_cache=args.kv_cache,
         overwrite=args.overwrite,
+        attention=args.attention,
+        int4=_int4_options(args),
     )
     print(f"exported {manifest.family} to {args.out}")
     print_validation(manifest)
     return 0
+
+
+def _int4_options(args: argparse.Namespace):
+    """Int4Options from the int4 flags, or None when none is given (the export's defaults)."""
+    given = {
+        "block_size": args.block_size,
+        "accuracy_level": args.accuracy_level,
+        "projection": None if args.int4_projection is None else args.int4_projection == "int4",
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    if not given and args.quantize != "int4":
+        return None
+    from seqport.export.int4 import Int4Options
+
+    return Int4Options(**given)
 
 
 def print_validation(manifest) -> None:

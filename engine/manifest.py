@@ -24,6 +24,7 @@ from seqport.engine.errors import ArtifactError, ManifestError
 from seqport.engine.json_binding import bind
 from seqport.engine.manifest_checks import (
     ARCHITECTURES,
+    ATTENTION_MODES,
     DTYPES,
     KV_ALLOCATIONS,
     POOLING_MODES,
@@ -31,15 +32,19 @@ from seqport.engine.manifest_checks import (
     semantic_problems,
 )
 
-#: bump on every layout change; the engine reads exactly this version.
-FORMAT_VERSION = 1
+#: bump on every layout change; the engine reads versions OLDEST_FORMAT_VERSION..FORMAT_VERSION.
+FORMAT_VERSION = 2
+#: the oldest layout this engine still reads: version 2 only added `attention` (default "portable").
+OLDEST_FORMAT_VERSION = 1
 MANIFEST_FILE = "seqport.json"
 __all__ = [
     "ARCHITECTURES",
+    "ATTENTION_MODES",
     "DTYPES",
     "FORMAT_VERSION",
     "KV_ALLOCATIONS",
     "MANIFEST_FILE",
+    "OLDEST_FORMAT_VERSION",
     "POOLING_MODES",
     "Component",
     "KVGeometry",
@@ -279,6 +284,7 @@ class Manifest:
     optimization: Optimization | None = None  # `seqport export --optimize`
     quantization: Quantization | None = None  # `seqport export --quantize int8`
     shared_weights: SharedWeights | None = None  # tensors stored once for several components
+    attention: str = "portable"  # ATTENTION_MODES; format_version 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -298,7 +304,7 @@ class Manifest:
         Raises:
             ManifestError: unknown format version, unknown or missing keys, wrong types.
         """
-        check_version(data, FORMAT_VERSION)
+        check_version(data, FORMAT_VERSION, OLDEST_FORMAT_VERSION)
         problems: list[str] = []
         manifest = bind(cls, data, "$", problems)
         if not problems:

@@ -27,6 +27,9 @@ POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
 #: how the decoder's self-attention cache grows: concatenated per step, or written into buffers
 #: sized for the whole request (past and present are then the same (B, H_kv, C, D) buffer).
 KV_ALLOCATIONS = ("growing", "preallocated")
+#: how the graphs compute attention: plain ONNX operators, or onnxruntime's contrib operators
+#: (com.microsoft GroupQueryAttention), which only onnxruntime runs (`seqport export --attention`).
+ATTENTION_MODES = ("portable", "fused")
 KV_DTYPES = ("float32", "float16")
 KV_LAYOUTS = ("BHSD",)
 #: the largest vocabulary or position count a manifest may state (ids fit in int32).
@@ -57,8 +60,8 @@ REQUIRED_NAMES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = 
 }
 
 
-def check_version(data: Any, known: int) -> None:
-    """Raises ManifestError unless `data` is an object of format version `known` (this engine's)."""
+def check_version(data: Any, known: int, oldest: int) -> None:
+    """Raises ManifestError unless `data` is an object of a format version in [oldest, known]."""
     if not isinstance(data, dict):
         raise ManifestError("seqport.json must hold a JSON object. Re-export the model.")
     version = data.get("format_version")
@@ -72,7 +75,7 @@ def check_version(data: Any, known: int) -> None:
             f"seqport.json has format_version {version}, exported by {exporter}; this engine "
             f"reads format_version {known}. Upgrade seqport, or re-export with this one."
         )
-    if version < known:
+    if version < oldest:
         raise ManifestError(
             f"seqport.json has format_version {version}, older than this engine's "
             f"{known}, which no longer reads it. Re-export the model."
@@ -84,6 +87,8 @@ def semantic_problems(m: Manifest) -> list[str]:
     problems = []
     if m.architecture not in ARCHITECTURES:
         problems.append(f"$.architecture: {m.architecture!r} is not one of {ARCHITECTURES}")
+    if m.attention not in ATTENTION_MODES:
+        problems.append(f"$.attention: {m.attention!r} is not one of {ATTENTION_MODES}")
     problems += _size_problems(m) + _component_problems(m) + _kv_problems(m) + _required_name_problems(m)
     if 1 <= m.vocab_size <= MAX_SIZE:  # ids are only meaningful against a sane vocabulary
         problems += _special_id_problems(m) + _generation_problems(m)

@@ -17,6 +17,7 @@ from torch import nn
 
 from seqport.engine.manifest import Component, TensorSpec, sha256_of
 from seqport.export.adapter import KV, ModelSpec
+from seqport.export.attention import TRANSLATIONS, attention_mode
 from seqport.export.cache_slots import StepSlots, preallocate
 from seqport.export.components import cache_dims, flat_kv
 from seqport.export.hf_common import load_hf_model
@@ -206,9 +207,15 @@ def eos_ids(*values: int | list[int] | None) -> list[int]:
 
 
 def export_decoder_only(
-    adapter: DecoderOnlyAdapter, spec: ModelSpec, folder: Path, allocation: str = "growing"
+    adapter: DecoderOnlyAdapter,
+    spec: ModelSpec,
+    folder: Path,
+    allocation: str = "growing",
+    attention: str = "portable",
 ) -> Component:
-    """Export the `decoder` graph of a decoder-only model to `folder/decoder.onnx`.
+    """Export the `decoder` graph of a decoder-only model to `folder/decoder.onnx`, its
+    self-attention "portable" (plain ONNX) or "fused" (export/attention.py; checked beforehand
+    with check_attention).
 
     Example sizes are ≥ 2 and distinct on every dynamic axis (torch.export specialises 0 and
     1); validation then proves that batch 1 and past 0 work. The example prompt is left-padded.
@@ -237,5 +244,6 @@ def export_decoder_only(
     dyn = tuple(dynamic_axes(inputs[name]) for name in inputs if "{i}" not in name)
     dyn += ([dynamic_axes(inputs["past_key.{i}"])] * n, [dynamic_axes(inputs["past_value.{i}"])] * n)
     path = folder / "decoder.onnx"
-    export_component(component, args, dyn, inputs, outputs, n, path)
+    with attention_mode(adapter, attention):
+        export_component(component, args, dyn, inputs, outputs, n, path, TRANSLATIONS)
     return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)

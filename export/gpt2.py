@@ -12,6 +12,7 @@ import torch
 
 from seqport.engine.errors import ExportError
 from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.attention import fused_attention
 from seqport.export.cache_slots import step_slots
 from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
 
@@ -28,6 +29,8 @@ class GPT2Adapter:
         self.model = model.eval()
         self.config = config
         self.head_dim = config.n_embd // config.n_head
+        #: "portable" or "fused" (export/attention.py); the exporter sets it while it traces.
+        self.attention = "portable"
 
     def spec(self) -> ModelSpec:
         c, gc = self.config, self.model.generation_config
@@ -63,10 +66,15 @@ class GPT2Adapter:
         present = []
         for block, (past_k, past_v) in zip(body.h, past):
             q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.config.n_embd, dim=2)  # 3 × (B, T, d)
-            q, k, v = (split_heads(t, self.head_dim) for t in (q, k, v))  # (B, H, T, D)
-            k, v = slots.extend((past_k, past_v), (k, v))  # (B, H, P+T or C, D)
+            if self.attention == "fused":  # one GroupQueryAttention with H_kv = H
+                heads = (self.config.n_head, self.config.n_head)
+                out, k, v = fused_attention(q, k, v, (past_k, past_v), bias, cache_position, heads, block.attn.scaling)
+            else:
+                q, k, v = (split_heads(t, self.head_dim) for t in (q, k, v))  # (B, H, T, D)
+                k, v = slots.extend((past_k, past_v), (k, v))  # (B, H, P+T or C, D)
+                out = attend(q, k, v, bias, block.attn.scaling)  # (B, T, H*D)
             present.append((k, v))
-            x = x + block.attn.c_proj(attend(q, k, v, bias, block.attn.scaling))
+            x = x + block.attn.c_proj(out)
             x = x + block.mlp(block.ln_2(x))
         return body.ln_f(x), present
 

@@ -14,6 +14,7 @@ import torch
 
 from seqport.engine.errors import ExportError
 from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.attention import fused_attention, rotary_embedding
 from seqport.export.cache_slots import step_slots
 from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
 from seqport.export.hf_common import rms_norm
@@ -54,6 +55,9 @@ class LlamaAdapter:
             )
         self.head_dim = model.model.layers[0].self_attn.head_dim
         self.windows = _windows(config)
+        #: "portable" or "fused" (export/attention.py); the exporter sets it while it traces.
+        self.attention = "portable"
+        self._rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def spec(self) -> ModelSpec:
         c, gc = self.config, self.model.generation_config
@@ -97,13 +101,32 @@ class LlamaAdapter:
         present = []
         for layer, window, (past_k, past_v) in zip(body.layers, self.windows, past):
             attn, h = layer.self_attn, rms_norm(layer.input_layernorm, x)
-            q, k, v = (split_heads(proj(h), self.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # (B, H|H_kv, T, D)
-            k, v = slots.extend((past_k, past_v), (k, v))  # (B, H_kv, P+T or C, D)
+            if self.attention == "fused":
+                out, k, v = self._fused_attention(attn, h, position_ids, (past_k, past_v), biases[window], slots)
+            else:
+                q, k, v = (split_heads(proj(h), self.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+                q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # (B, H|H_kv, T, D)
+                k, v = slots.extend((past_k, past_v), (k, v))  # (B, H_kv, P+T or C, D)
+                out = attend(q, k, v, biases[window], attn.scaling)  # (B, T, H*D)
             present.append((k, v))
-            x = x + attn.o_proj(attend(q, k, v, biases[window], attn.scaling))
+            x = x + attn.o_proj(out)
             x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
         return rms_norm(body.norm, x), present
+
+    def _fused_attention(self, attn, h, position_ids, past: KV, bias, slots) -> tuple[torch.Tensor, ...]:
+        """One RotaryEmbedding per Q and K, then one GroupQueryAttention over the cache."""
+        q, k = (rotary_embedding(proj(h), position_ids, *self.rope_tables()) for proj in (attn.q_proj, attn.k_proj))
+        heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
+        return fused_attention(q, k, attn.v_proj(h), past, bias, slots.cache_position, (heads, kv_heads), attn.scaling)
+
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (max_positions, D/2) for every position, as `rotary` computes them."""
+        if self._rope_tables is None:
+            rope = self.model.model.rotary_emb
+            positions = torch.arange(self.config.max_position_embeddings)[:, None].float()  # (L, 1)
+            freqs = positions * rope.inv_freq.float()  # (L, D/2)
+            self._rope_tables = (freqs.cos() * rope.attention_scaling, freqs.sin() * rope.attention_scaling)
+        return self._rope_tables
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return tied_projection(hidden, self.model.lm_head.weight).float()  # (B, K, V)

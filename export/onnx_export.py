@@ -39,8 +39,12 @@ def export_component(
     outputs: dict[str, TensorSpec],
     num_layers: int,
     path: Path,
+    translations: dict | None = None,
 ) -> None:
     """Export `module(*args)` to `path` as a single self-contained ONNX file.
+
+    `translations`: torch.onnx's custom_translation_table, {torch op: onnxscript function}
+    (the fused attention operators of export/attention.py).
 
     Raises:
         ExportError: torch.onnx could not export the module (with its first error line).
@@ -59,6 +63,7 @@ def export_component(
                 dynamo=True,
                 external_data=False,
                 verbose=False,
+                custom_translation_table=translations,
             )
     except Exception as exc:  # torch.export raises many types; keep the first line for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -152,5 +152,8 @@ def revalidate(adapter, folder: Path, manifest: Manifest) -> Validation:
         return validate_encoder_only(adapter, folder, manifest.components["encoder"])
     kv = manifest.kv
     fixed = {"num_kv_heads": kv.num_kv_heads, "head_dim": kv.head_dim, "vocab_size": manifest.vocab_size}
-    run = checks.validate_decoder_only if manifest.architecture == "decoder-only" else checks.validate
-    return run(adapter, folder, manifest.components, fixed, allocation=kv.allocation)
+    if manifest.architecture == "decoder-only":
+        return checks.validate_decoder_only(
+            adapter, folder, manifest.components, fixed, allocation=kv.allocation, attention=manifest.attention
+        )
+    return checks.validate(adapter, folder, manifest.components, fixed, allocation=kv.allocation)

@@ -33,6 +33,7 @@ from seqport.engine.manifest import (
 )
 from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
 from seqport.export.atomic import atomic_folder
+from seqport.export.attention import check_attention
 from seqport.export.cache_slots import preallocate
 from seqport.export.causal import export_decoder_only
 from seqport.export.components import (
@@ -45,6 +46,7 @@ from seqport.export.components import (
 )
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
+from seqport.export.int4 import Int4Options
 from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
 from seqport.export.validate import validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
@@ -106,6 +108,8 @@ def export_model(
     dtype: str = "fp32",
     kv_cache: str = "growing",
     overwrite: bool = False,
+    attention: str = "portable",
+    int4: Int4Options | None = None,
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
 
@@ -125,13 +129,17 @@ def export_model(
         optimize: apply onnxruntime's transformer fusions offline and validate again
             (export/optimize.py); the manifest records the fusions and the figures.
         quantize: "int8": dynamic int8 weights, gated on greedy token agreement with fp32
-            (export/quantize.py); the manifest records the figures.
+            (export/quantize.py); the manifest records the figures. "int4": blockwise int4
+            weights (MatMulNBits), gated the same way (export/int4.py).
         dtype: "fp32", or "fp16": weights and activations in float16 (float32 graph I/O),
             gated on greedy token agreement with fp32 (export/fp16.py); T5 must stay fp32.
         kv_cache: "growing" (past + new concatenated each step) or "preallocated" (the
             engine sizes one buffer per request and the decoder writes into it; see
             export/cache_slots.py and docs/manifest.md).
         overwrite: replace an existing artifact in `out` (once the new one is complete).
+        attention: "portable" (plain ONNX) or "fused" (onnxruntime's GroupQueryAttention,
+            decoder-only GPT-2/Llama/Mistral/Qwen2; export/attention.py).
+        int4: block size, accuracy level and projection of --quantize int4 (default Int4Options()).
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -145,6 +153,8 @@ def export_model(
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize {quantize!r} is not supported; supported: {', '.join(QUANTIZE_MODES)}")
+    if int4 is not None and quantize != "int4":
+        raise ExportError("int4 options (block size, accuracy level, projection) need --quantize int4")
     if dtype not in ("fp32", "fp16") or (dtype == "fp16" and quantize is not None):
         raise ExportError(f"--dtype must be fp32 or fp16 (fp16 without --quantize), got {dtype!r}")
     if kv_cache not in KV_ALLOCATIONS:
@@ -154,16 +164,24 @@ def export_model(
         adapter = load_adapter(source, family, task)
         with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
             tokenizer = _tokenizer_file(adapter, source, Path(staging))
-            manifest = _export_inline(adapter, tokenizer, folder, progress=progress, source=source, kv_cache=kv_cache)
-        manifest = _finish(folder, _post_process(adapter, folder, manifest, optimize, quantize, dtype))
+            manifest = _export_inline(
+                adapter, tokenizer, folder, progress=progress, source=source, kv_cache=kv_cache, attention=attention
+            )
+        manifest = _finish(folder, _post_process(adapter, folder, manifest, optimize, quantize, dtype, int4))
     return manifest
 
 
-QUANTIZE_MODES = ("int8",)
+QUANTIZE_MODES = ("int8", "int4")
 
 
 def _post_process(
-    adapter, out: Path, manifest: Manifest, optimize: bool, quantize: str | None, dtype: str = "fp32"
+    adapter,
+    out: Path,
+    manifest: Manifest,
+    optimize: bool,
+    quantize: str | None,
+    dtype: str = "fp32",
+    int4: Int4Options | None = None,
 ) -> Manifest:
     """--optimize, then --quantize or --dtype fp16: rewrite the components in place, re-validate, re-save."""
     if not optimize and quantize is None and dtype == "fp32":
@@ -173,7 +191,11 @@ def _post_process(
         from seqport.export.optimize import optimize_artifact
 
         manifest = optimize_artifact(adapter, out, manifest)
-    if quantize is not None:
+    if quantize == "int4":
+        from seqport.export.int4 import quantize_int4_artifact
+
+        manifest = quantize_int4_artifact(out, manifest, int4)
+    elif quantize is not None:
         from seqport.export.quantize import quantize_artifact
 
         manifest = quantize_artifact(out, manifest)
@@ -249,6 +271,7 @@ def _export_inline(
     progress: bool,
     source: str | Path | None,
     kv_cache: str,
+    attention: str = "portable",
 ) -> Manifest:
     """export_adapter without the weights layout: inline components, validated, manifest saved
     (the post-processing steps rewrite these files with onnx.load/save)."""
@@ -261,6 +284,7 @@ def _export_inline(
     if isinstance(spec, EncoderSpec):
         return _export_encoder_only(adapter, spec, tokenizer, out, source, progress)
     _check_allocation(adapter, kv_cache)
+    check_attention(adapter, spec.head_dim, attention)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
     steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
     components: dict[str, Component] = {}
@@ -270,16 +294,22 @@ def _export_inline(
             if step == "encoder":
                 components["encoder"] = _export_encoder(adapter, spec, out)
             elif step == "decoder":
-                export = export_decoder_only if decoder_only else _export_decoder
-                components["decoder"] = export(adapter, spec, out, kv_cache)
+                if decoder_only:
+                    components["decoder"] = export_decoder_only(adapter, spec, out, kv_cache, attention)
+                else:
+                    components["decoder"] = _export_decoder(adapter, spec, out, kv_cache)
             else:
                 fixed = {
                     "num_kv_heads": spec.num_kv_heads,
                     "head_dim": spec.head_dim,
                     "vocab_size": spec.vocab_size,
                 }
-                check = validate_decoder_only if decoder_only else validate
-                validation = check(adapter, out, components, fixed, allocation=kv_cache)
+                if decoder_only:
+                    validation = validate_decoder_only(
+                        adapter, out, components, fixed, allocation=kv_cache, attention=attention
+                    )
+                else:
+                    validation = validate(adapter, out, components, fixed, allocation=kv_cache)
     shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -296,6 +326,7 @@ def _export_inline(
         provenance=_provenance(source),
         validation=validation,
         generation=dict(spec.generation),
+        attention=attention,
     )
     manifest.save(out)
     return manifest

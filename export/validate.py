@@ -184,9 +184,11 @@ def validate_decoder_only(
     fixed: dict[str, int],
     options: RuntimeOptions | None = None,
     allocation: str = "growing",
+    attention: str = "portable",
 ) -> Validation:
     """Run a decoder-only model's `decoder` in PyTorch and onnxruntime on DECODER_ONLY_CASES
-    (a preallocated graph against PyTorch's growing cache, as in `validate`).
+    (a preallocated graph against PyTorch's growing cache, as in `validate`; a fused graph
+    against the adapter's portable attention).
 
     Raises:
         ParityError: naming the output, case and figures of every failure.
@@ -212,9 +214,9 @@ def validate_decoder_only(
         values = {"input_ids": ids[:, new].numpy(), "attention_mask": mask.numpy()}
         values.update({"position_ids": positions[:, new].numpy(), "logits_positions": keep.numpy()})
         values.update(_kv_values("past", past))
-        ours = _run_decoder(signature, runtime, values, case, allocation, recorder)
-        if allocation == "preallocated":  # a left-pad query attends to nothing: its output is unspecified
-            _blank_pads(ours, theirs, mask.numpy(), case.past + keep.numpy())
+        ours = _run_decoder(signature, runtime, values, case, allocation, recorder, in_place=attention == "fused")
+        if allocation == "preallocated" or attention == "fused":  # a left-pad query attends to nothing:
+            _blank_pads(ours, theirs, mask.numpy(), case.past + keep.numpy())  # its output is unspecified
         labels.append(case.label + (" left-padded" if case.batch > 1 else ""))
         recorder.compare("decoder", labels[-1], ours, theirs, signature)
     if recorder.failures:
@@ -238,13 +240,20 @@ def _left_padded(spec: ModelSpec, batch: int, length: int, gen: torch.Generator)
 SPARE_SLOTS = 3
 
 
-def _run_decoder(signature, runtime, values: dict, case: Case, allocation: str, recorder) -> dict[str, np.ndarray]:
+def _run_decoder(
+    signature, runtime, values: dict, case: Case, allocation: str, recorder, in_place: bool = False
+) -> dict[str, np.ndarray]:
     """Run the exported decoder on growing-cache `values`; a preallocated graph gets them as
-    buffers (see `_as_buffers`) and its present buffers come back cut to P+T slots."""
+    buffers (see `_as_buffers`) and its present buffers come back cut to P+T slots. `in_place`:
+    each present buffer is bound to its past one, as the engine does (a fused graph's
+    GroupQueryAttention writes only the new slots, and only when the two are one buffer)."""
     if allocation != "preallocated":
         return signature.by_logical(runtime.run(signature.feeds(values)))
     values, spare = _as_buffers(values, case)
-    ours = signature.by_logical(runtime.run(signature.feeds(values)))
+    feeds = signature.feeds(values)
+    into = {signature.outputs[name].name: feeds[signature.inputs[name.replace("present_", "past_", 1)].name]
+            for name in spare} if in_place else {}  # fmt: skip
+    ours = signature.by_logical(runtime.run(feeds, into=into) if into else runtime.run(feeds))
     written = case.past + case.new
     for name, noise in spare.items():
         if not np.array_equal(ours[name][:, :, written:], noise):

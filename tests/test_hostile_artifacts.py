@@ -15,6 +15,7 @@ import pytest
 
 import seqport.engine as sp
 from seqport.engine.errors import ArtifactError, ManifestError, RuntimeFailure
+from seqport.engine.manifest import FORMAT_VERSION
 
 
 def _edit(folder: Path, change) -> Path:
@@ -128,8 +129,9 @@ def _load_error(folder: Path) -> str:
 
 @pytest.mark.parametrize("provenance", ["x", [1, 2], {"exporter": 5}, None])
 def test_unknown_version_with_a_malformed_provenance(artifact_copy, provenance):
-    _edit(artifact_copy, lambda d: d.update(format_version=2, provenance=provenance))
-    assert "format_version 2" in _load_error(artifact_copy)
+    newer = FORMAT_VERSION + 1
+    _edit(artifact_copy, lambda d: d.update(format_version=newer, provenance=provenance))
+    assert f"format_version {newer}" in _load_error(artifact_copy)
 
 
 def test_unknown_generation_key_and_bad_generation_values(artifact_copy):

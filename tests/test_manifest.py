@@ -94,3 +94,19 @@ def test_shared_tensor_dtype_and_components_are_checked(tiny_artifact):
     del data["shared_weights"]["tensors"]["model.embed.weight"]["size"]
     with pytest.raises(ManifestError, match=r"(?s)dtype: 'int7' is not one of.*components: .*decoder_init"):
         Manifest.from_dict(data)
+
+
+def test_format_version_1_reads_as_portable_attention(tiny_artifact):
+    """Version 2 only added `attention`: a version-1 manifest (no such key) still loads."""
+    data = _data(tiny_artifact)
+    data["format_version"] = 1
+    del data["attention"]
+    manifest = Manifest.from_dict(data)
+    assert manifest.attention == "portable" and manifest.format_version == 1
+
+
+def test_unknown_attention_lists_the_modes(tiny_artifact):
+    data = _data(tiny_artifact)
+    data["attention"] = "flash"
+    with pytest.raises(ManifestError, match=r"\$.attention: 'flash' is not one of \('portable', 'fused'\)"):
+        Manifest.from_dict(data)

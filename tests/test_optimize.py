@@ -128,8 +128,8 @@ def test_int8_needs_a_generating_artifact(fp32_copy):
 def test_unknown_quantize_mode_fails_before_exporting(tiny_checkpoint, tmp_path):
     from seqport.export.pipeline import export_model
 
-    with pytest.raises(ExportError, match="--quantize 'int4' is not supported; supported: int8"):
-        export_model(tiny_checkpoint, tmp_path / "out", progress=False, quantize="int4")
+    with pytest.raises(ExportError, match="--quantize 'int3' is not supported; supported: int8, int4"):
+        export_model(tiny_checkpoint, tmp_path / "out", progress=False, quantize="int3")
     assert not (tmp_path / "out").exists()
 
 

@@ -1,0 +1,143 @@
+"""`seqport export --attention fused`: onnxruntime's GroupQueryAttention against the portable graph.
+
+Families: GPT-2 (H_kv = H), Llama, Mistral, Qwen2.
+
+Each row is a tiny seeded decoder-only model with a head size onnxruntime's kernel takes (a
+multiple of 8), exported twice: portable and fused. Greedy generation through the engine on a
+left-padded batch of 3 must give the same ids from both, with every step's logits within 1e-4,
+and the fused graph must really hold one GroupQueryAttention node per layer and no Softmax.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.export
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from test_hf_causal import CASES, LLAMA_STYLE, PROMPTS, VOCAB, Row, _generate, _tokenizer, _widen  # noqa: E402
+
+from seqport.engine.errors import ExportError  # noqa: E402
+
+ATOL, MAX_NEW = 1e-4, 10
+#: the families with fused attention, at head sizes of 8 or 16 (test_hf_causal's rows use 10 and 12).
+ROWS = {
+    "gpt2": replace(CASES["gpt2"], config={**CASES["gpt2"].config, "n_embd": 48}),  # head 16, H_kv = H
+    "llama": replace(CASES["llama"], config={**CASES["llama"].config, "head_dim": 8}),  # GQA 4:2, linear RoPE
+    "mistral": CASES["mistral"],  # 40 / 5 heads = 8, GQA 5:1, sliding window 6
+    "qwen2": replace(CASES["qwen2"], config={**CASES["qwen2"].config, "hidden_size": 48}),  # head 16, QKV bias
+}
+
+
+def _checkpoint(family: str, folder, row: Row):
+    config = getattr(transformers, row.config_class)(vocab_size=VOCAB, **row.config)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    _widen(model, seed=7 + sorted(ROWS).index(family))
+    model.save_pretrained(folder)
+    _tokenizer(row.tokenizer).save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.fixture(scope="module", params=sorted(ROWS))
+def pair(request, tmp_path_factory):
+    """(family, portable engine model, fused engine model) from one checkpoint."""
+    import seqport.engine as sp
+    from seqport.export.pipeline import export_model
+
+    family = request.param
+    root = tmp_path_factory.mktemp(f"fused-{family}")
+    checkpoint = _checkpoint(family, root / "checkpoint", ROWS[family])
+    for mode in ("portable", "fused"):
+        export_model(checkpoint, root / mode, progress=False, attention=mode)
+    return family, sp.load(root / "portable"), sp.load(root / "fused")
+
+
+def test_fused_and_portable_give_the_same_greedy_ids(pair):
+    family, portable, fused = pair
+    expected, batch, expected_steps = _generate(portable, PROMPTS, max_new_tokens=MAX_NEW)
+    produced, fused_batch, produced_steps = _generate(fused, PROMPTS, max_new_tokens=MAX_NEW)
+    assert fused_batch == batch and len({len(ids) for ids in batch}) > 1, "a left-padded batch"
+    assert [r.ids for r in produced] == [r.ids for r in expected]
+    assert len(produced_steps) == len(expected_steps)
+    for step, ((sources, ours), (_, theirs)) in enumerate(zip(produced_steps, expected_steps)):
+        diff = np.abs(ours - theirs).max()
+        assert diff <= ATOL, f"{family} step {step} rows {sources}: max abs logits diff {diff:.3g}"
+    generated = [tuple(r.ids) for r in expected]
+    assert len(set(generated)) > 1 and any(len(set(ids)) > 2 for ids in generated), "outputs should vary"
+
+
+def test_fused_graph_holds_group_query_attention(pair):
+    """Meta-check: one com.microsoft GroupQueryAttention per layer (and a RotaryEmbedding per Q
+    and K with RoPE), no Softmax left; the portable graph has none; the manifests say which."""
+    import onnx
+
+    _, portable, fused = pair
+    layers = fused.manifest.kv.num_layers
+    ops = {}
+    for name, model in (("portable", portable), ("fused", fused)):
+        graph = onnx.load(str(model.folder / "decoder.onnx"), load_external_data=False).graph
+        ops[name] = Counter((node.domain, node.op_type) for node in graph.node)
+        assert model.manifest.attention == name
+    assert ops["fused"][("com.microsoft", "GroupQueryAttention")] == layers
+    rope = 0 if fused.manifest.family == "gpt2" else 2 * layers  # one per Q and K where the family uses RoPE
+    assert ops["fused"][("com.microsoft", "RotaryEmbedding")] == rope
+    assert ops["fused"][("", "Softmax")] == 0 and ops["portable"][("", "Softmax")] == layers
+    assert not any(domain for domain, _ in ops["portable"])
+
+
+def _llama(**config):
+    base = dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, intermediate_size=24, **LLAMA_STYLE)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=VOCAB, **{**base, **config}))
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (lambda: _llama(head_dim=10), r"head size that is a multiple of 8, this model's is 10"),
+        (lambda: None, r"OwnAdapter has no fused attention \(so far: GPT-2, Llama, Mistral, Qwen2\).*portable"),
+    ],
+)
+def test_fused_attention_refusals_say_why(model, message):
+    from seqport.export.attention import check_attention
+    from seqport.export.llama import LlamaAdapter
+
+    class OwnAdapter:  # an adapter without the fused path (an encoder-decoder family, or your own)
+        def spec(self):
+            return type("Spec", (), {"head_dim": 16})()
+
+    hf = model()
+    adapter = OwnAdapter() if hf is None else LlamaAdapter(hf)
+    with pytest.raises(ExportError, match=message):
+        check_attention(adapter, adapter.spec().head_dim, "fused")
+    with pytest.raises(ExportError, match=r"--attention must be one of portable, fused, got 'flash'"):
+        check_attention(adapter, adapter.spec().head_dim, "flash")
+
+
+@pytest.mark.parametrize("pair", ["llama", "mistral"], indirect=True)  # Mistral: the window cut with the buffer
+def test_fused_over_preallocated_buffers_equals_portable(pair, tmp_path):
+    """--kv-cache preallocated --attention fused: the node shares past/present buffers (written
+    in place through the engine's IOBinding); same greedy ids and per-step logits as portable."""
+    import onnx
+
+    import seqport.engine as sp
+    from seqport.export.pipeline import export_model
+
+    family, portable, _ = pair
+    source = portable.manifest.provenance.source
+    export_model(source, tmp_path / "buffers", progress=False, attention="fused", kv_cache="preallocated")
+    fused = sp.load(tmp_path / "buffers")
+    assert (fused.manifest.kv.allocation, fused.manifest.attention) == ("preallocated", "fused")
+    graph = onnx.load(str(tmp_path / "buffers" / "decoder.onnx"), load_external_data=False).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["GroupQueryAttention"] == fused.manifest.kv.num_layers and ops["ScatterElements"] == 0
+    expected, _, expected_steps = _generate(portable, PROMPTS, max_new_tokens=MAX_NEW)
+    produced, _, produced_steps = _generate(fused, PROMPTS, max_new_tokens=MAX_NEW)
+    assert [r.ids for r in produced] == [r.ids for r in expected]
+    for step, ((_, ours), (_, theirs)) in enumerate(zip(produced_steps, expected_steps)):
+        assert np.abs(ours - theirs).max() <= ATOL, f"{family} step {step}"
