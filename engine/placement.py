@@ -1,7 +1,7 @@
 """Where a model runs: the one object the model kinds use to move and run values.
 
 The model kinds (seq2seq.py, causal_lm.py) write one step each against `Placement`; `load()`
-picks the placement (`open_placement` in engine/runtime.py asks the backend):
+picks the placement (`open_placement` below asks the backend):
 
 - `HostPlacement` (this module): numpy arrays on the host, components run through
   `Runtime.run` (with `into=` for preallocated KV buffers written in place); uploads and
