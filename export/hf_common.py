@@ -50,7 +50,8 @@ _UNSUPPORTED = (
 
 
 def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = "AutoModelForSeq2SeqLM"):
-    """Load a HuggingFace model folder with `transformers.<auto_class>` in float32, eval mode.
+    """Load a HuggingFace model folder (or a folder holding one GGUF file, export/gguf.py) with
+    `transformers.<auto_class>` in float32, eval mode.
 
     Raises:
         ExportError: transformers is missing, cannot load the folder, or the model_type is not
@@ -60,8 +61,12 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
         import transformers
     except ImportError:
         raise ExportError("exporting a HuggingFace model needs transformers: pip install 'seqport[hf]'") from None
+    from seqport.export.gguf import pretrained_kwargs
+
     try:
-        model = getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32)
+        model = getattr(transformers, auto_class).from_pretrained(
+            str(folder), dtype=torch.float32, **pretrained_kwargs(folder)
+        )
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"transformers could not load {folder}: {first}") from exc
@@ -69,7 +74,9 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
         raise ExportError(
             f"{folder} holds a {model.config.model_type!r} model; this adapter exports: {', '.join(model_types)}"
         )
-    return model.float().eval()
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()  # a GGUF model is already float32, and transformers refuses .float() on it
+    return model.eval()
 
 
 def load_seq2seq(folder: Path, model_types: tuple[str, ...]):

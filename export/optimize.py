@@ -149,8 +149,10 @@ def revalidate(adapter, folder: Path, manifest: Manifest) -> Validation:
     if manifest.architecture == "encoder-only":
         from seqport.export.encoder_only import validate_encoder_only
 
-        return validate_encoder_only(adapter, folder, manifest.components["encoder"])
-    kv = manifest.kv
+        return validate_encoder_only(adapter, folder, manifest.components["encoder"], scale=manifest.validation.scale)
+    kv, scale = manifest.kv, manifest.validation.scale
     fixed = {"num_kv_heads": kv.num_kv_heads, "head_dim": kv.head_dim, "vocab_size": manifest.vocab_size}
     run = checks.validate_decoder_only if manifest.architecture == "decoder-only" else checks.validate
-    return run(adapter, folder, manifest.components, fixed, allocation=kv.allocation)
+    tokenizer = folder / manifest.tokenizer.file
+    tokenizer = tokenizer if manifest.validation.text is not None and tokenizer.is_file() else None
+    return run(adapter, folder, manifest.components, fixed, allocation=kv.allocation, tokenizer=tokenizer, scale=scale)

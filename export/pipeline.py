@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import inspect
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from seqport.engine.manifest import (
     Manifest,
     Provenance,
     SpecialIds,
-    TokenizerSpec,
     sha256_of,
 )
+from seqport.export import gguf
 from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
 from seqport.export.cache_slots import preallocate
 from seqport.export.causal import export_decoder_only
@@ -44,7 +43,8 @@ from seqport.export.components import (
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
 from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
-from seqport.export.validate import validate, validate_decoder_only
+from seqport.export.tokenizer_files import write_tokenizer_files
+from seqport.export.validate import check_scale, validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
 
 logger = logging.getLogger(__name__)
@@ -103,12 +103,14 @@ def export_model(
     quantize: str | None = None,
     dtype: str = "fp32",
     kv_cache: str = "growing",
+    tolerance: float = 1.0,
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
 
     Args:
         source: a model folder (config.json, weights, tokenizer.json or files the family's
-            adapter converts into one, e.g. a HuggingFace spiece.model).
+            adapter converts into one, e.g. a HuggingFace spiece.model), or a GGUF checkpoint:
+            a .gguf file or a folder holding one (export/gguf.py).
         out: the artifact folder to write; created if needed.
         family: force the adapter instead of reading config.json's model_type.
         progress: show a progress bar on stderr.
@@ -123,6 +125,8 @@ def export_model(
         kv_cache: "growing" (past + new concatenated each step) or "preallocated" (the
             engine sizes one buffer per request and the decoder writes into it; see
             export/cache_slots.py and docs/manifest.md).
+        tolerance: multiplies every validation tolerance (atol, rtol, near-tie margin, allowed
+            top-k disagreement; export/validate.py): > 1 loosens, < 1 tightens.
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -138,11 +142,13 @@ def export_model(
         raise ExportError(f"--dtype must be fp32 or fp16 (fp16 without --quantize), got {dtype!r}")
     if kv_cache not in KV_ALLOCATIONS:
         raise ExportError(f"--kv-cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
-    source = Path(source)
-    adapter = load_adapter(source, family, task)
     with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
-        tokenizer = _tokenizer_file(adapter, source, Path(staging))
-        manifest = _export_inline(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
+        folder = gguf.stage(Path(source), Path(staging, "source"))  # a .gguf file: a folder linking it
+        adapter = load_adapter(folder, family, task)
+        tokenizer = _tokenizer_file(adapter, folder, Path(staging))
+        manifest = _export_inline(
+            adapter, tokenizer, out, progress=progress, source=Path(source), kv_cache=kv_cache, tolerance=tolerance
+        )
     return _finish(Path(out), _post_process(adapter, Path(out), manifest, optimize, quantize, dtype))
 
 
@@ -183,6 +189,8 @@ def _tokenizer_file(adapter, source: Path, staging: Path) -> Path:
     """source/tokenizer.json, else one the adapter converts from the folder's slow-tokenizer
     files (spiece.model, source.spm + vocab.json, ...) into `staging`: the engine reads only
     tokenizer.json."""
+    if not (source / TOKENIZER_FILE).is_file() and gguf.gguf_file(source) is not None:
+        return staging / gguf.write_tokenizer_files(source, staging)
     if (source / TOKENIZER_FILE).is_file() or not hasattr(adapter, "write_tokenizer"):
         return source / TOKENIZER_FILE
     return staging / adapter.write_tokenizer(staging)
@@ -196,6 +204,7 @@ def export_adapter(
     progress: bool = True,
     source: str | Path | None = None,
     kv_cache: str = "growing",
+    tolerance: float = 1.0,
 ) -> Manifest:
     """Export a model you wrapped yourself (see docs/own-model.md) with the same validation.
 
@@ -208,6 +217,7 @@ def export_adapter(
         source: recorded as the manifest's provenance source (default: the adapter's class).
         kv_cache: "growing" or "preallocated" (as for export_model); preallocated needs a
             decode_step that takes `cache_position` (see export/cache_slots.py).
+        tolerance: multiplies every validation tolerance (as for export_model).
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -217,7 +227,9 @@ def export_adapter(
         ExportError: torch.onnx could not export a component.
         ParityError: a component disagrees with PyTorch beyond tolerance.
     """
-    manifest = _export_inline(adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache)
+    manifest = _export_inline(
+        adapter, tokenizer, out, progress=progress, source=source, kv_cache=kv_cache, tolerance=tolerance
+    )
     return _finish(Path(out), manifest)
 
 
@@ -229,6 +241,7 @@ def _export_inline(
     progress: bool,
     source: str | Path | None,
     kv_cache: str,
+    tolerance: float = 1.0,
 ) -> Manifest:
     """export_adapter without the weights layout: inline components, validated, manifest saved
     (the post-processing steps rewrite these files with onnx.load/save)."""
@@ -238,9 +251,9 @@ def _export_inline(
         raise ArtifactError(f"{tokenizer} not found: the engine needs a tokenizers tokenizer.json")
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # a failed export must not look valid
-    spec = adapter.spec()
+    spec, scale = adapter.spec(), check_scale(tolerance)
     if isinstance(spec, EncoderSpec):
-        return _export_encoder_only(adapter, spec, tokenizer, out, source, progress)
+        return _export_encoder_only(adapter, spec, tokenizer, out, source, progress, scale)
     _check_allocation(adapter, kv_cache)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
     steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
@@ -260,8 +273,10 @@ def _export_inline(
                     "vocab_size": spec.vocab_size,
                 }
                 check = validate_decoder_only if decoder_only else validate
-                validation = check(adapter, out, components, fixed, allocation=kv_cache)
-    shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+                validation = check(
+                    adapter, out, components, fixed, allocation=kv_cache, tokenizer=tokenizer, scale=scale
+                )
+    tokenizer_spec = write_tokenizer_files(tokenizer, out)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         architecture=spec.architecture,
@@ -273,7 +288,7 @@ def _export_inline(
         special_ids=SpecialIds(
             eos=list(spec.eos), pad=spec.pad, bos=spec.bos, decoder_start=spec.decoder_start, unk=spec.unk
         ),
-        tokenizer=TokenizerSpec(file=TOKENIZER_FILE),
+        tokenizer=tokenizer_spec,
         provenance=_provenance(source),
         validation=validation,
         generation=dict(spec.generation),
@@ -295,15 +310,21 @@ def _check_allocation(adapter, kv_cache: str) -> None:
 
 
 def _export_encoder_only(
-    adapter: EncoderOnlyAdapter, spec: EncoderSpec, tokenizer: Path, out: Path, source: str | Path, progress: bool
+    adapter: EncoderOnlyAdapter,
+    spec: EncoderSpec,
+    tokenizer: Path,
+    out: Path,
+    source: str | Path,
+    progress: bool,
+    scale: float = 1.0,
 ) -> Manifest:
     """One `encoder` graph (last_hidden_state or logits), validated; pooling and labels in the manifest."""
     with tqdm(total=2, desc="export", unit="step", disable=not progress, leave=False) as bar:
         component = export_encoder_only(adapter, spec, out)
         bar.update()
-        validation = validate_encoder_only(adapter, out, component)
+        validation = validate_encoder_only(adapter, out, component, scale=scale)
         bar.update()
-    shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+    tokenizer_spec = write_tokenizer_files(tokenizer, out)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         architecture=spec.architecture,
@@ -313,7 +334,7 @@ def _export_encoder_only(
         components={"encoder": component},
         kv=None,
         special_ids=SpecialIds(eos=list(spec.eos), pad=spec.pad, bos=spec.bos, unk=spec.unk),
-        tokenizer=TokenizerSpec(file=TOKENIZER_FILE),
+        tokenizer=tokenizer_spec,
         provenance=_provenance(source),
         validation=validation,
         pooling=spec.pooling,
