@@ -38,7 +38,8 @@ def test_tight_tolerance_fails_naming_the_figure_and_the_option_that_accepts_it(
     with pytest.raises(ParityError) as failure:
         export_model(tiny_checkpoint, tmp_path / "out", progress=False, tolerance=1e-6)
     message = str(failure.value)
-    assert re.search(r"decoder\.logits \[batch=1 past=0 .*\]: max abs diff \S+ > tolerance \S+ \(atol 1e-10 \+ rtol", message)
+    figure = r"decoder\.logits \[batch=1 past=0 .*\]: max abs diff \S+ > tolerance \S+ \(atol 1e-10 \+ rtol"
+    assert re.search(figure, message)
     assert not (tmp_path / "out" / "seqport.json").exists()
     suggested = re.search(r"seqport export --tolerance (\S+)` \(export_model\(\.\.\., tolerance=(\S+)\)\)", message)
     assert suggested and suggested.group(1) == suggested.group(2)
@@ -95,7 +96,8 @@ def test_a_greedy_split_is_a_near_tie_only_within_the_logits_tolerance():
     far = np.array([0.0, 5.0, 4.0, -3.0], dtype=np.float32)
     assert tally.next_tokens("q", np.array([0.0, 5.0, 5.1, -3.0]), far) is None
     assert tally.ties == 1
-    assert re.match(r"text\.greedy \[q\]: onnxruntime picks id 2, PyTorch id 1, whose logit is higher by 1 >", tally.recorder.failures[0])
+    expected = r"text\.greedy \[q\]: onnxruntime picks id 2, PyTorch id 1, whose logit is higher by 1 >"
+    assert re.match(expected, tally.recorder.failures[0])
 
 
 def test_low_top_k_agreement_fails():
