@@ -40,7 +40,7 @@ def export_component(
     num_layers: int,
     path: Path,
 ) -> None:
-    """Export `module(*args)` to `path` as a single self-contained ONNX file.
+    """Export `module(*args)` to `path`, its weights as external data in `<path>.data`.
 
     Raises:
         ExportError: torch.onnx could not export the module (with its first error line).
@@ -64,5 +64,8 @@ def export_component(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx could not export {path.stem}: {first}") from exc
     logger.debug("torch.onnx output for %s:\n%s", path.name, buffer.getvalue())
-    program.save(str(path))
+    # weights streamed to <file>.data tensor by tensor: saving inline first builds the whole
+    # protobuf in memory (twice the weights at peak); export/weights_layout.py lays them out last
+    program.save(str(path), external_data=True)
+    del program
     onnx.checker.check_model(str(path))
