@@ -8,6 +8,8 @@ here and only when a HuggingFace folder is exported.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import re
 import shutil
@@ -85,10 +87,9 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
     check_transformers_version(transformers.__version__)
     from seqport.export.gguf import pretrained_kwargs
 
+    kwargs = pretrained_kwargs(folder)
     try:
-        model = getattr(transformers, auto_class).from_pretrained(
-            str(folder), dtype=torch.float32, **pretrained_kwargs(folder)
-        )
+        model = getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"transformers could not load {folder}: {first}") from exc
@@ -96,6 +97,8 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
         raise ExportError(
             f"{folder} holds a {model.config.model_type!r} model; this adapter exports: {', '.join(model_types)}"
         )
+    if kwargs:
+        release_freed_memory()  # GGUF: the dequantized copies were freed; give their pages back
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.float()  # a GGUF model is already float32, and transformers refuses .float() on it
     return model.eval()
@@ -104,6 +107,16 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
 def load_seq2seq(folder: Path, model_types: tuple[str, ...]):
     """An encoder-decoder folder (AutoModelForSeq2SeqLM)."""
     return load_hf_model(folder, model_types, "AutoModelForSeq2SeqLM")
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim), so the export's peak memory does
+    not stack on what loading left behind; a no-op where glibc is absent."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        logger.debug("malloc_trim unavailable: freed memory stays with the process")
 
 
 def special_ids(model) -> dict[str, Any]:

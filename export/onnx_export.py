@@ -69,3 +69,13 @@ def export_component(
     program.save(str(path), external_data=True)
     del program
     onnx.checker.check_model(str(path))
+
+
+def inline_weights(path: Path) -> None:
+    """Rewrite `path` with its external data (`<path>.data`) inline, as the post-processing steps
+    (--optimize, --quantize, --dtype) expect; export/weights_layout.py externalizes them last."""
+    data = path.with_name(path.name + ".data")
+    if not data.is_file():
+        return
+    onnx.save_model(onnx.load(str(path)), str(path))
+    data.unlink()

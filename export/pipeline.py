@@ -42,7 +42,7 @@ from seqport.export.components import (
 )
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
-from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
+from seqport.export.onnx_export import OPSET, dynamic_axes, export_component, inline_weights
 from seqport.export.tokenizer_files import write_tokenizer_files
 from seqport.export.validate import check_scale, validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
@@ -162,6 +162,8 @@ def _post_process(
     if not optimize and quantize is None and dtype == "fp32":
         return manifest
     (out / MANIFEST_FILE).unlink()  # the components change below: a half-done folder must not look valid
+    for component in manifest.components.values():
+        inline_weights(out / component.file)
     if optimize:
         from seqport.export.optimize import optimize_artifact
 
