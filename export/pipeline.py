@@ -6,6 +6,7 @@ is always an artifact whose components were checked against PyTorch.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import inspect
 import logging
@@ -164,6 +165,8 @@ def _post_process(
     (out / MANIFEST_FILE).unlink()  # the components change below: a half-done folder must not look valid
     for component in manifest.components.values():
         inline_weights(out / component.file)
+    components = {n: dataclasses.replace(c, sha256=sha256_of(out / c.file)) for n, c in manifest.components.items()}
+    manifest = dataclasses.replace(manifest, components=components)
     if optimize:
         from seqport.export.optimize import optimize_artifact
 
