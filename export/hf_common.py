@@ -8,8 +8,6 @@ here and only when a HuggingFace folder is exported.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import re
 import shutil
@@ -97,8 +95,6 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
         raise ExportError(
             f"{folder} holds a {model.config.model_type!r} model; this adapter exports: {', '.join(model_types)}"
         )
-    if kwargs:
-        release_freed_memory()  # GGUF: the dequantized copies were freed; give their pages back
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.float()  # a GGUF model is already float32, and transformers refuses .float() on it
     return model.eval()
@@ -107,16 +103,6 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
 def load_seq2seq(folder: Path, model_types: tuple[str, ...]):
     """An encoder-decoder folder (AutoModelForSeq2SeqLM)."""
     return load_hf_model(folder, model_types, "AutoModelForSeq2SeqLM")
-
-
-def release_freed_memory() -> None:
-    """Return freed heap pages to the OS (glibc malloc_trim), so the export's peak memory does
-    not stack on what loading left behind; a no-op where glibc is absent."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        logger.debug("malloc_trim unavailable: freed memory stays with the process")
 
 
 def special_ids(model) -> dict[str, Any]:
