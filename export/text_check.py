@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from seqport.engine.manifest import TextCheck
-from seqport.export.validate import Case, _kv_values, _run_decoder, bound, max_abs_diff
+from seqport.export.validate import Case, _kv_values, bound, max_abs_diff, run_decoder
 
 #: real English text, short enough for tiny models' position limits once tokenized.
 SENTENCES = (
@@ -132,7 +132,7 @@ def check_decoder_only(adapter, tokenizer: Path, signature, runtime, allocation:
             values = {"input_ids": tokens.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
             values.update(logits_positions=keep.numpy(), **ort_past)
             case = Case(1, length - tokens.shape[1], tokens.shape[1], all_logits=step == 0)
-            out = _run_decoder(signature, runtime, values, case, allocation, recorder)
+            out = run_decoder(signature, runtime, values, case, allocation, recorder)
             ort_past = _present_as_past(out)
             tally.logits(f"{label} step {step}", out["logits"][0], ref)
             chosen = tally.next_tokens(f"{label} step {step}", out["logits"][0][-1], ref[-1])
@@ -168,7 +168,7 @@ def check_seq2seq(adapter, tokenizer: Path, signatures: dict, runtimes: dict, al
             values = {"input_ids": token.numpy(), "encoder_attention_mask": mask.numpy()}
             values.update(logits_positions=np.array([0]), **ort_cross, **ort_past)
             case = Case(1, step, 1)
-            out = _run_decoder(signatures["decoder"], runtimes["decoder"], values, case, allocation, recorder)
+            out = run_decoder(signatures["decoder"], runtimes["decoder"], values, case, allocation, recorder)
             ort_past = _present_as_past(out)
             tally.logits(f"{label} step {step}", out["logits"][0], ref)
             chosen = tally.next_tokens(f"{label} step {step}", out["logits"][0][-1], ref[-1])

@@ -331,6 +331,11 @@ def _run_decoder(signature, runtime, values: dict, case: Case, allocation: str, 
     return ours
 
 
+#: `_run_decoder` for export/text_check.py: bound once, so a test spying on this module's
+#: validation cases (tests/test_validation_cases.py patches `_run_decoder`) sees only those.
+run_decoder = _run_decoder
+
+
 def _as_buffers(values: dict, case: Case) -> tuple[dict, dict[str, np.ndarray]]:
     """Growing-cache feeds → preallocated ones: each past K/V copied into slots 0..P-1 of a
     buffer of P+T+SPARE_SLOTS slots whose other slots hold noise, cache_position P..P+T-1, and
