@@ -10,7 +10,7 @@ from typing import Any
 from seqport.engine.errors import ConfigError
 
 EARLY_STOPPING = (True, False, "never")
-_ID_TUPLES = ("suppress_tokens", "prefix_ids", "eos_token_ids")
+_ID_TUPLES = ("suppress_tokens", "prefix_ids", "eos_token_ids", "forced_eos_token_id")
 #: 4 GiB: far above any sensible request on the bundled models, far below a hang
 DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
 
@@ -39,6 +39,9 @@ class GenerationConfig:
         bad_words_ids: token sequences never generated.
         suppress_tokens: token ids never generated.
         forced_bos_token_id: token forced as the first generated token (mBART language id).
+        forced_eos_token_id: id(s) forced as the last token a row may generate (the
+            max_new_tokens-th), as transformers' ForcedEOSTokenLogitsProcessor (Marian); an int
+            becomes a 1-tuple; () disables.
         prefix_ids: target prefix forced after the decoder start token (part of the prompt:
             not returned in ids or text).
         eos_token_ids: ids that end a sequence; empty = the manifest's.
@@ -67,6 +70,7 @@ class GenerationConfig:
     bad_words_ids: tuple[tuple[int, ...], ...] = ()
     suppress_tokens: tuple[int, ...] = ()
     forced_bos_token_id: int | None = None
+    forced_eos_token_id: tuple[int, ...] = ()
     prefix_ids: tuple[int, ...] = ()
     eos_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
@@ -103,6 +107,7 @@ class GenerationConfig:
             "eos_token_ids": self.eos_token_ids,
             "bad_words_ids": [i for words in self.bad_words_ids for i in words],
             "forced_bos_token_id": [] if self.forced_bos_token_id is None else [self.forced_bos_token_id],
+            "forced_eos_token_id": self.forced_eos_token_id,
         }
         bad = {name: [i for i in ids if not 0 <= i < vocab_size] for name, ids in options.items()}
         problems = [f"{name} has ids {ids[:5]}" for name, ids in bad.items() if ids]
@@ -122,6 +127,8 @@ class GenerationConfig:
 
 def _normalise(values: dict[str, Any]) -> dict[str, Any]:
     out = {}
+    if _is_int(values.get("forced_eos_token_id")):
+        values = {**values, "forced_eos_token_id": (values["forced_eos_token_id"],)}  # transformers: int or list
     for name in _ID_TUPLES:
         if isinstance(values.get(name), (list, tuple)):
             out[name] = tuple(values[name])
@@ -179,6 +186,7 @@ def _problems(c: GenerationConfig) -> list[str]:
         (_ids(c.eos_token_ids), "eos_token_ids must be non-negative integers"),
         (_ids(c.suppress_tokens), "suppress_tokens must be non-negative integers"),
         (_ids(c.prefix_ids), "prefix_ids must be non-negative integers"),
+        (_ids(c.forced_eos_token_id), "forced_eos_token_id must be non-negative integers"),
         (
             isinstance(c.stop, tuple) and all(isinstance(s, str) and s and _unicode(s) for s in c.stop),
             "stop strings must be non-empty strings of valid Unicode",

@@ -172,6 +172,8 @@ class TokenizerSpec:
 
     file: str = "tokenizer.json"
     add_special_tokens: bool = True
+    chat_template: str | None = None  # file beside `file` (chat_template.jinja), when the checkpoint has one
+    special_tokens: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token, ... → token text
 
 
 @dataclass(frozen=True)
@@ -188,12 +190,44 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class TextCheck:
+    """Export-time generation check on real text encoded by the model's own tokenizer.
+
+    Args:
+        prompts: the sentences (decoder-only: prompts; encoder-decoder: sources).
+        steps: greedy steps taken per prompt, in PyTorch and in onnxruntime, each on its own cache.
+        greedy_equal: prompts whose `steps` greedy ids are identical in both.
+        near_ties: prompts where the two picked different tokens whose PyTorch logits were
+            within the logits tolerance of each other (accepted: noise, not a fault).
+        top_k: size of the next-token sets compared at every prompt position and greedy step.
+        top_k_agreement: mean fraction of PyTorch's top-k ids that onnxruntime's top-k holds.
+        max_abs_diff: largest |ort - torch| logit on that text.
+    """
+
+    prompts: list[str]
+    steps: int
+    greedy_equal: int
+    near_ties: int
+    top_k: int
+    top_k_agreement: float
+    max_abs_diff: float
+
+
+@dataclass(frozen=True)
 class Validation:
-    """Export-time parity against PyTorch: max |ort - torch| per component and output."""
+    """Export-time parity against PyTorch: max |ort - torch| per component and output.
+
+    An output passes when max |ort - torch| <= tolerance[dtype] + rtol[dtype] * max |torch|
+    (both already multiplied by `scale`, the export's `tolerance` option). `text` is the
+    generation check on real sentences (None for encoder-only models or without a tokenizer).
+    """
 
     tolerance: dict[str, float]
     max_abs_diff: dict[str, dict[str, float]]
     cases: list[str] = field(default_factory=list)
+    rtol: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
+    text: TextCheck | None = None
 
 
 @dataclass(frozen=True)

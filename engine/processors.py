@@ -77,6 +77,18 @@ def forced_first_token(scores: np.ndarray, history: np.ndarray, step: int, token
     return forced
 
 
+def forced_last_token(
+    scores: np.ndarray, history: np.ndarray, step: int, last_step: int, tokens: tuple[int, ...]
+) -> np.ndarray:
+    """At the last step a row may generate (max_new_tokens - 1), only `tokens` are possible
+    (their scores become 0): transformers' ForcedEOSTokenLogitsProcessor at max_length - 1."""
+    if step != last_step:
+        return scores
+    forced = np.full_like(scores, -np.inf)
+    forced[:, list(tokens)] = 0.0
+    return forced
+
+
 def suppress(scores: np.ndarray, history: np.ndarray, step: int, tokens: tuple[int, ...]) -> np.ndarray:
     """These token ids are never generated."""
     scores = scores.copy()
@@ -98,6 +110,10 @@ def build_processors(config: GenerationConfig, eos: tuple[int, ...]) -> list[Pro
         (bool(_bad_words(c, eos)), partial(bad_words, words=_bad_words(c, eos))),
         (c.min_new_tokens > 0 and bool(eos), partial(min_new_tokens, minimum=c.min_new_tokens, eos=eos)),
         (c.forced_bos_token_id is not None, partial(forced_first_token, token=c.forced_bos_token_id)),
+        (
+            bool(c.forced_eos_token_id),
+            partial(forced_last_token, last_step=c.max_new_tokens - 1, tokens=c.forced_eos_token_id),
+        ),
         (bool(c.suppress_tokens), partial(suppress, tokens=c.suppress_tokens)),
     ]
     if c.do_sample:

@@ -191,6 +191,9 @@ def generation_defaults(generation_config: Any) -> dict[str, Any]:
         value = getattr(gc, name, None)
         if value is not None and value != neutral:
             out[name] = value
+    for name in ("forced_bos_token_id", "forced_eos_token_id"):
+        if getattr(gc, name, None) is not None:
+            out[name] = getattr(gc, name)
     if out.get("num_beams", 1) > 1:
         for name in ("length_penalty", "early_stopping"):
             if getattr(gc, name, None) is not None:

@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
-from seqport.engine.errors import ExportError, ParityError
+from seqport.engine.errors import ExportError
 from seqport.engine.feeds import Signature
 from seqport.engine.manifest import POOLING_MODES, Component, Pooling, TensorSpec, Validation, sha256_of
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.export.onnx_export import dynamic_axes, export_component
-from seqport.export.validate import TOLERANCES
+from seqport.export.validate import _Recorder, max_abs_diff, raise_failures, validation_record
 
 logger = logging.getLogger(__name__)
 FEATURE_EXTRACTION, SEQUENCE_CLASSIFICATION = "feature-extraction", "sequence-classification"
@@ -137,9 +136,14 @@ def export_encoder_only(adapter: EncoderOnlyAdapter, spec: EncoderSpec, folder: 
 
 @torch.inference_mode()
 def validate_encoder_only(
-    adapter: EncoderOnlyAdapter, folder: Path, component: Component, options: RuntimeOptions | None = None
+    adapter: EncoderOnlyAdapter,
+    folder: Path,
+    component: Component,
+    options: RuntimeOptions | None = None,
+    scale: float = 1.0,
 ) -> Validation:
-    """Compare onnxruntime with PyTorch on batch 1 and a padded batch 3 (lengths 11, 6, 3).
+    """Compare onnxruntime with PyTorch on batch 1 and a padded batch 3 (lengths 11, 6, 3),
+    within atol + rtol · max|torch| per dtype times `scale` (export/validate.py).
 
     Raises:
         ParityError: naming the output, case and max abs diff of every failure.
@@ -148,24 +152,21 @@ def validate_encoder_only(
     signature = Signature(component, 0, {})
     runtime = open_runtime(folder / component.file, options or RuntimeOptions())
     (output,) = component.outputs
-    tolerance = TOLERANCES[component.outputs[output].dtype]
+    dtype = component.outputs[output].dtype
+    recorder = _Recorder(scale)
     gen = torch.Generator().manual_seed(1234)
-    worst, failures, cases = 0.0, [], []
+    worst, cases = 0.0, []
     for lengths in ([7], [11, 6, 3]):
         tensors = _batch(spec, lengths, gen)
         expected = adapter.encode(*tensors[:2], tensors[2] if spec.token_type_ids else None).float().numpy()
         values = dict(zip(signature.inputs, (t.numpy() for t in tensors)))
         ours = signature.by_logical(runtime.run(signature.feeds(values)))[output]
-        diff = float(np.max(np.abs(ours.astype(np.float64) - expected)))
-        diff = diff if np.isfinite(diff) else float("inf")
-        case = f"encoder batch={len(lengths)} padded"
-        cases.append(case)
+        diff = max_abs_diff(ours, expected)
+        cases.append(f"encoder batch={len(lengths)} padded")
         worst = max(worst, diff)
-        if not diff <= tolerance:
-            failures.append(f"encoder.{output} [{case}]: max abs diff {diff:.3g} > tolerance {tolerance:g}")
-    if failures:
-        raise ParityError("exported components disagree with PyTorch:\n  - " + "\n  - ".join(failures))
-    return Validation(tolerance=dict(TOLERANCES), max_abs_diff={"encoder": {output: worst}}, cases=cases)
+        recorder.check(f"encoder.{output} [{cases[-1]}]", diff, expected, dtype)
+    raise_failures(recorder, "exported components")
+    return validation_record({"encoder": {output: worst}}, cases, scale)
 
 
 def read_sentence_transformers(folder: Path, d_model: int) -> tuple[Pooling, int | None]:

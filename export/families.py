@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from seqport.engine.errors import ArtifactError, ExportError
+from seqport.export.gguf import gguf_file
+from seqport.export.gguf import model_type as gguf_model_type
 
 #: model_type -> module with `load(folder) -> adapter`.
 FAMILIES: dict[str, str] = {
@@ -31,10 +33,12 @@ def read_model_type(folder: Path) -> str:
     config = folder / "config.json"
     if not folder.is_dir():
         raise ArtifactError(f"model folder not found: {folder}")
+    if not config.is_file() and gguf_file(folder) is not None:
+        return gguf_model_type(folder)
     if not config.is_file():
         raise ArtifactError(
             f"{config} not found: pass a folder holding config.json, the weights and the "
-            "tokenizer (a seqport reference checkpoint or a HuggingFace model folder)."
+            "tokenizer (a seqport reference checkpoint or a HuggingFace model folder), or a .gguf file."
         )
     try:
         return str(json.loads(config.read_text())["model_type"])

@@ -31,6 +31,7 @@ class GPT2Adapter:
         self.head_dim = config.n_embd // config.n_head
         #: "portable" or "fused" (export/attention.py); the exporter sets it while it traces.
         self.attention = "portable"
+        self.scaling = [attention_scaling(config, i) for i in range(config.n_layer)]
 
     def spec(self) -> ModelSpec:
         c, gc = self.config, self.model.generation_config
@@ -64,15 +65,15 @@ class GPT2Adapter:
         x = body.wte(input_ids) + body.wpe(position_ids)  # (B, T, d)
         bias = attention_bias(attention_mask, slots, x.dtype)  # (B, 1, T, P+T or C)
         present = []
-        for block, (past_k, past_v) in zip(body.h, past):
+        for block, scaling, (past_k, past_v) in zip(body.h, self.scaling, past):
             q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.config.n_embd, dim=2)  # 3 × (B, T, d)
             if self.attention == "fused":  # one GroupQueryAttention with H_kv = H
                 heads = (self.config.n_head, self.config.n_head)
-                out, k, v = fused_attention(q, k, v, (past_k, past_v), bias, cache_position, heads, block.attn.scaling)
+                out, k, v = fused_attention(q, k, v, (past_k, past_v), bias, cache_position, heads, scaling)
             else:
                 q, k, v = (split_heads(t, self.head_dim) for t in (q, k, v))  # (B, H, T, D)
                 k, v = slots.extend((past_k, past_v), (k, v))  # (B, H, P+T or C, D)
-                out = attend(q, k, v, bias, block.attn.scaling)  # (B, T, H*D)
+                out = attend(q, k, v, bias, scaling)  # (B, T, H*D)
             present.append((k, v))
             x = x + block.attn.c_proj(out)
             x = x + block.mlp(block.ln_2(x))
@@ -84,6 +85,13 @@ class GPT2Adapter:
     def empty_past(self, batch: int) -> list[KV]:
         zero = torch.zeros(batch, self.config.n_head, 0, self.head_dim)  # (B, H, 0, D)
         return [(zero, zero)] * self.config.n_layer
+
+
+def attention_scaling(config, layer: int) -> float:
+    """The score scale of `layer`, as GPT2Attention computes it (transformers 5 stores it as
+    `attn.scaling`; 4.57 has no such attribute, so the adapter computes it from the config)."""
+    scaling = (config.n_embd // config.n_head) ** -0.5 if config.scale_attn_weights else 1.0
+    return scaling / (layer + 1) if config.scale_attn_by_inverse_layer_idx else scaling
 
 
 def load(folder: Path) -> GPT2Adapter:

@@ -9,6 +9,7 @@ here and only when a HuggingFace folder is exported.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ _COPIED = (
     "bad_words_ids",
     "suppress_tokens",
     "forced_bos_token_id",
+    "forced_eos_token_id",
     "num_return_sequences",
     "do_sample",
     "temperature",
@@ -40,7 +42,6 @@ _COPIED = (
 )
 #: fields with no seqport equivalent: logged when a checkpoint sets them, never silently dropped.
 _UNSUPPORTED = (
-    "forced_eos_token_id",
     "begin_suppress_tokens",
     "encoder_no_repeat_ngram_size",
     "typical_p",
@@ -49,19 +50,44 @@ _UNSUPPORTED = (
 )
 
 
-def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = "AutoModelForSeq2SeqLM"):
-    """Load a HuggingFace model folder with `transformers.<auto_class>` in float32, eval mode.
+#: transformers versions the HuggingFace adapters support: [first, stop) as (major, minor).
+TRANSFORMERS_RANGE = ((4, 57), (6, 0))
+SUPPORTED_TRANSFORMERS = ">=4.57,<6"
+
+
+def check_transformers_version(version: str) -> None:
+    """Refuse a transformers outside TRANSFORMERS_RANGE before any model is loaded.
 
     Raises:
-        ExportError: transformers is missing, cannot load the folder, or the model_type is not
-            one of `model_types`.
+        ExportError: one line naming the installed and the supported versions.
+    """
+    parts = re.match(r"(\d+)\.(\d+)", version)
+    first, stop = TRANSFORMERS_RANGE
+    if parts is None or not first <= (int(parts[1]), int(parts[2])) < stop:
+        raise ExportError(
+            f"transformers {version} is installed; seqport exports HuggingFace models with transformers "
+            f"{SUPPORTED_TRANSFORMERS}: pip install 'transformers{SUPPORTED_TRANSFORMERS}'"
+        )
+
+
+def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = "AutoModelForSeq2SeqLM"):
+    """Load a HuggingFace model folder (or a folder holding one GGUF file, export/gguf.py) with
+    `transformers.<auto_class>` in float32, eval mode.
+
+    Raises:
+        ExportError: transformers is missing or outside SUPPORTED_TRANSFORMERS, cannot load the
+            folder, or the model_type is not one of `model_types`.
     """
     try:
         import transformers
     except ImportError:
         raise ExportError("exporting a HuggingFace model needs transformers: pip install 'seqport[hf]'") from None
+    check_transformers_version(transformers.__version__)
+    from seqport.export.gguf import pretrained_kwargs
+
+    kwargs = pretrained_kwargs(folder)
     try:
-        model = getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32)
+        model = getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"transformers could not load {folder}: {first}") from exc
@@ -69,7 +95,9 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
         raise ExportError(
             f"{folder} holds a {model.config.model_type!r} model; this adapter exports: {', '.join(model_types)}"
         )
-    return model.float().eval()
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()  # a GGUF model is already float32, and transformers refuses .float() on it
+    return model.eval()
 
 
 def load_seq2seq(folder: Path, model_types: tuple[str, ...]):

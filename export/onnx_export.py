@@ -41,7 +41,7 @@ def export_component(
     path: Path,
     translations: dict | None = None,
 ) -> None:
-    """Export `module(*args)` to `path` as a single self-contained ONNX file.
+    """Export `module(*args)` to `path`, its weights as external data in `<path>.data`.
 
     `translations`: torch.onnx's custom_translation_table, {torch op: onnxscript function}
     (the fused attention operators of export/attention.py).
@@ -69,5 +69,18 @@ def export_component(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx could not export {path.stem}: {first}") from exc
     logger.debug("torch.onnx output for %s:\n%s", path.name, buffer.getvalue())
-    program.save(str(path))
+    # weights streamed to <file>.data tensor by tensor: saving inline first builds the whole
+    # protobuf in memory (twice the weights at peak); export/weights_layout.py lays them out last
+    program.save(str(path), external_data=True)
+    del program
     onnx.checker.check_model(str(path))
+
+
+def inline_weights(path: Path) -> None:
+    """Rewrite `path` with its external data (`<path>.data`) inline, as the post-processing steps
+    (--optimize, --quantize, --dtype) expect; export/weights_layout.py externalizes them last."""
+    data = path.with_name(path.name + ".data")
+    if not data.is_file():
+        return
+    onnx.save_model(onnx.load(str(path)), str(path))
+    data.unlink()

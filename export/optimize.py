@@ -149,11 +149,22 @@ def revalidate(adapter, folder: Path, manifest: Manifest) -> Validation:
     if manifest.architecture == "encoder-only":
         from seqport.export.encoder_only import validate_encoder_only
 
-        return validate_encoder_only(adapter, folder, manifest.components["encoder"])
-    kv = manifest.kv
+        return validate_encoder_only(adapter, folder, manifest.components["encoder"], scale=manifest.validation.scale)
+    kv, scale = manifest.kv, manifest.validation.scale
     fixed = {"num_kv_heads": kv.num_kv_heads, "head_dim": kv.head_dim, "vocab_size": manifest.vocab_size}
+    tokenizer = folder / manifest.tokenizer.file
+    tokenizer = tokenizer if manifest.validation.text is not None and tokenizer.is_file() else None
     if manifest.architecture == "decoder-only":
         return checks.validate_decoder_only(
-            adapter, folder, manifest.components, fixed, allocation=kv.allocation, attention=manifest.attention
+            adapter,
+            folder,
+            manifest.components,
+            fixed,
+            allocation=kv.allocation,
+            attention=manifest.attention,
+            tokenizer=tokenizer,
+            scale=scale,
         )
-    return checks.validate(adapter, folder, manifest.components, fixed, allocation=kv.allocation)
+    return checks.validate(
+        adapter, folder, manifest.components, fixed, allocation=kv.allocation, tokenizer=tokenizer, scale=scale
+    )

@@ -6,10 +6,10 @@ is always an artifact whose components were checked against PyTorch.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import inspect
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,10 +27,10 @@ from seqport.engine.manifest import (
     Manifest,
     Provenance,
     SpecialIds,
-    TokenizerSpec,
     load_manifest,
     sha256_of,
 )
+from seqport.export import gguf
 from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
 from seqport.export.atomic import atomic_folder
 from seqport.export.attention import check_attention
@@ -47,8 +47,9 @@ from seqport.export.components import (
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
-from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
-from seqport.export.validate import validate, validate_decoder_only
+from seqport.export.onnx_export import OPSET, dynamic_axes, export_component, inline_weights
+from seqport.export.tokenizer_files import write_tokenizer_files
+from seqport.export.validate import check_scale, validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def export_model(
     overwrite: bool = False,
     attention: str = "portable",
     int4: Int4Options | None = None,
+    tolerance: float = 1.0,
 ) -> Manifest:
     """Export the checkpoint in `source` to a validated seqport artifact in `out`.
 
@@ -119,7 +121,8 @@ def export_model(
 
     Args:
         source: a model folder (config.json, weights, tokenizer.json or files the family's
-            adapter converts into one, e.g. a HuggingFace spiece.model).
+            adapter converts into one, e.g. a HuggingFace spiece.model), or a GGUF checkpoint:
+            a .gguf file or a folder holding one (export/gguf.py).
         out: the artifact folder to write; created if needed. It must be new, empty, or (with
             `overwrite`) an existing seqport artifact.
         family: force the adapter instead of reading config.json's model_type.
@@ -140,6 +143,8 @@ def export_model(
         attention: "portable" (plain ONNX) or "fused" (onnxruntime's GroupQueryAttention,
             decoder-only GPT-2/Llama/Mistral/Qwen2; export/attention.py).
         int4: block size, accuracy level and projection of --quantize int4 (default Int4Options()).
+        tolerance: multiplies every validation tolerance (atol, rtol, near-tie margin, allowed
+            top-k disagreement; export/validate.py): > 1 loosens, < 1 tightens.
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -159,15 +164,21 @@ def export_model(
         raise ExportError(f"--dtype must be fp32 or fp16 (fp16 without --quantize), got {dtype!r}")
     if kv_cache not in KV_ALLOCATIONS:
         raise ExportError(f"--kv-cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
-    source = Path(source)
-    with atomic_folder(out, overwrite) as folder:
-        adapter = load_adapter(source, family, task)
-        with tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
-            tokenizer = _tokenizer_file(adapter, source, Path(staging))
-            manifest = _export_inline(
-                adapter, tokenizer, folder, progress=progress, source=source, kv_cache=kv_cache, attention=attention
-            )
-        manifest = _finish(folder, _post_process(adapter, folder, manifest, optimize, quantize, dtype, int4))
+    with atomic_folder(out, overwrite) as target, tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
+        folder = gguf.stage(Path(source), Path(staging, "source"))  # a .gguf file: a folder linking it
+        adapter = load_adapter(folder, family, task)
+        tokenizer = _tokenizer_file(adapter, folder, Path(staging))
+        manifest = _export_inline(
+            adapter,
+            tokenizer,
+            target,
+            progress=progress,
+            source=Path(source),
+            kv_cache=kv_cache,
+            attention=attention,
+            tolerance=tolerance,
+        )
+        manifest = _finish(target, _post_process(adapter, target, manifest, optimize, quantize, dtype, int4))
     return manifest
 
 
@@ -187,6 +198,10 @@ def _post_process(
     if not optimize and quantize is None and dtype == "fp32":
         return manifest
     (out / MANIFEST_FILE).unlink()  # the components change below: a half-done folder must not look valid
+    for component in manifest.components.values():
+        inline_weights(out / component.file)
+    components = {n: dataclasses.replace(c, sha256=sha256_of(out / c.file)) for n, c in manifest.components.items()}
+    manifest = dataclasses.replace(manifest, components=components)
     if optimize:
         from seqport.export.optimize import optimize_artifact
 
@@ -220,6 +235,8 @@ def _tokenizer_file(adapter, source: Path, staging: Path) -> Path:
     """source/tokenizer.json, else one the adapter converts from the folder's slow-tokenizer
     files (spiece.model, source.spm + vocab.json, ...) into `staging`: the engine reads only
     tokenizer.json."""
+    if not (source / TOKENIZER_FILE).is_file() and gguf.gguf_file(source) is not None:
+        return staging / gguf.write_tokenizer_files(source, staging)
     if (source / TOKENIZER_FILE).is_file() or not hasattr(adapter, "write_tokenizer"):
         return source / TOKENIZER_FILE
     return staging / adapter.write_tokenizer(staging)
@@ -234,6 +251,7 @@ def export_adapter(
     source: str | Path | None = None,
     kv_cache: str = "growing",
     overwrite: bool = False,
+    tolerance: float = 1.0,
 ) -> Manifest:
     """Export a model you wrapped yourself (see docs/own-model.md) with the same validation.
 
@@ -247,6 +265,7 @@ def export_adapter(
         kv_cache: "growing" or "preallocated" (as for export_model); preallocated needs a
             decode_step that takes `cache_position` (see export/cache_slots.py).
         overwrite: replace an existing artifact in `out` (as for export_model).
+        tolerance: multiplies every validation tolerance (as for export_model).
 
     Returns:
         The manifest written to `out/seqport.json`.
@@ -258,7 +277,9 @@ def export_adapter(
         ParityError: a component disagrees with PyTorch beyond tolerance.
     """
     with atomic_folder(out, overwrite) as folder:
-        manifest = _export_inline(adapter, tokenizer, folder, progress=progress, source=source, kv_cache=kv_cache)
+        manifest = _export_inline(
+            adapter, tokenizer, folder, progress=progress, source=source, kv_cache=kv_cache, tolerance=tolerance
+        )
         manifest = _finish(folder, manifest)
     return manifest
 
@@ -272,6 +293,7 @@ def _export_inline(
     source: str | Path | None,
     kv_cache: str,
     attention: str = "portable",
+    tolerance: float = 1.0,
 ) -> Manifest:
     """export_adapter without the weights layout: inline components, validated, manifest saved
     (the post-processing steps rewrite these files with onnx.load/save)."""
@@ -280,9 +302,9 @@ def _export_inline(
     if not tokenizer.is_file():
         raise ArtifactError(f"{tokenizer} not found: the engine needs a tokenizers tokenizer.json")
     out.mkdir(parents=True, exist_ok=True)
-    spec = adapter.spec()
+    spec, scale = adapter.spec(), check_scale(tolerance)
     if isinstance(spec, EncoderSpec):
-        return _export_encoder_only(adapter, spec, tokenizer, out, source, progress)
+        return _export_encoder_only(adapter, spec, tokenizer, out, source, progress, scale)
     _check_allocation(adapter, kv_cache)
     check_attention(adapter, spec.head_dim, attention)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
@@ -306,11 +328,20 @@ def _export_inline(
                 }
                 if decoder_only:
                     validation = validate_decoder_only(
-                        adapter, out, components, fixed, allocation=kv_cache, attention=attention
+                        adapter,
+                        out,
+                        components,
+                        fixed,
+                        allocation=kv_cache,
+                        attention=attention,
+                        tokenizer=tokenizer,
+                        scale=scale,
                     )
                 else:
-                    validation = validate(adapter, out, components, fixed, allocation=kv_cache)
-    shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+                    validation = validate(
+                        adapter, out, components, fixed, allocation=kv_cache, tokenizer=tokenizer, scale=scale
+                    )
+    tokenizer_spec = write_tokenizer_files(tokenizer, out)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         architecture=spec.architecture,
@@ -322,7 +353,7 @@ def _export_inline(
         special_ids=SpecialIds(
             eos=list(spec.eos), pad=spec.pad, bos=spec.bos, decoder_start=spec.decoder_start, unk=spec.unk
         ),
-        tokenizer=TokenizerSpec(file=TOKENIZER_FILE),
+        tokenizer=tokenizer_spec,
         provenance=_provenance(source),
         validation=validation,
         generation=dict(spec.generation),
@@ -345,15 +376,21 @@ def _check_allocation(adapter, kv_cache: str) -> None:
 
 
 def _export_encoder_only(
-    adapter: EncoderOnlyAdapter, spec: EncoderSpec, tokenizer: Path, out: Path, source: str | Path, progress: bool
+    adapter: EncoderOnlyAdapter,
+    spec: EncoderSpec,
+    tokenizer: Path,
+    out: Path,
+    source: str | Path,
+    progress: bool,
+    scale: float = 1.0,
 ) -> Manifest:
     """One `encoder` graph (last_hidden_state or logits), validated; pooling and labels in the manifest."""
     with tqdm(total=2, desc="export", unit="step", disable=not progress, leave=False) as bar:
         component = export_encoder_only(adapter, spec, out)
         bar.update()
-        validation = validate_encoder_only(adapter, out, component)
+        validation = validate_encoder_only(adapter, out, component, scale=scale)
         bar.update()
-    shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+    tokenizer_spec = write_tokenizer_files(tokenizer, out)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         architecture=spec.architecture,
@@ -363,7 +400,7 @@ def _export_encoder_only(
         components={"encoder": component},
         kv=None,
         special_ids=SpecialIds(eos=list(spec.eos), pad=spec.pad, bos=spec.bos, unk=spec.unk),
-        tokenizer=TokenizerSpec(file=TOKENIZER_FILE),
+        tokenizer=tokenizer_spec,
         provenance=_provenance(source),
         validation=validation,
         pooling=spec.pooling,

@@ -110,6 +110,7 @@ def test_validation_failure_names_component_output_and_figures(tmp_path, tiny_ch
     from seqport.export.pipeline import export_model
 
     monkeypatch.setitem(validate.TOLERANCES, "float32", 1e-12)
+    monkeypatch.setitem(validate.RTOLERANCES, "float32", 0.0)
     with pytest.raises(ParityError, match=r"decoder\.logits \[batch=1 past=0.*max abs diff .* > tolerance 1e-12"):
         export_model(tiny_checkpoint, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "seqport.json").exists()
@@ -120,6 +121,7 @@ def test_cli_export_fails_with_one_line_and_nonzero_exit(tmp_path, tiny_checkpoi
     from seqport.export import validate
 
     monkeypatch.setitem(validate.TOLERANCES, "float32", 1e-12)
+    monkeypatch.setitem(validate.RTOLERANCES, "float32", 0.0)
     assert main(["export", str(tiny_checkpoint), str(tmp_path / "out"), "-q"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("seqport: error: exported components disagree with PyTorch")

@@ -226,7 +226,12 @@ class Row:
 
 
 MBART_DEFAULTS = lambda ids: {"forced_bos_token_id": ids["ro"]}  # noqa: E731
-MARIAN_DEFAULTS = lambda ids: {"bad_words_ids": [[ids["pad"]]], "num_beams": 4, "max_new_tokens": 39}  # noqa: E731
+MARIAN_DEFAULTS = lambda ids: {  # noqa: E731
+    "bad_words_ids": [[ids["pad"]]],
+    "num_beams": 4,
+    "max_new_tokens": 39,
+    "forced_eos_token_id": 0,
+}
 ROWS = (
     Row("t5", "t5", build_t5, SEEDS["t5"]),
     Row("t5-v1.1", "t5", partial(build_t5, gated=True), SEEDS["t5-v1.1"]),
@@ -393,6 +398,31 @@ def test_mbart_forces_the_target_language_first(exported):
     check_same_generation(exp, results, sequences, scores)
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_marian_forces_eos_at_the_length_limit_as_transformers(exported, num_beams):
+    """Marian's forced_eos_token_id: the max_new_tokens-th token is EOS, in transformers and in the engine."""
+    exp = exported("marian")
+    forced = exp.manifest.generation["forced_eos_token_id"]
+    sources = exp.engine.input_ids(TEXTS)
+    ids, mask = pad_batch(sources, exp.manifest.special_ids.pad)
+    steps = 4
+    options = dict(num_beams=num_beams, max_new_tokens=steps, do_sample=False, bad_words_ids=None)
+    with torch.no_grad():
+        inputs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+        hf = exp.model.generate(**inputs, forced_eos_token_id=forced, **options)
+        free = exp.model.generate(**inputs, forced_eos_token_id=None, **options)
+    assert (free[:, -1] != forced).any(), "the model would end with EOS unforced: the test would mean little"
+    config = GenerationConfig.from_defaults(exp.manifest.generation).replace(
+        num_beams=num_beams, max_new_tokens=steps, bad_words_ids=()
+    )
+    results = exp.engine.generate_ids(sources, config)
+    eos = exp.manifest.special_ids.eos
+    for row, result in enumerate(results):
+        generated = result.ids + ([eos[0]] if result.finish_reason == "eos" else [])
+        assert generated == until_eos(hf[row, 1:].tolist(), eos)
+        assert generated[-1] == forced
+
+
 def test_marian_never_generates_pad(exported):
     exp = exported("marian")
     pad, eos = exp.manifest.special_ids.pad, exp.manifest.special_ids.eos
@@ -515,9 +545,9 @@ def test_generation_options_without_equivalent_are_logged(caplog):
 
     from seqport.export.hf_common import generation_defaults
 
-    model = SimpleNamespace(generation_config=transformers.GenerationConfig(forced_eos_token_id=2, num_beams=3))
+    model = SimpleNamespace(generation_config=transformers.GenerationConfig(begin_suppress_tokens=[2], num_beams=3))
     assert generation_defaults(model) == {"num_beams": 3}
-    assert "no seqport equivalent are not exported: forced_eos_token_id" in caplog.text
+    assert "no seqport equivalent are not exported: begin_suppress_tokens" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["t5", "mbart", "marian"])

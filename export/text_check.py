@@ -1,0 +1,180 @@
+"""The generation-level export check: real sentences, greedy decoding, next-token agreement.
+
+Random ids miss what real tokens reach (a NaN in a rarely used embedding row, an overflow on a
+long frequent-token run), and a logits tolerance alone does not say whether the artifact
+*generates the same*. So each exported model also decodes a few English sentences, encoded by
+its own tokenizer.json, greedily for STEPS tokens in PyTorch and in onnxruntime, each side on
+its own cache (onnxruntime's cross K/V from its own encoder), and compares:
+
+- the greedy ids: equal, or, at the first step where they differ, a near tie (PyTorch's
+  logits of the two tokens within the logits tolerance: noise, not a fault) — else a failure;
+- the top-k next-token sets at every prompt position and step (mean overlap, gated at
+  MIN_TOP_K_AGREEMENT);
+- the logits themselves, against the same tolerance as the validation cases.
+
+Shapes: T prompt tokens, V vocabulary; batch 1 throughout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqport.engine.manifest import TextCheck
+from seqport.export.validate import Case, _kv_values, bound, max_abs_diff, run_decoder
+
+#: real English text, short enough for tiny models' position limits once tokenized.
+SENTENCES = (
+    "The capital of France is",
+    "She opened the window because the room was too warm.",
+    "def add(a, b):\n    return",
+)
+STEPS = 8
+TOP_K = 5
+#: mean share of PyTorch's top-k ids onnxruntime's top-k must hold (1 - 0.1 · tolerance scale).
+MIN_TOP_K_AGREEMENT = 0.9
+
+
+def encode_sentences(tokenizer: Path, vocab_size: int, max_tokens: int) -> list[tuple[str, list[int]]]:
+    """Each sentence and its ids (special tokens added, as the engine does), cut to `max_tokens`.
+
+    Ids the model cannot embed (a tokenizer larger than the model's vocabulary) are dropped.
+    """
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    encoded = []
+    for sentence in SENTENCES:
+        ids = [i for i in tok.encode(sentence).ids if i < vocab_size][:max_tokens]
+        if ids:
+            encoded.append((sentence, ids))
+    return encoded
+
+
+class _Tally:
+    """Top-k overlaps, greedy outcomes and the worst logit difference over all prompts."""
+
+    def __init__(self, recorder) -> None:
+        self.recorder = recorder
+        self.overlaps: list[float] = []
+        self.equal = self.ties = 0
+        self.worst = 0.0
+
+    def logits(self, label: str, ours: np.ndarray, ref: np.ndarray) -> None:
+        """Compare float32 logits (K, V) of one prompt's positions."""
+        diff = max_abs_diff(ours, ref)
+        self.worst = max(self.worst, diff)
+        self.recorder.check(f"text.logits [{label}]", diff, ref, "float32")
+        for o, r in zip(ours, ref):
+            top_o, top_r = np.argsort(-o)[:TOP_K], np.argsort(-r)[:TOP_K]
+            self.overlaps.append(len(set(top_o) & set(top_r)) / len(top_r))
+
+    def next_tokens(self, label: str, ours: np.ndarray, ref: np.ndarray) -> int | None:
+        """The shared greedy token of the last position (V,), or None when the two part."""
+        mine, theirs = int(np.argmax(ours)), int(np.argmax(ref))
+        if mine == theirs:
+            return theirs
+        gap = float(ref[theirs] - ref[mine])
+        tol = bound("float32", float(np.max(np.abs(ref))), self.recorder.scale)
+        if gap <= tol:
+            self.ties += 1
+        else:
+            self.recorder.failures.append(
+                f"text.greedy [{label}]: onnxruntime picks id {mine}, PyTorch id {theirs}, whose logit is higher "
+                f"by {gap:.3g} > tolerance {tol:.3g}"
+            )
+            self.recorder.needed = max(self.recorder.needed, self.recorder.scale * gap / tol)
+        return None
+
+    def result(self, prompts: list[str]) -> TextCheck:
+        agreement = float(np.mean(self.overlaps)) if self.overlaps else 1.0
+        floor = max(0.0, 1.0 - (1.0 - MIN_TOP_K_AGREEMENT) * self.recorder.scale)
+        if agreement < floor:
+            self.recorder.failures.append(f"text.top_{TOP_K}_agreement: {agreement:.3f} < {floor:.3f}")
+            self.recorder.needed = max(self.recorder.needed, (1.0 - agreement) / (1.0 - MIN_TOP_K_AGREEMENT))
+        return TextCheck(
+            prompts=prompts,
+            steps=STEPS,
+            greedy_equal=self.equal,
+            near_ties=self.ties,
+            top_k=TOP_K,
+            top_k_agreement=round(agreement, 6),
+            max_abs_diff=self.worst,
+        )
+
+
+def _present_as_past(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name.replace("present_", "past_", 1): v for name, v in outputs.items() if name.startswith("present_")}
+
+
+@torch.inference_mode()
+def check_decoder_only(adapter, tokenizer: Path, signature, runtime, allocation: str, recorder) -> TextCheck:
+    """Greedy STEPS tokens after each sentence, PyTorch (adapter) against the exported decoder.
+
+    Failures go to `recorder` (export/validate.py), which raises them with the other figures.
+    """
+    spec = adapter.spec()
+    prompts = encode_sentences(tokenizer, spec.vocab_size, max(1, spec.max_positions - STEPS))
+    tally = _Tally(recorder)
+    for n, (sentence, ids) in enumerate(prompts):
+        label = f"prompt {n} {sentence[:24]!r}"
+        tokens = torch.tensor([ids])  # (1, T)
+        past, ort_past, logits_at = adapter.empty_past(1), _kv_values("past", adapter.empty_past(1)), tokens.shape[1]
+        for step in range(STEPS):
+            length = len(ids) + step
+            mask = torch.ones(1, length, dtype=torch.long)
+            positions = torch.arange(length - tokens.shape[1], length)[None]  # (1, T)
+            keep = torch.arange(logits_at) if step == 0 else torch.tensor([0])  # prompt: every position
+            hidden, past = adapter.decode_step(tokens, mask, positions, past)
+            ref = adapter.logits(hidden.index_select(1, keep)).float().numpy()[0]  # (K, V)
+            values = {"input_ids": tokens.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
+            values.update(logits_positions=keep.numpy(), **ort_past)
+            case = Case(1, length - tokens.shape[1], tokens.shape[1], all_logits=step == 0)
+            out = run_decoder(signature, runtime, values, case, allocation, recorder)
+            ort_past = _present_as_past(out)
+            tally.logits(f"{label} step {step}", out["logits"][0], ref)
+            chosen = tally.next_tokens(f"{label} step {step}", out["logits"][0][-1], ref[-1])
+            if chosen is None:
+                break
+            tokens = torch.tensor([[chosen]])
+        else:
+            tally.equal += 1
+    return tally.result([sentence for sentence, _ in prompts])
+
+
+@torch.inference_mode()
+def check_seq2seq(adapter, tokenizer: Path, signatures: dict, runtimes: dict, allocation: str, recorder) -> TextCheck:
+    """Encode each sentence, then greedy STEPS tokens from the decoder start, PyTorch against
+    the exported encoder + decoder (onnxruntime's decoder reads onnxruntime's cross K/V)."""
+    spec = adapter.spec()
+    sources = encode_sentences(tokenizer, spec.vocab_size, spec.max_positions)
+    tally = _Tally(recorder)
+    for n, (sentence, ids) in enumerate(sources):
+        label = f"source {n} {sentence[:24]!r}"
+        src = torch.tensor([ids])  # (1, S)
+        mask = torch.ones_like(src)
+        _, cross = adapter.encode(src, mask)
+        enc = signatures["encoder"]
+        feeds = enc.feeds({"input_ids": src.numpy(), "attention_mask": mask.numpy()})
+        ort_enc = enc.by_logical(runtimes["encoder"].run(feeds))
+        ort_cross = {k: v for k, v in ort_enc.items() if k.startswith("cross_")}
+        past, ort_past = adapter.empty_past(1), _kv_values("past", adapter.empty_past(1))
+        token = torch.tensor([[spec.decoder_start]])
+        for step in range(STEPS):
+            hidden, past = adapter.decode_step(token, mask, cross, past)
+            ref = adapter.logits(hidden).float().numpy()[0]  # (1, V)
+            values = {"input_ids": token.numpy(), "encoder_attention_mask": mask.numpy()}
+            values.update(logits_positions=np.array([0]), **ort_cross, **ort_past)
+            case = Case(1, step, 1)
+            out = run_decoder(signatures["decoder"], runtimes["decoder"], values, case, allocation, recorder)
+            ort_past = _present_as_past(out)
+            tally.logits(f"{label} step {step}", out["logits"][0], ref)
+            chosen = tally.next_tokens(f"{label} step {step}", out["logits"][0][-1], ref[-1])
+            if chosen is None:
+                break
+            token = torch.tensor([[chosen]])
+        else:
+            tally.equal += 1
+    return tally.result([sentence for sentence, _ in sources])
