@@ -55,11 +55,11 @@ def spy_on_validation(monkeypatch) -> list[tuple[str, int, int, int]]:
         ran.append(("encoder", ids.shape[0], 0, int((mask == 0).any(dim=1).sum())))
         return ids, mask
 
-    def run_decoder(signature, runtime, values, case, allocation, recorder):
+    def run_decoder(signature, runtime, values, case, allocation, recorder, **options):
         mask = values.get("encoder_attention_mask", values.get("attention_mask"))
         padded = int((mask == 0).any(axis=1).sum())
         ran.append(("decoder", values["input_ids"].shape[0], values["past_key.0"].shape[2], padded))
-        return real_run(signature, runtime, values, case, allocation, recorder)
+        return real_run(signature, runtime, values, case, allocation, recorder, **options)
 
     monkeypatch.setattr(validate, "_sources", sources)
     monkeypatch.setattr(validate, "_run_decoder", run_decoder)
