@@ -44,6 +44,7 @@ from seqport.export.components import (
     encoder_contract,
     flat_kv,
 )
+from seqport.export.decoder_state import export_state_decoder, needs_state_path
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
@@ -74,6 +75,8 @@ def _export_encoder(adapter, spec: ModelSpec, folder: Path) -> Component:
 
 
 def _export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "growing") -> Component:
+    if needs_state_path(adapter, spec):  # declared states or position_ids: export/decoder_state.py
+        return export_state_decoder(adapter, spec, folder, allocation, _example_sources(spec))
     inputs, outputs = decoder_contract("float32", allocation)
     ids, mask = _example_sources(spec)
     with torch.inference_mode():
@@ -327,6 +330,7 @@ def _export_inline(
         validation=validation,
         generation=dict(spec.generation),
         attention=attention,
+        states=dict(getattr(spec, "states", {})),
     )
     manifest.save(out)
     return manifest
