@@ -175,9 +175,9 @@ def export_state_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str
         _raise(problems)
         prefix = torch.full((2, 4), 5 % spec.vocab_size, dtype=torch.long)
         _, past = decode(adapter, prefix, mask, cross, initial, 0)
-        problems = check_layers("after a first step of 4 tokens", past, rules, n, 2, 4)
+        _raise(check_layers("after a first step of 4 tokens", past, rules, n, 2, 4))
         _, later = decode(adapter, prefix[:, :3], mask, cross, past, 4)
-        _raise(problems + check_layers("after 3 more", later, rules, n, 2, 7))
+        _raise(check_layers("after 3 more", later, rules, n, 2, 7))
     with_positions = takes_positions(adapter)
     inputs, outputs = state_contract("float32", rules, with_positions)
     # clone: a tensor made under inference_mode cannot feed an embedding while torch.export traces
