@@ -203,3 +203,34 @@ def test_an_initial_state_that_is_not_zeros_fails_export(doc, tmp_path):
     adapter = _wrong_rule_adapter(doc, initial=lambda batch: [(torch.ones(batch, 24),) for _ in range(2)])
     with pytest.raises(ExportError, match=r"empty_past\(2\) is not all zeros, but the engine starts every request"):
         doc["export_adapter"](adapter, doc["__folder__"] / "tokenizer.json", tmp_path / "out", progress=False)
+
+
+@pytest.mark.export
+def test_kv_adapter_with_explicit_positions(doc, tmp_path):
+    """A K/V adapter whose decode_step takes position_ids: the engine feeds past length +
+    arange(T) and generates exactly what the same model generates computing them itself."""
+    import seqport.engine as sp
+
+    base = doc["TinySeq2SeqAdapter"]
+
+    class Positioned(base):
+        def decode_step(self, input_ids, encoder_attention_mask, cross, past, position_ids):
+            m, (p, t) = self.model, (past[0][0].shape[2], input_ids.shape[1])
+            future = doc["torch"].arange(p + t)[None, :] > (doc["torch"].arange(t) + p)[:, None]  # (T, P+T)
+            causal = future.float() * doc["torch"].finfo(doc["torch"].float32).min
+            x, present = m.embed(input_ids) + m.pos(position_ids), []
+            for layer, layer_past, layer_cross in zip(m.decoder, past, cross):
+                x, kv = layer(x, causal, layer_past, layer_cross, m.padding_bias(encoder_attention_mask))
+                present.append(kv)
+            return m.norm(x), present
+
+    tokenizer = doc["__folder__"] / "tokenizer.json"
+    manifest = doc["export_adapter"](Positioned(doc["model"]), tokenizer, tmp_path / "a", progress=False)
+    decoder = manifest.components["decoder"]
+    assert decoder.inputs["position_ids"].shape == ["batch_size", "sequence_length"] and manifest.states == {}
+    assert decoder.inputs["past_key.{i}"].name == "past_key_values.{i}.decoder.key"
+    engine, sentences = sp.load(tmp_path / "a"), doc["sentences"]
+    assert [r.ids for r in engine.generate(sentences, max_new_tokens=8)] == [r.ids for r in doc["results"]]
+    beams = dict(max_new_tokens=8, num_beams=3)
+    expected = [r.ids for r in doc["engine"].generate(sentences, **beams)]
+    assert [r.ids for r in engine.generate(sentences, **beams)] == expected
