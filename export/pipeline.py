@@ -289,6 +289,8 @@ def _export_inline(
     _check_allocation(adapter, kv_cache)
     check_attention(adapter, spec.head_dim, attention)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
+    if decoder_only and spec.states:
+        raise ExportError("ModelSpec.states is supported for encoder-decoder adapters; a decoder-only one has K/V only")
     steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
     components: dict[str, Component] = {}
     with tqdm(steps, desc="export", unit="step", disable=not progress, leave=False) as bar:
