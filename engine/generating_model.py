@@ -31,6 +31,7 @@ from seqport.engine.results import GenerationResult
 from seqport.engine.runtime import Runtime
 from seqport.engine.scoring import ScoreResult, check_targets
 from seqport.engine.search import Search
+from seqport.engine.state_cache import StateCache
 from seqport.engine.stopping import StopStrings, cut_at_stop
 from seqport.engine.streaming import StepResult, TextStream
 from seqport.engine.tokenizer import TextTokenizer
@@ -239,6 +240,8 @@ class GeneratingModel:
         """An empty self-attention cache on the model's placement for `rows` rows of at most
         `capacity` tokens (the capacity sizes preallocated buffers; a growing cache ignores it)."""
         kv, where = self.manifest.kv, self.placement
+        if self.manifest.states:  # declared decoder state (a recurrent cell...): its own initial value
+            return StateCache.initial(rows, self.manifest.states, kv.num_layers, placement=where)  # type: ignore[return-value]
         if kv.allocation == "preallocated":
             geometry = (kv.num_layers, kv.num_kv_heads, kv.head_dim, capacity, kv.dtype)
             return KVCache.preallocated(rows, *geometry, placement=where)

@@ -33,8 +33,9 @@ from seqport.engine.manifest_checks import (
 )
 
 #: bump on every layout change; the engine reads versions OLDEST_FORMAT_VERSION..FORMAT_VERSION.
-FORMAT_VERSION = 2
-#: the oldest layout this engine still reads: version 2 only added `attention` (default "portable").
+#: 2 added `attention` (default "portable"); 3 added `states` (default {}: the K/V cache of `kv`).
+FORMAT_VERSION = 3
+#: the oldest layout this engine still reads: versions 2 and 3 only added sections with defaults.
 OLDEST_FORMAT_VERSION = 1
 MANIFEST_FILE = "seqport.json"
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "SharedTensor",
     "SharedWeights",
     "SpecialIds",
+    "StateSpec",
     "TensorSpec",
     "TokenizerSpec",
     "Validation",
@@ -153,6 +155,24 @@ class KVGeometry:
     dtype: str = "float32"
     layout: str = "BHSD"
     allocation: str = "growing"
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One tensor of decoder state per layer that a step reads as `past_{name}.{i}` and returns
+    as `present_{name}.{i}`, for the next step (docs/manifest.md, "Decoder state").
+
+    Args:
+        shape: the shape rule, per axis: "batch" (the rows; axis 0, so beams reorder it by row),
+            "steps" (grows by the step's T new tokens: a K/V cache), or a fixed size (an int: a
+            recurrent state keeps its shape every step).
+        dtype: element type, float32 or float16.
+        initial: the first step's past: "zeros" of `shape` with batch = rows and steps = 0.
+    """
+
+    shape: list[str | int]
+    dtype: str = "float32"
+    initial: str = "zeros"
 
 
 @dataclass(frozen=True)
@@ -319,6 +339,8 @@ class Manifest:
     quantization: Quantization | None = None  # `seqport export --quantize int8`
     shared_weights: SharedWeights | None = None  # tensors stored once for several components
     attention: str = "portable"  # ATTENTION_MODES; format_version 2
+    #: the decoder's own state by name ({}: `kv`'s self-attention K/V); format_version 3
+    states: dict[str, StateSpec] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

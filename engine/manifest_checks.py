@@ -90,6 +90,7 @@ def semantic_problems(m: Manifest) -> list[str]:
     if m.attention not in ATTENTION_MODES:
         problems.append(f"$.attention: {m.attention!r} is not one of {ATTENTION_MODES}")
     problems += _size_problems(m) + _component_problems(m) + _kv_problems(m) + _required_name_problems(m)
+    problems += _state_problems(m)
     if 1 <= m.vocab_size <= MAX_SIZE:  # ids are only meaningful against a sane vocabulary
         problems += _special_id_problems(m) + _generation_problems(m)
     if m.architecture == "encoder-only":
@@ -212,6 +213,37 @@ def _kv_problems(m: Manifest) -> list[str]:
     return problems
 
 
+#: what a state's first past may be (StateSpec.initial).
+STATE_INITIALS = ("zeros",)
+
+
+def _state_problems(m: Manifest) -> list[str]:
+    """Each declared decoder state: a plain name, a shape rule with "batch" first and at most one
+    "steps", a float dtype, a known initial value, and graph tensors of the rule's rank."""
+    problems = []
+    if m.states and m.kv is not None and m.kv.allocation != "growing":
+        problems.append(f"$.states: declared states need kv.allocation 'growing', not {m.kv.allocation!r}")
+    decoder = m.components.get("decoder")
+    for name, state in m.states.items():
+        path = f"$.states.{name}"
+        if not name.isidentifier():
+            problems.append(f"{path}: a state name must be an identifier (letters, digits, _)")
+        rule = state.shape
+        roles_ok = all(d in ("batch", "steps") or (isinstance(d, int) and d >= 0) for d in rule)
+        if not rule or rule[0] != "batch" or rule.count("batch") != 1 or rule.count("steps") > 1 or not roles_ok:
+            problems.append(
+                f"{path}.shape: {rule} must start with 'batch' and hold sizes >= 0, at most one 'steps', no other names"
+            )
+        if state.dtype not in KV_DTYPES or state.initial not in STATE_INITIALS:
+            problems.append(f"{path}: dtype must be one of {KV_DTYPES} and initial one of {STATE_INITIALS}")
+        for logical, specs in ((f"past_{name}.{{i}}", "inputs"), (f"present_{name}.{{i}}", "outputs")):
+            tensor = getattr(decoder, specs).get(logical) if decoder is not None else None
+            if tensor is not None and len(tensor.shape) != len(rule):
+                where = f"$.components.decoder.{specs}.{logical}.shape"
+                problems.append(f"{where}: {tensor.shape} has not the rank of {rule}")
+    return problems
+
+
 def _special_id_problems(m: Manifest) -> list[str]:
     ids = m.special_ids
     problems = []
@@ -247,6 +279,9 @@ def _required_name_problems(m: Manifest) -> list[str]:
         if comp is None:
             problems.append(f"$.components: this {m.architecture} artifact needs a {cname!r} component")
             continue
+        if m.states and cname == "decoder":  # declared states replace the self-attention K/V
+            inputs = tuple(n for n in inputs if n not in _LAYER_KV) + tuple(f"past_{s}.{{i}}" for s in m.states)
+            outputs = tuple(n for n in outputs if n not in _PRESENT_KV) + tuple(f"present_{s}.{{i}}" for s in m.states)
         for kind, needed, have in (("inputs", inputs, comp.inputs), ("outputs", outputs, comp.outputs)):
             missing = [name for name in needed if name not in have]
             if missing:

@@ -27,7 +27,9 @@ class Seq2SeqModel(GeneratingModel):
         cross = self._cross(ids, mask)
         start = [self._start_id(), *config.prefix_ids]  # a forced target prefix follows the start token
         first = np.tile(np.array(start, dtype=np.int64), (len(batch), 1))  # (B, 1 + prefix)
-        return first, _Seq2SeqStep(self.run_decoder, self.placement, self._selection(config), mask, cross)
+        step = _Seq2SeqStep(self.run_decoder, self.placement, self._selection(config), mask, cross)
+        step.takes_positions = "position_ids" in self.manifest.components["decoder"].inputs
+        return first, step
 
     def _score_batch(self, sources: list[list[int]], targets: list[list[int]]) -> list[ScoreResult]:
         """One encoder and one decoder call (logits at every position) for the whole batch."""
@@ -41,6 +43,8 @@ class Seq2SeqModel(GeneratingModel):
             "encoder_attention_mask": up(mask, "encoder_attention_mask"),
             "logits_positions": up(np.arange(tokens.shape[1]), "logits_positions"),
         }
+        if "position_ids" in self.manifest.components["decoder"].inputs:
+            feeds["position_ids"] = up(step_positions(0, tokens.shape), "position_ids")
         logits = self.run_decoder({**feeds, **cross}, cache)["logits"]  # (B, T, V)
         return target_logprobs(self.placement.fetch(logits, "logits"), targets, offset=0)
 
@@ -55,9 +59,16 @@ class Seq2SeqModel(GeneratingModel):
         return ids.decoder_start if ids.decoder_start is not None else (ids.bos or 0)
 
 
+def step_positions(past: int, shape: tuple[int, ...]) -> np.ndarray:
+    """int64 (B, T): each new token's position, past + arange(T) in every row."""
+    return np.broadcast_to(np.arange(past, past + shape[1], dtype=np.int64), shape).copy()
+
+
 class _Seq2SeqStep(DecoderStep):
     """Selects the encoder outputs of the active rows (once each time they change), runs the
     decoder for the last position and stores the present K/V in the cache."""
+
+    takes_positions = False  # the decoder declares position_ids (B, T)
 
     def __init__(
         self,
@@ -85,6 +96,8 @@ class _Seq2SeqStep(DecoderStep):
             "encoder_attention_mask": self._mask,
             **self._cross,
         }
+        if self.takes_positions:  # a decoder declaring position_ids gets them: past length + arange(T)
+            values["position_ids"] = self._placement.upload(step_positions(cache.length, tokens.shape), "position_ids")
         trusted = self._checked_cross if self._cross is self._checked else frozenset()
         scores = self._decode(values, cache, trusted)  # (N, V) or Candidates
         self._checked = self._cross  # checked with this step's feeds: the same arrays need no re-check

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import torch
 
+from seqport.engine.manifest import StateSpec
+
 KV = tuple[torch.Tensor, torch.Tensor]  # key, value: (B, H_kv, S, D)
 
 
@@ -28,6 +30,9 @@ class ModelSpec:
         head_dim: size of one head.
         eos: end-of-sequence ids; pad, bos, decoder_start, unk: special ids or None.
         generation: defaults for GenerationConfig fields (e.g. {"max_new_tokens": 64}).
+        states: the decoder's own state by name, in the order decode_step's per-layer tuples
+            hold it (e.g. {"cell": StateSpec(["batch", 24])} for a recurrent cell of width 24);
+            empty: the self-attention (key, value) of (B, H_kv, P, D). See export/decoder_state.py.
     """
 
     family: str
@@ -44,6 +49,7 @@ class ModelSpec:
     unk: int | None = None
     architecture: str = "encoder-decoder"
     generation: dict[str, Any] = field(default_factory=dict)
+    states: dict[str, StateSpec] = field(default_factory=dict)
 
 
 class EncoderDecoderAdapter(Protocol):
@@ -70,7 +76,9 @@ class EncoderDecoderAdapter(Protocol):
     ) -> tuple[torch.Tensor, list[KV]]:
         """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H_kv, P+T, D).
 
-        Past length 0 must work: it is the first step.
+        Past length 0 must work: it is the first step. With ModelSpec.states, `past` and the
+        result hold per layer one tensor per declared state (its shape rule). A decode_step
+        that also takes `position_ids` gets int64 (B, T), each new token's position (P + t).
         """
         ...
 
@@ -79,7 +87,8 @@ class EncoderDecoderAdapter(Protocol):
         ...
 
     def empty_past(self, batch: int) -> list[KV]:
-        """Zero-length past K/V (B, H_kv, 0, D) for every layer."""
+        """Zero-length past K/V (B, H_kv, 0, D) for every layer, or with ModelSpec.states the
+        declared initial state (zeros of each rule with steps = 0), which the engine starts from."""
         ...
 
 

@@ -44,6 +44,7 @@ from seqport.export.components import (
     encoder_contract,
     flat_kv,
 )
+from seqport.export.decoder_state import export_state_decoder, needs_state_path
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
@@ -75,6 +76,8 @@ def _export_encoder(adapter, spec: ModelSpec, folder: Path) -> Component:
 
 
 def _export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "growing") -> Component:
+    if needs_state_path(adapter, spec):  # declared states or position_ids: export/decoder_state.py
+        return export_state_decoder(adapter, spec, folder, allocation, _example_sources(spec))
     inputs, outputs = decoder_contract("float32", allocation)
     ids, mask = _example_sources(spec)
     with torch.inference_mode():
@@ -308,6 +311,8 @@ def _export_inline(
     _check_allocation(adapter, kv_cache)
     check_attention(adapter, spec.head_dim, attention)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
+    if decoder_only and spec.states:
+        raise ExportError("ModelSpec.states is supported for encoder-decoder adapters; a decoder-only one has K/V only")
     steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
     components: dict[str, Component] = {}
     with tqdm(steps, desc="export", unit="step", disable=not progress, leave=False) as bar:
@@ -358,6 +363,7 @@ def _export_inline(
         validation=validation,
         generation=dict(spec.generation),
         attention=attention,
+        states=dict(getattr(spec, "states", {})),
     )
     manifest.save(out)
     return manifest

@@ -23,6 +23,7 @@ from seqport.engine.manifest import Component, Validation
 from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.export.adapter import KV, EncoderDecoderAdapter, ModelSpec
 from seqport.export.causal import positions_from_mask
+from seqport.export.decoder_state import decode, position_feed, state_values
 
 #: max |ort - torch| allowed per output dtype at magnitude 0 (fp32: 1e-4, as promised in the README).
 TOLERANCES = {"float32": 1e-4, "float16": 2e-2}
@@ -215,21 +216,22 @@ def validate(
 
 def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runtime, recorder, allocation) -> None:
     low, high = _plain_ids(spec)
-    past = adapter.empty_past(case.batch)
+    past = adapter.empty_past(case.batch)  # the declared initial state (decoder_state.py)
     if case.past:
         prefix = torch.randint(low, high, (case.batch, case.past), generator=gen)
-        _, past = adapter.decode_step(prefix, mask, cross, past)
+        _, past = decode(adapter, prefix, mask, cross, past, 0)
     new_ids = torch.randint(low, high, (case.batch, case.new), generator=gen)
     keep = torch.arange(case.new) if case.all_logits else torch.tensor([case.new - 1])
-    hidden, present = adapter.decode_step(new_ids, mask, cross, past)
+    hidden, present = decode(adapter, new_ids, mask, cross, past, case.past)
     logits = adapter.logits(hidden.index_select(1, keep)).float()
-    theirs = {"logits": logits.numpy(), **_kv_values("present", present)}
+    theirs = {"logits": logits.numpy(), **state_values("present", present, spec)}
     values = {
         "input_ids": new_ids.numpy(),
         "encoder_attention_mask": mask.numpy(),
         "logits_positions": keep.numpy(),
         **_kv_values("cross", cross),
-        **_kv_values("past", past),
+        **state_values("past", past, spec),
+        **position_feed(adapter, case.past, tuple(new_ids.shape)),
     }
     ours = _run_decoder(signature, runtime, values, case, allocation, recorder)
     recorder.compare("decoder", case.label, ours, theirs, signature)
