@@ -172,6 +172,8 @@ class TokenizerSpec:
 
     file: str = "tokenizer.json"
     add_special_tokens: bool = True
+    chat_template: str | None = None  # file beside `file` (chat_template.jinja), when the checkpoint has one
+    special_tokens: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token, ... → token text
 
 
 @dataclass(frozen=True)

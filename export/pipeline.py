@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import inspect
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from seqport.engine.manifest import (
     Manifest,
     Provenance,
     SpecialIds,
-    TokenizerSpec,
     load_manifest,
     sha256_of,
 )
@@ -48,6 +46,7 @@ from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_
 from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
 from seqport.export.onnx_export import OPSET, dynamic_axes, export_component
+from seqport.export.tokenizer_files import write_tokenizer_files
 from seqport.export.validate import validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
 
@@ -310,7 +309,7 @@ def _export_inline(
                     )
                 else:
                     validation = validate(adapter, out, components, fixed, allocation=kv_cache)
-    shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+    tokenizer_spec = write_tokenizer_files(tokenizer, out)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         architecture=spec.architecture,
@@ -322,7 +321,7 @@ def _export_inline(
         special_ids=SpecialIds(
             eos=list(spec.eos), pad=spec.pad, bos=spec.bos, decoder_start=spec.decoder_start, unk=spec.unk
         ),
-        tokenizer=TokenizerSpec(file=TOKENIZER_FILE),
+        tokenizer=tokenizer_spec,
         provenance=_provenance(source),
         validation=validation,
         generation=dict(spec.generation),
@@ -353,7 +352,7 @@ def _export_encoder_only(
         bar.update()
         validation = validate_encoder_only(adapter, out, component)
         bar.update()
-    shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+    tokenizer_spec = write_tokenizer_files(tokenizer, out)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         architecture=spec.architecture,
@@ -363,7 +362,7 @@ def _export_encoder_only(
         components={"encoder": component},
         kv=None,
         special_ids=SpecialIds(eos=list(spec.eos), pad=spec.pad, bos=spec.bos, unk=spec.unk),
-        tokenizer=TokenizerSpec(file=TOKENIZER_FILE),
+        tokenizer=tokenizer_spec,
         provenance=_provenance(source),
         validation=validation,
         pooling=spec.pooling,
