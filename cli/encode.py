@@ -72,23 +72,27 @@ def _encoder_model(args: argparse.Namespace, verb: str):
 
     kind = load_manifest(args.artifact).architecture  # before any session is built
     if kind != "encoder-only":
+        article = "an" if kind.startswith("e") else "a"
         raise SeqportError(
-            f"{args.artifact} is a {kind} artifact, which generates text; `seqport {verb}` needs an encoder-only one "
-            "(use `seqport generate` with this one)"
+            f"{args.artifact} is {article} {kind} artifact, which generates text; `seqport {verb}` needs an "
+            "encoder-only one (use `seqport generate` with this one)"
         )
     return load(args.artifact, provider=args.provider, options=RuntimeOptions(intra_op_threads=args.threads))
 
 
 def _mapped(args: argparse.Namespace, texts: list[str], run) -> list:
-    """run(chunk) over `texts` in --batch-size chunks, with a progress bar when one is wanted."""
-    bar = progress_bar(args, len(texts), "text")
-    if bar is None:
-        return list(run(texts))
-    results = []
-    with bar:
-        for _, chunk in chunks(texts, args.batch_size):
-            results.extend(run(chunk))
+    """run(chunk) over the non-blank `texts` in --batch-size chunks, with a progress bar when one
+    is wanted; None for each blank text (it keeps its place: an empty output)."""
+    kept = [index for index, text in enumerate(texts) if text.strip()]
+    results: list = [None] * len(texts)
+    bar = progress_bar(args, len(kept), "text")
+    for _, chunk in chunks(kept, args.batch_size if bar is not None else 0):
+        for index, result in zip(chunk, run([texts[i] for i in chunk])):
+            results[index] = result
+        if bar is not None:
             bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     return results
 
 
@@ -99,10 +103,11 @@ def _embed(args: argparse.Namespace) -> int:
     vectors = _mapped(args, texts, lambda chunk: model.embed(chunk, **options))
     with output_stream(args) as out:
         for text, vector in zip(texts, vectors):
+            values = vector.tolist() if vector is not None else None
             if args.json or args.jsonl:
-                print(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False), file=out)
+                print(json.dumps({"text": text, "embedding": values}, ensure_ascii=False), file=out)
             else:
-                print(" ".join(f"{value:.6f}" for value in vector), file=out)
+                print(" ".join(f"{value:.6f}" for value in values or ()), file=out)
     return 0
 
 
@@ -114,9 +119,10 @@ def _classify(args: argparse.Namespace) -> int:
     with output_stream(args) as out:
         for text, result in zip(texts, results):
             if args.json or args.jsonl:
-                record = {"text": text, "label": result.label, "score": result.score}
-                record["probabilities"] = result.probabilities
+                record = {"text": text, "label": None, "score": None, "probabilities": None}
+                if result is not None:
+                    record.update(label=result.label, score=result.score, probabilities=result.probabilities)
                 print(json.dumps(record, ensure_ascii=False), file=out)
             else:
-                print(f"{result.label}\t{result.score:.4f}", file=out)
+                print(f"{result.label}\t{result.score:.4f}" if result is not None else "", file=out)
     return 0

@@ -118,10 +118,13 @@ def _generate(args: argparse.Namespace) -> int:
     model = load_generating(args, "generate")
     overrides = generation_overrides(args, model)
     if any(isinstance(item, list) for item in inputs):  # --jsonl mixing texts and ids: all as ids
-        inputs = [model.input_ids([item])[0] if isinstance(item, str) and item else item for item in inputs]
+        inputs = [model.input_ids([item])[0] if isinstance(item, str) and not _blank(item) else item for item in inputs]
     if args.chat:
+        if not hasattr(model, "apply_chat_template"):
+            kind = model.manifest.architecture
+            raise SeqportError(f"--chat needs a decoder-only artifact; {args.artifact} is {kind}")
         template = chat_template_option(args)
-        inputs = [_chat_turn(model, args.system, item, template) if item else item for item in inputs]
+        inputs = [item if _blank(item) else _chat_turn(model, args.system, item, template) for item in inputs]
     with output_stream(args) as out:
         if args.stream:
             _stream(model, inputs, overrides, out)
@@ -144,7 +147,7 @@ _EMPTY = {"text": "", "ids": [], "score": 0.0, "finish_reason": "empty_input"}
 def _results(model, inputs: list, overrides: dict, args: argparse.Namespace) -> list:
     """model.generate over the non-blank inputs (in chunks under a progress bar when one is
     shown); None for each blank one. Input i samples with seed + i however it is chunked."""
-    kept = [index for index, item in enumerate(inputs) if len(item)]
+    kept = [index for index, item in enumerate(inputs) if not _blank(item)]
     results: list = [None] * len(inputs)
     bar = progress_bar(args, len(kept), "input")
     size = (overrides.get("batch_size") or 16) if bar is not None else 0
@@ -160,12 +163,16 @@ def _results(model, inputs: list, overrides: dict, args: argparse.Namespace) -> 
     return results
 
 
+def _blank(item: str | list[int]) -> bool:
+    return isinstance(item, str) and not item.strip()
+
+
 def _stream(model, inputs: list, overrides: dict, out) -> None:
     """One input at a time, each line printed as it grows; a blank input prints an empty line."""
     seed = overrides.get("seed", model.default_config.seed)
     for index, item in enumerate(inputs):
         offset = {} if seed is None else {"seed": seed + index}  # as a batch would
-        for piece in model.stream([item], **{**overrides, **offset}) if len(item) else ():
+        for piece in () if _blank(item) else model.stream([item], **{**overrides, **offset}):
             print(piece.text, end="", flush=True, file=out)
         print(file=out)
 
