@@ -182,3 +182,35 @@ def test_template_outside_the_artifact_is_refused(chat_pair, tmp_path):
     (copy / "seqport.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="chat template missing"):
         sp.load(copy)
+
+
+def _cli(*args: str, stdin: str = "") -> str:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "seqport.cli", *args]
+    done = subprocess.run(command, input=stdin.encode(), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+def test_chat_repl_streams_answers_with_history(chat_pair):
+    _, _, engine = chat_pair
+    first, second = "where is the small red house", "a dog ran in the park"
+    system = [{"role": "system", "content": "one two three"}]
+    history = system + [{"role": "user", "content": first}]
+    answer = engine.chat(history, max_new_tokens=6).text
+    history += [{"role": "assistant", "content": answer}, {"role": "user", "content": second}]
+    expected = [answer, engine.chat(history, max_new_tokens=6).text]
+    after_reset = engine.chat(system + [{"role": "user", "content": second}], max_new_tokens=6).text
+    flags = ["--max-new-tokens", "6", "--system", "one two three"]
+    out = _cli("chat", str(engine.folder), *flags, stdin=f"{first}\n{second}\n/reset\n{second}\n/exit\nnever read\n")
+    assert out == "".join(f"{text}\n" for text in expected + [after_reset])
+    assert len(set(expected + [after_reset])) > 1, "the history must change the answer on this tiny model"
+
+
+def test_generate_chat_renders_one_user_turn(chat_pair):
+    _, _, engine = chat_pair
+    expected = engine.chat([{"role": "user", "content": "numbers"}], max_new_tokens=6)
+    out = _cli("generate", str(engine.folder), "--chat", "numbers", "--max-new-tokens", "6", "--json")
+    assert json.loads(out)["ids"] == expected.ids
