@@ -124,7 +124,7 @@ def progress_bar(args: argparse.Namespace, total: int, unit: str) -> Any:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
+    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False, mininterval=0)  # one update per chunk
 
 
 def chunks(items: list, size: int) -> Iterable[tuple[int, list]]:
