@@ -214,3 +214,9 @@ def test_generate_chat_renders_one_user_turn(chat_pair):
     expected = engine.chat([{"role": "user", "content": "numbers"}], max_new_tokens=6)
     out = _cli("generate", str(engine.folder), "--chat", "numbers", "--max-new-tokens", "6", "--json")
     assert json.loads(out)["ids"] == expected.ids
+
+
+def test_info_shows_the_template(chat_pair):
+    _, _, engine = chat_pair
+    out = _cli("info", str(engine.folder))
+    assert "chat template: chat_template.jinja · special tokens: bos_token '<s>', eos_token '<|im_end|>'" in out
