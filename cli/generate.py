@@ -168,12 +168,16 @@ def _blank(item: str | list[int]) -> bool:
 
 
 def _stream(model, inputs: list, overrides: dict, out) -> None:
-    """One input at a time, each line printed as it grows; a blank input prints an empty line."""
+    """One input at a time, each line printed as it grows; a blank input prints an empty line.
+    The k-th non-blank input samples with seed + k, as `_results` and a batch would."""
     seed = overrides.get("seed", model.default_config.seed)
-    for index, item in enumerate(inputs):
-        offset = {} if seed is None else {"seed": seed + index}  # as a batch would
-        for piece in () if _blank(item) else model.stream([item], **{**overrides, **offset}):
-            print(piece.text, end="", flush=True, file=out)
+    kept = 0
+    for item in inputs:
+        if not _blank(item):
+            offset = {} if seed is None else {"seed": seed + kept}
+            for piece in model.stream([item], **{**overrides, **offset}):
+                print(piece.text, end="", flush=True, file=out)
+            kept += 1
         print(file=out)
 
 

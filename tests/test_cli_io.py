@@ -65,8 +65,12 @@ def test_jsonl_in_and_out_one_record_per_line(model, tiny_artifact, tmp_path, ca
 
 
 def test_stdin_lines_and_stream_keep_alignment(model, tiny_artifact):
-    command = [sys.executable, "-m", "seqport.cli", "generate", str(tiny_artifact), "--max-new-tokens", "4"]
-    expected = [r.text for r in model.generate(["le chat", "un chien"], max_new_tokens=4)]
+    """A blank line keeps its place and does not shift the seeds: the k-th non-blank input samples
+    with seed + k, streamed or not."""
+    command = [sys.executable, "-m", "seqport.cli", "generate", str(tiny_artifact), "--max-new-tokens", "4",
+               "--do-sample", "--seed", "5", "--temperature", "1.5"]  # fmt: skip
+    sampled = model.generate(["le chat", "un chien"], max_new_tokens=4, do_sample=True, seed=5, temperature=1.5)
+    expected = [r.text for r in sampled]
     for extra in ([], ["--stream"]):
         done = subprocess.run(command + extra, input=b"le chat\n\nun chien\n", capture_output=True, timeout=120)
         assert done.returncode == 0, done.stderr.decode()
