@@ -201,6 +201,9 @@ def _print_manifest(artifact: str) -> None:
         print(f"  embeddings: {modes} pooling · dimension {m.pooling.dimension} · normalized {m.pooling.normalize}")
     if m.labels:
         print(f"  labels: {', '.join(m.labels)}")
+    if m.tokenizer.chat_template or m.tokenizer.special_tokens:
+        special = ", ".join(f"{name} {text!r}" for name, text in m.tokenizer.special_tokens.items()) or "none"
+        print(f"  chat template: {m.tokenizer.chat_template or 'none'} · special tokens: {special}")
     for name, c in sorted(m.components.items()):
         print(f"  component {name}: {c.file} (sha256 {c.sha256[:12]}…)")
     p = m.provenance

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from seqport.cli.textio import add_io_options, chunks, input_lines, output_stream, parse_jsonl, progress_bar
 from seqport.engine.errors import InputError, SeqportError
-
-
-def add_encoder_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add the embed and classify subcommands (encoder-only artifacts) to `sub`."""
-    _add_embed_parser(sub)
-    _add_classify_parser(sub)
 
 
 def _id_list(text: str) -> list[int]:
@@ -21,26 +15,6 @@ def _id_list(text: str) -> list[int]:
         return [int(token) for token in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected token ids like '5 17 42', got {text!r}") from None
-
-
-def stdin_lines() -> list[str]:
-    """The non-blank lines of stdin, decoded as UTF-8 with a clear error for other bytes.
-
-    Raises:
-        InputError: a line is not valid UTF-8 (names the line and the byte).
-    """
-    lines = []
-    for number, raw in enumerate(sys.stdin.buffer, 1):
-        try:
-            line = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"line {number} of stdin is not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start}); "
-                "convert it first, e.g. iconv -f latin1 -t utf-8"
-            ) from None
-        if line.strip():
-            lines.append(line)
-    return lines
 
 
 #: `seqport generate` flags that set a GenerationConfig option: (flag, option, argparse keywords)
@@ -91,22 +65,29 @@ _GENERATION_FLAGS = [
 ]
 
 
+def add_generation_flags(p: argparse.ArgumentParser) -> None:
+    """Every GenerationConfig flag (_GENERATION_FLAGS) and --prefix."""
+    for flag, dest, keywords in _GENERATION_FLAGS:
+        p.add_argument(flag, dest=dest, **keywords)
+    p.add_argument("--prefix", metavar="TEXT", help="forced target prefix, as text (tokenized without specials)")
+
+
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     """Add the generate subcommand to `sub`."""
     p = sub.add_parser(
         "generate",
         help="generate text with an exported artifact",
-        description="Generate for each TEXT (or each --ids list, or each line on stdin); prints one "
-        "output per input, in order. Greedy search unless --do-sample or --num-beams; options not "
-        "given come from the manifest's generation defaults. IDS are token ids like '5 17 42'. "
+        description="Generate for each TEXT (or each --ids list, or each line of --input FILE or stdin, "
+        "blank lines included); prints one output per input, in order (--jsonl keeps them one per line "
+        "whatever the text holds). Options may come before or after the texts. Greedy search unless "
+        "--do-sample or --num-beams; options not given come from the manifest's generation defaults. "
+        "IDS are token ids like '5 17 42'. "
         "docs/decoding.md describes every option.",
     )
     p.add_argument("artifact", help="artifact folder written by `seqport export`")
     p.add_argument("text", nargs="*", help="input texts")
     p.add_argument("--ids", action="append", type=_id_list, metavar="IDS", help="an input as token ids (repeatable)")
-    for flag, dest, keywords in _GENERATION_FLAGS:
-        p.add_argument(flag, dest=dest, **keywords)
-    p.add_argument("--prefix", metavar="TEXT", help="forced target prefix, as text (tokenized without specials)")
+    add_generation_flags(p)
     p.add_argument("--stream", action="store_true", help="print each output as its tokens arrive")
     p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
@@ -116,39 +97,93 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         help="one JSON object per input: text, ids (generated, no prompt), score, finish_reason; "
         "with several sequences also `sequences`, best first",
     )
+    p.add_argument("--chat", action="store_true", help="each input is one user turn, rendered with the chat template")
+    add_chat_options(p)
+    add_io_options(p, ids=True)
     p.set_defaults(run=_generate)
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from seqport.engine.api import load
-    from seqport.engine.runtime import RuntimeOptions
+def add_chat_options(p: argparse.ArgumentParser) -> None:
+    """--system and --chat-template, shared by `generate --chat` and `chat`."""
+    p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the user turn")
+    p.add_argument(
+        "--chat-template", metavar="FILE", help="a jinja chat template to use instead of the artifact's (docs/chat.md)"
+    )
 
-    if args.stream and args.json:
-        raise SeqportError("--stream prints text as it arrives and cannot be combined with --json")
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.stream and (args.json or args.jsonl):
+        raise SeqportError("--stream prints text as it arrives and cannot be combined with --json or --jsonl")
     inputs = _generation_inputs(args)
-    model = load(args.artifact, provider=args.provider, options=RuntimeOptions(intra_op_threads=args.threads))
-    overrides = _generation_overrides(args, model)
-    if args.stream:
-        _stream(model, inputs, overrides)
-        return 0
-    for result in model.generate(inputs, **overrides):
-        if not args.json:
-            print(result.text)
-            continue
-        record = _sequence_record(result.sequences[0])
-        if len(result.sequences) > 1:
-            record["sequences"] = [_sequence_record(s) for s in result.sequences]
-        print(json.dumps(record, ensure_ascii=False))
+    model = load_generating(args, "generate")
+    overrides = generation_overrides(args, model)
+    if any(isinstance(item, list) for item in inputs):  # --jsonl mixing texts and ids: all as ids
+        inputs = [model.input_ids([item])[0] if isinstance(item, str) and not _blank(item) else item for item in inputs]
+    if args.chat:
+        if not hasattr(model, "apply_chat_template"):
+            kind = model.manifest.architecture
+            raise SeqportError(f"--chat needs a decoder-only artifact; {args.artifact} is {kind}")
+        template = chat_template_option(args)
+        inputs = [item if _blank(item) else _chat_turn(model, args.system, item, template) for item in inputs]
+    with output_stream(args) as out:
+        if args.stream:
+            _stream(model, inputs, overrides, out)
+            return 0
+        for result in _results(model, inputs, overrides, args):
+            if not (args.json or args.jsonl):
+                print(result.text if result is not None else "", file=out)
+                continue
+            record = _sequence_record(result.sequences[0]) if result is not None else dict(_EMPTY)
+            if result is not None and len(result.sequences) > 1:
+                record["sequences"] = [_sequence_record(s) for s in result.sequences]
+            print(json.dumps(record, ensure_ascii=False), file=out)
     return 0
 
 
-def _stream(model, inputs: list, overrides: dict) -> None:
-    """One input at a time, each line printed as it grows."""
-    for index, item in enumerate(inputs):
-        seed = {"seed": overrides["seed"] + index} if "seed" in overrides else {}  # as a batch would
-        for piece in model.stream([item], **{**overrides, **seed}):
-            print(piece.text, end="", flush=True)
-        print()
+#: the output of a blank input line (it keeps its place; nothing is generated)
+_EMPTY = {"text": "", "ids": [], "score": 0.0, "finish_reason": "empty_input"}
+
+
+def _results(model, inputs: list, overrides: dict, args: argparse.Namespace) -> list:
+    """model.generate over the non-blank inputs (in chunks under a progress bar when one is
+    shown); None for each blank one. Input i samples with seed + i however it is chunked."""
+    kept = [index for index, item in enumerate(inputs) if not _blank(item)]
+    results: list = [None] * len(inputs)
+    bar = progress_bar(args, len(kept), "input")
+    size = (overrides.get("batch_size") or 16) if bar is not None else 0
+    seed = overrides.get("seed", model.default_config.seed)
+    for start, chunk in chunks(kept, size):
+        offset = {} if seed is None else {"seed": seed + start}
+        for index, result in zip(chunk, model.generate([inputs[i] for i in chunk], **{**overrides, **offset})):
+            results[index] = result
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def _blank(item: str | list[int]) -> bool:
+    return isinstance(item, str) and not item.strip()
+
+
+def _stream(model, inputs: list, overrides: dict, out) -> None:
+    """One input at a time, each line printed as it grows; a blank input prints an empty line.
+    The k-th non-blank input samples with seed + k, as `_results` and a batch would."""
+    seed = overrides.get("seed", model.default_config.seed)
+    kept = 0
+    for item in inputs:
+        if not _blank(item):
+            offset = {} if seed is None else {"seed": seed + kept}
+            for piece in model.stream([item], **{**overrides, **offset}):
+                print(piece.text, end="", flush=True, file=out)
+            kept += 1
+        print(file=out)
+
+
+def _chat_turn(model, system: str | None, text: str, template: str | None) -> list[int]:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return model.apply_chat_template(messages, chat_template=template)
 
 
 def _generation_inputs(args: argparse.Namespace) -> list:
@@ -156,12 +191,41 @@ def _generation_inputs(args: argparse.Namespace) -> list:
         return args.ids
     if args.text:
         return args.text
-    if not sys.stdin.isatty():
-        return stdin_lines()
-    raise SeqportError("nothing to generate from: pass TEXT arguments, --ids, or lines on stdin")
+    lines = input_lines(args, "generate from")
+    return parse_jsonl(lines, ids=True) if args.jsonl else lines
 
 
-def _generation_overrides(args: argparse.Namespace, model) -> dict:
+def load_generating(args: argparse.Namespace, verb: str):
+    """The artifact of a generating command, loaded; refused up front when it is encoder-only.
+
+    Raises:
+        SeqportError: an encoder-only artifact (names embed/classify), or as load() raises.
+    """
+    from seqport.engine.api import load
+    from seqport.engine.manifest import load_manifest
+    from seqport.engine.runtime import RuntimeOptions
+
+    kind = load_manifest(args.artifact).architecture
+    if kind == "encoder-only":
+        raise SeqportError(
+            f"{args.artifact} is an encoder-only artifact, which does not generate text; `seqport {verb}` needs a "
+            "decoder-only or encoder-decoder one (use `seqport embed` or `seqport classify` with this one)"
+        )
+    return load(args.artifact, provider=args.provider, options=RuntimeOptions(intra_op_threads=args.threads))
+
+
+def chat_template_option(args: argparse.Namespace) -> str | None:
+    """The text of --chat-template FILE, or None (the artifact's template is used)."""
+    if args.chat_template is None:
+        return None
+    try:
+        with open(args.chat_template, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read --chat-template {args.chat_template}: {exc}") from None
+
+
+def generation_overrides(args: argparse.Namespace, model) -> dict:
     """GenerationConfig overrides from the flags given (the manifest's defaults stay otherwise)."""
     overrides = {dest: getattr(args, dest) for _, dest, _ in _GENERATION_FLAGS if getattr(args, dest) is not None}
     if "early_stopping" in overrides:
@@ -176,86 +240,3 @@ def _sequence_record(sequence) -> dict:
     return {key: getattr(sequence, key) for key in keys}
 
 
-def _add_encoder_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("artifact", help="encoder-only artifact folder written by `seqport export`")
-    p.add_argument("text", nargs="*", help="input texts (default: one per line on stdin)")
-    p.add_argument("--batch-size", type=int, default=32, help="inputs per encoder call (0: all at once; default 32)")
-    p.add_argument(
-        "--truncate", action="store_true", help="cut inputs longer than the model's maximum instead of failing"
-    )
-    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
-
-
-def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "embed",
-        help="sentence embeddings with an encoder-only artifact",
-        description="Print one embedding per TEXT (or per line on stdin), pooled as the exported "
-        "model declares (e.g. mean pooling + L2 normalisation for sentence-transformers models). "
-        "Needs an artifact exported with --task feature-extraction.",
-    )
-    _add_encoder_options(p)
-    p.add_argument(
-        "--normalize",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="L2-normalise the embeddings (default: as the exported model declares)",
-    )
-    p.add_argument("--json", action="store_true", help="one JSON object per input: text, embedding")
-    p.set_defaults(run=_embed)
-
-
-def _add_classify_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "classify",
-        help="classify texts with an encoder-only artifact",
-        description="Print the most probable label and its probability for each TEXT (or each "
-        "line on stdin). Needs an artifact exported with --task sequence-classification.",
-    )
-    _add_encoder_options(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per input: text, label, score, probabilities")
-    p.set_defaults(run=_classify)
-
-
-def _texts(args: argparse.Namespace, verb: str) -> list[str]:
-    if args.text:
-        return args.text
-    if not sys.stdin.isatty():
-        return stdin_lines()
-    raise SeqportError(f"nothing to {verb}: pass TEXT arguments or lines on stdin")
-
-
-def _encoder_model(args: argparse.Namespace, verb: str):
-    from seqport.engine.api import load
-    from seqport.engine.runtime import RuntimeOptions
-
-    model = load(args.artifact, provider=args.provider, options=RuntimeOptions(intra_op_threads=args.threads))
-    if not hasattr(model, verb):
-        kind = model.manifest.architecture
-        raise SeqportError(f"{args.artifact} is a {kind} artifact; `seqport {verb}` needs an encoder-only one")
-    return model
-
-
-def _embed(args: argparse.Namespace) -> int:
-    texts = _texts(args, "embed")
-    model = _encoder_model(args, "embed")
-    vectors = model.embed(texts, normalize=args.normalize, batch_size=args.batch_size, truncate=args.truncate)
-    for text, vector in zip(texts, vectors):
-        if args.json:
-            print(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False))
-        else:
-            print(" ".join(f"{value:.6f}" for value in vector))
-    return 0
-
-
-def _classify(args: argparse.Namespace) -> int:
-    texts = _texts(args, "classify")
-    model = _encoder_model(args, "classify")
-    for text, result in zip(texts, model.classify(texts, batch_size=args.batch_size, truncate=args.truncate)):
-        if args.json:
-            record = {"text": text, "label": result.label, "score": result.score, "probabilities": result.probabilities}
-            print(json.dumps(record, ensure_ascii=False))
-        else:
-            print(f"{result.label}\t{result.score:.4f}")
-    return 0

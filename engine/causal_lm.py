@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from seqport.engine.chat import Message, read_chat_template, render_chat
 from seqport.engine.config import GenerationConfig
 from seqport.engine.decoder_step import DecoderStep, RunDecoder
 from seqport.engine.device_array import Candidates
 from seqport.engine.generating_model import GeneratingModel
 from seqport.engine.inputs import as_texts, is_token_input, pad_batch
 from seqport.engine.kv_cache import KVCache
+from seqport.engine.manifest import Manifest
 from seqport.engine.placement import Placement, Selection
+from seqport.engine.results import GenerationResult
+from seqport.engine.runtime import Runtime
 from seqport.engine.scoring import ScoreResult, target_logprobs
+from seqport.engine.streaming import StepResult
+from seqport.engine.tokenizer import TextTokenizer
 
 
 def left_pad(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +60,82 @@ def step_mask(prompt_mask: np.ndarray, cache: KVCache, new: int) -> tuple[np.nda
 
 
 class CausalLMModel(GeneratingModel):
-    """Decoder-only generation (GPT-2, Llama, Mistral, Qwen2, ...): the prompt is the first step."""
+    """Decoder-only generation (GPT-2, Llama, Mistral, Qwen2, ...): the prompt is the first step.
+
+    Attributes:
+        chat_template: the jinja chat template the artifact carries (None without one); assign
+            a template string to chat with an artifact exported without it (docs/chat.md).
+    """
+
+    def __init__(
+        self, folder: Path, manifest: Manifest, tokenizer: TextTokenizer, runtimes: dict[str, Runtime]
+    ) -> None:
+        super().__init__(folder, manifest, tokenizer, runtimes)
+        self.chat_template = read_chat_template(folder, manifest.tokenizer.chat_template)
+
+    def apply_chat_template(
+        self, messages: Sequence[Message], *, chat_template: str | None = None, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """A conversation → prompt ids, as transformers' apply_chat_template(tokenize=True).
+
+        The template (the artifact's, or `chat_template`) is rendered with the manifest's
+        special tokens, and the text is tokenized without adding special tokens again: the
+        template writes them (engine/chat.py).
+
+        Args:
+            messages: [{"role": "system"|"user"|"assistant", "content": str}, ...], oldest first.
+            chat_template: a jinja template string used instead of the artifact's.
+            add_generation_prompt: end with the header that opens the assistant's turn.
+
+        Returns:
+            The prompt's token ids.
+
+        Raises:
+            ConfigError: no chat template (the artifact has none and none was passed), or one
+                that is not valid jinja.
+            InputError: malformed messages, or messages the template refuses.
+        """
+        template = chat_template if chat_template is not None else self.chat_template
+        special = self.manifest.tokenizer.special_tokens
+        return self.tokenizer.encode_plain(render_chat(template, messages, special, add_generation_prompt))
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        config: GenerationConfig | None = None,
+        *,
+        chat_template: str | None = None,
+        **overrides: Any,
+    ) -> GenerationResult:
+        """The assistant's next turn: the conversation rendered (apply_chat_template), then generated.
+
+        Args:
+            messages, chat_template: as for `apply_chat_template()`.
+            config, **overrides: decoding options, as for `generate()`.
+
+        Returns:
+            The generated reply (`text`, `ids` without the prompt, `finish_reason`).
+
+        Raises:
+            ConfigError, InputError: as for `apply_chat_template()` and `generate()`.
+        """
+        return self.generate([self.apply_chat_template(messages, chat_template=chat_template)], config, **overrides)[0]
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        config: GenerationConfig | None = None,
+        *,
+        chat_template: str | None = None,
+        **overrides: Any,
+    ) -> Iterator[StepResult]:
+        """`chat()` yielding text as tokens arrive (greedy or sampling, as `stream()`).
+
+        Yields:
+            One StepResult per generated token; the pieces join to `chat()`'s text.
+        """
+        prompt = self.apply_chat_template(messages, chat_template=chat_template)
+        return self.stream([prompt], config, **overrides)
 
     def score(
         self,

@@ -161,6 +161,8 @@ def _size_problems(m: Manifest) -> list[str]:
         problems.append("$.family: must name the model family")
     if not m.tokenizer.file:
         problems.append("$.tokenizer.file: must name the tokenizer file")
+    if m.tokenizer.chat_template == "":
+        problems.append("$.tokenizer.chat_template: must name the template file, or be null without one")
     return problems
 
 

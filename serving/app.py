@@ -176,7 +176,7 @@ async def _models(state: _State, request: Request) -> Response:
 
 def _tasks(state: _State) -> list[str]:
     tasks = list(TASKS.get(state.architecture, []))
-    if hasattr(state.model, "apply_chat_template"):
+    if _has_chat_template(state.model):
         tasks.insert(0, "chat")
     return tasks
 
@@ -232,11 +232,11 @@ async def _translations(state: _State, request: Request) -> Response:
 
 async def _chat(state: _State, request: Request) -> Response:
     body = await _body(state, request, "chat")
-    template = getattr(state.model, "apply_chat_template", None)
-    if template is None:
+    if not _has_chat_template(state.model):
         raise bad_request(
             f"this {state.architecture} artifact has no chat template: /v1/chat/completions needs a decoder-only "
-            "artifact exported with one; use /v1/completions with a plain prompt",
+            "artifact exported from a checkpoint with one (docs/chat.md); "
+            "use /v1/completions with a plain prompt",
             code="no_chat_template",
         )
     messages = body.get("messages")
@@ -244,8 +244,17 @@ async def _chat(state: _State, request: Request) -> Response:
         raise bad_request(
             "messages must be a non-empty list of {role, content} objects with string content", "messages"
         )
-    prompt = template(messages)
+    try:
+        prompt = state.model.apply_chat_template(messages)
+    except InputError as exc:
+        raise bad_request(str(exc), "messages") from None
     return await _generation(state, body, "chat", [prompt] if isinstance(prompt, str) else [list(prompt)], "messages")
+
+
+def _has_chat_template(model: Any) -> bool:
+    """A model that renders conversations: a decoder-only model whose artifact carries a template
+    (or one set on it), or any object with apply_chat_template and no `chat_template` attribute."""
+    return hasattr(model, "apply_chat_template") and getattr(model, "chat_template", "") is not None
 
 
 def _is_message(message: Any) -> bool:

@@ -427,5 +427,11 @@ def test_cli_embed_and_classify(exported, capsys):
     assert label in LABELS and 0 < float(score) <= 1
     assert main(["embed", str(classify_artifact), TEXTS[0]]) == 1
     assert "needs an artifact exported with --task feature-extraction" in capsys.readouterr().err
+    assert main(["generate", str(embed_artifact), TEXTS[0]]) == 1  # a one-line error, not an AttributeError
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is an encoder-only artifact, which does not generate text" in err
+    assert main(["embed", str(embed_artifact), TEXTS[0], "--batch-size", "1", TEXTS[1], "--jsonl", "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["text"] for line in captured.out.splitlines()] == TEXTS[:2] and "1/2 [" in captured.err
     assert main(["info", str(embed_artifact)]) == 0
     assert "embeddings: mean pooling · dimension 20 · normalized True" in capsys.readouterr().out

@@ -104,3 +104,34 @@ def test_export_and_demo_say_what_to_install_without_torch():
     assert lines[0].startswith("seqport: error: `seqport export` needs the export extra: pip install 'seqport[export]'")
     assert lines[1].startswith("seqport: error: `seqport demo` needs the export extra (torch): pip install")
     assert all(line.endswith("is missing)") for line in lines)
+
+
+@pytest.fixture(scope="session")
+def chat_artifact(tmp_path_factory) -> Path:
+    """A tiny Llama artifact with a ChatML template, exported once here (torch needed to build it)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from test_chat import SMOLLM2, _checkpoint
+
+    from seqport.export.pipeline import export_model
+
+    root = tmp_path_factory.mktemp("no_torch_chat")
+    export_model(_checkpoint(root / "checkpoint", SMOLLM2), root / "artifact", progress=False)
+    return root / "artifact"
+
+
+@pytest.mark.export
+def test_engine_chats_without_importing_torch(chat_artifact):
+    """Templates render with jinja2 alone: chat, stream_chat and `seqport generate --chat`."""
+    _run_torch_free(f"""
+        import sys
+        import seqport.engine as sp
+        model = sp.load({str(chat_artifact)!r})
+        messages = [{{"role": "user", "content": "numbers"}}]
+        prompt = model.apply_chat_template(messages)
+        assert prompt[0] == model.tokenizer.token_to_id("<|im_start|>"), prompt
+        reply = model.chat(messages, max_new_tokens=4)
+        assert "".join(p.text for p in model.stream_chat(messages, max_new_tokens=4)) == reply.text
+        from seqport.cli.main import main
+        assert main(["generate", {str(chat_artifact)!r}, "--chat", "numbers", "--max-new-tokens", "4"]) == 0
+    """)

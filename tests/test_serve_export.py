@@ -47,20 +47,6 @@ def embedder(tmp_path_factory):
     return sp.load(root / "artifact")
 
 
-class ChatModel:
-    """A decoder-only model with a (toy) chat template, as artifacts with one will offer."""
-
-    def __init__(self, model) -> None:
-        self._model = model
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    @staticmethod
-    def apply_chat_template(messages: list[dict]) -> str:
-        return " ".join(m["content"] for m in messages)
-
-
 def _client(live: LiveServer):
     return openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0, timeout=60)
 
@@ -97,13 +83,21 @@ def _value(metrics: str, name: str) -> float:
     return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(name + " "))
 
 
-def test_chat_needs_a_template_and_uses_it(causal):
+#: a toy template: the turns' contents joined, then a generation prompt
+TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}the{% endif %}"
+
+
+def test_chat_needs_a_template_and_uses_it(causal, monkeypatch):
     messages = [{"role": "user", "content": "a dog ran"}, {"role": "user", "content": "in the park"}]
     with LiveServer(build_app(causal, ServeOptions(model_name="gpt2"))) as live:
         response = httpx.post(f"{live.url}/v1/chat/completions", json={"model": "gpt2", "messages": messages})
         assert response.status_code == 400 and response.json()["error"]["code"] == "no_chat_template"
-    expected = causal.generate([ChatModel.apply_chat_template(messages)], max_new_tokens=8)[0].text
-    with LiveServer(build_app(ChatModel(causal), ServeOptions(model_name="gpt2"))) as live:
+        models = httpx.get(f"{live.url}/v1/models").json()["data"][0]["seqport"]
+        assert models == {"architecture": "decoder-only", "tasks": ["completion"]}
+    monkeypatch.setattr(causal, "chat_template", TEMPLATE)  # as an artifact exported with one carries it
+    expected = causal.chat(messages, max_new_tokens=8).text
+    assert causal.apply_chat_template(messages) == causal.tokenizer.encode_plain("a dog ran in the park the")
+    with LiveServer(build_app(causal, ServeOptions(model_name="gpt2"))) as live:
         client = _client(live)
         answer = client.chat.completions.create(model="gpt2", messages=messages, max_tokens=8, temperature=0)
         assert answer.choices[0].message.content == expected and answer.choices[0].message.role == "assistant"
@@ -115,6 +109,10 @@ def test_chat_needs_a_template_and_uses_it(causal):
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
         models = httpx.get(f"{live.url}/v1/models").json()["data"][0]["seqport"]
         assert models == {"architecture": "decoder-only", "tasks": ["chat", "completion"]}
+        bad = [{"role": "user", "content": "x"}]
+        monkeypatch.setattr(causal, "chat_template", "{{ raise_exception('only pairs') }}")
+        response = httpx.post(f"{live.url}/v1/chat/completions", json={"model": "gpt2", "messages": bad})
+        assert response.status_code == 400 and "refused these messages: only pairs" in response.text
 
 
 def test_embeddings_equal_embed(embedder):
