@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import inspect
 import logging
 import tempfile
 from pathlib import Path
@@ -31,74 +30,21 @@ from seqport.engine.manifest import (
     sha256_of,
 )
 from seqport.export import gguf
-from seqport.export.adapter import EncoderDecoderAdapter, ModelSpec
+from seqport.export.adapter import EncoderDecoderAdapter
 from seqport.export.atomic import atomic_folder
 from seqport.export.attention import check_attention
-from seqport.export.cache_slots import preallocate
 from seqport.export.causal import export_decoder_only
-from seqport.export.components import (
-    DecoderComponent,
-    EncoderComponent,
-    PreallocatedDecoderComponent,
-    decoder_contract,
-    encoder_contract,
-    flat_kv,
-)
-from seqport.export.decoder_state import export_state_decoder, needs_state_path
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
-from seqport.export.onnx_export import OPSET, dynamic_axes, export_component, inline_weights
+from seqport.export.onnx_export import OPSET, inline_weights
+from seqport.export.seq2seq_graphs import check_allocation, export_decoder, export_encoder
 from seqport.export.tokenizer_files import write_tokenizer_files
 from seqport.export.validate import check_scale, validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
 
 logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
-
-
-def _example_sources(spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    # sizes >= 2 everywhere: torch.export specialises dims that are 0 or 1 in the example.
-    ids = torch.full((2, 5), (spec.pad or 0) + 5, dtype=torch.long) % spec.vocab_size
-    mask = torch.ones(2, 5, dtype=torch.long)
-    mask[1, 3:] = 0
-    return ids, mask
-
-
-def _export_encoder(adapter, spec: ModelSpec, folder: Path) -> Component:
-    inputs, outputs = encoder_contract("float32")
-    dyn = tuple(dynamic_axes(inputs[name]) for name in ("input_ids", "attention_mask"))
-    path = folder / "encoder.onnx"
-    export_component(
-        EncoderComponent(adapter), _example_sources(spec), dyn, inputs, outputs, spec.num_layers, path
-    )
-    return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
-
-
-def _export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "growing") -> Component:
-    if needs_state_path(adapter, spec):  # declared states or position_ids: export/decoder_state.py
-        return export_state_decoder(adapter, spec, folder, allocation, _example_sources(spec))
-    inputs, outputs = decoder_contract("float32", allocation)
-    ids, mask = _example_sources(spec)
-    with torch.inference_mode():
-        _, cross = adapter.encode(ids, mask)
-        prefix = torch.full((2, 4), 5 % spec.vocab_size, dtype=torch.long)
-        _, past = adapter.decode_step(prefix, mask, cross, adapter.empty_past(2))
-    n = spec.num_layers
-    # 3 new tokens after 4 past ones; a preallocated cache holds them in a 9-slot buffer
-    head = (prefix[:, :3], mask, torch.tensor([1, 2]))
-    component = DecoderComponent(adapter)
-    if allocation == "preallocated":
-        past, head = preallocate(past, 9), (*head, torch.arange(4, 7))
-        component = PreallocatedDecoderComponent(adapter)
-    # clone: a tensor made under inference_mode cannot feed an embedding while torch.export traces
-    cross, past = [t.clone() for t in flat_kv(cross)], [t.clone() for t in flat_kv(past)]
-    args = (*(t.clone() for t in head), cross[:n], cross[n:], past[:n], past[n:])
-    dyn = tuple(dynamic_axes(inputs[name]) for name in inputs if "{i}" not in name)
-    dyn += tuple([dynamic_axes(inputs[name])] * n for name in inputs if "{i}" in name)
-    path = folder / "decoder.onnx"
-    export_component(component, args, dyn, inputs, outputs, n, path)
-    return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
 
 
 def export_model(
@@ -308,7 +254,7 @@ def _export_inline(
     spec, scale = adapter.spec(), check_scale(tolerance)
     if isinstance(spec, EncoderSpec):
         return _export_encoder_only(adapter, spec, tokenizer, out, source, progress, scale)
-    _check_allocation(adapter, kv_cache)
+    check_allocation(adapter, kv_cache)
     check_attention(adapter, spec.head_dim, attention)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
     if decoder_only and spec.states:
@@ -319,12 +265,12 @@ def _export_inline(
         for step in bar:
             bar.set_postfix_str(step)
             if step == "encoder":
-                components["encoder"] = _export_encoder(adapter, spec, out)
+                components["encoder"] = export_encoder(adapter, spec, out)
             elif step == "decoder":
                 if decoder_only:
                     components["decoder"] = export_decoder_only(adapter, spec, out, kv_cache, attention)
                 else:
-                    components["decoder"] = _export_decoder(adapter, spec, out, kv_cache)
+                    components["decoder"] = export_decoder(adapter, spec, out, kv_cache)
             else:
                 fixed = {
                     "num_kv_heads": spec.num_kv_heads,
@@ -367,18 +313,6 @@ def _export_inline(
     )
     manifest.save(out)
     return manifest
-
-
-def _check_allocation(adapter, kv_cache: str) -> None:
-    """A preallocated cache needs an adapter whose decode_step writes at `cache_position`."""
-    if kv_cache not in KV_ALLOCATIONS:
-        raise ExportError(f"kv_cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
-    if kv_cache == "preallocated" and "cache_position" not in inspect.signature(adapter.decode_step).parameters:
-        raise ExportError(
-            f"{type(adapter).__name__}.decode_step takes no cache_position, so it cannot write into a "
-            "preallocated cache; export with kv_cache='growing', or add the parameter "
-            "(docs/own-model.md shows how with seqport.export.cache_slots.step_slots)"
-        )
 
 
 def _export_encoder_only(

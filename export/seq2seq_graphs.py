@@ -1,0 +1,83 @@
+"""The encoder-decoder graphs of an adapter: the encoder (with every layer's cross K/V) and the
+decoder step (growing or preallocated cache; declared states go through decoder_state.py).
+
+export/pipeline.py calls these while it builds an artifact; validation comes after.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+from seqport.engine.errors import ExportError
+from seqport.engine.manifest import KV_ALLOCATIONS, Component, sha256_of
+from seqport.export.adapter import ModelSpec
+from seqport.export.cache_slots import preallocate
+from seqport.export.components import (
+    DecoderComponent,
+    EncoderComponent,
+    PreallocatedDecoderComponent,
+    decoder_contract,
+    encoder_contract,
+    flat_kv,
+)
+from seqport.export.decoder_state import export_state_decoder, needs_state_path
+from seqport.export.onnx_export import dynamic_axes, export_component
+
+
+def example_sources(spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    # sizes >= 2 everywhere: torch.export specialises dims that are 0 or 1 in the example.
+    ids = torch.full((2, 5), (spec.pad or 0) + 5, dtype=torch.long) % spec.vocab_size
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    return ids, mask
+
+
+def export_encoder(adapter, spec: ModelSpec, folder: Path) -> Component:
+    inputs, outputs = encoder_contract("float32")
+    dyn = tuple(dynamic_axes(inputs[name]) for name in ("input_ids", "attention_mask"))
+    path = folder / "encoder.onnx"
+    export_component(
+        EncoderComponent(adapter), example_sources(spec), dyn, inputs, outputs, spec.num_layers, path
+    )
+    return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
+
+
+def export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "growing") -> Component:
+    if needs_state_path(adapter, spec):  # declared states or position_ids: export/decoder_state.py
+        return export_state_decoder(adapter, spec, folder, allocation, example_sources(spec))
+    inputs, outputs = decoder_contract("float32", allocation)
+    ids, mask = example_sources(spec)
+    with torch.inference_mode():
+        _, cross = adapter.encode(ids, mask)
+        prefix = torch.full((2, 4), 5 % spec.vocab_size, dtype=torch.long)
+        _, past = adapter.decode_step(prefix, mask, cross, adapter.empty_past(2))
+    n = spec.num_layers
+    # 3 new tokens after 4 past ones; a preallocated cache holds them in a 9-slot buffer
+    head = (prefix[:, :3], mask, torch.tensor([1, 2]))
+    component = DecoderComponent(adapter)
+    if allocation == "preallocated":
+        past, head = preallocate(past, 9), (*head, torch.arange(4, 7))
+        component = PreallocatedDecoderComponent(adapter)
+    # clone: a tensor made under inference_mode cannot feed an embedding while torch.export traces
+    cross, past = [t.clone() for t in flat_kv(cross)], [t.clone() for t in flat_kv(past)]
+    args = (*(t.clone() for t in head), cross[:n], cross[n:], past[:n], past[n:])
+    dyn = tuple(dynamic_axes(inputs[name]) for name in inputs if "{i}" not in name)
+    dyn += tuple([dynamic_axes(inputs[name])] * n for name in inputs if "{i}" in name)
+    path = folder / "decoder.onnx"
+    export_component(component, args, dyn, inputs, outputs, n, path)
+    return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
+
+
+def check_allocation(adapter, kv_cache: str) -> None:
+    """A preallocated cache needs an adapter whose decode_step writes at `cache_position`."""
+    if kv_cache not in KV_ALLOCATIONS:
+        raise ExportError(f"kv_cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
+    if kv_cache == "preallocated" and "cache_position" not in inspect.signature(adapter.decode_step).parameters:
+        raise ExportError(
+            f"{type(adapter).__name__}.decode_step takes no cache_position, so it cannot write into a "
+            "preallocated cache; export with kv_cache='growing', or add the parameter "
+            "(docs/own-model.md shows how with seqport.export.cache_slots.step_slots)"
+        )
