@@ -107,6 +107,7 @@ _VALID = {
     "bad_words_ids": st.lists(st.lists(token, min_size=1, max_size=3), max_size=4),
     "suppress_tokens": st.lists(token, max_size=10),
     "forced_bos_token_id": st.none() | token,
+    "forced_eos_token_id": st.none() | token | st.lists(token, max_size=2),
     "prefix_ids": st.lists(token, max_size=5),
     "eos_token_ids": st.lists(token, max_size=3),
     "stop": _texts,
