@@ -70,7 +70,8 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
     if reason is None:
         logger.info("continuous batching (up to %d rows)", limits.max_batch_rows)
         return ContinuousScheduler(model, limits, **callbacks)
-    logger.info("static micro-batching: %s", reason)
+    log = logger.info if kind == "micro" else logger.warning  # continuous asked for, micro given: say so
+    log("static micro-batching: %s", reason)
     return MicroBatchScheduler(model, limits, on_batch=callbacks.get("on_batch"))
 
 

@@ -144,7 +144,7 @@ def test_200_streams_with_30_percent_disconnects(causal):
         _wait_for(lambda: _metric(live, "seqport_running_rows") == 0, timeout=1.0)
         after = _rss_bytes()
         assert {status for status, _ in results} == {200}
-        for status, lines in results:
+        for _, lines in results:
             if lines is not None:
                 _stream_text(lines)  # exactly one [DONE], last
         assert sum(lines is None for _, lines in results) == 60
