@@ -146,12 +146,13 @@ def validate(
 def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runtime, recorder, allocation) -> None:
     low, high = _plain_ids(spec)
     past = adapter.empty_past(case.batch)
+    before, rows = _row_steps(case) if "position_ids" in signature.inputs else ({}, {})
     if case.past:
         prefix = torch.randint(low, high, (case.batch, case.past), generator=gen)
-        _, past = adapter.decode_step(prefix, mask, cross, past)
+        _, past = adapter.decode_step(prefix, mask, cross, past, **before)
     new_ids = torch.randint(low, high, (case.batch, case.new), generator=gen)
     keep = torch.arange(case.new) if case.all_logits else torch.tensor([case.new - 1])
-    hidden, present = adapter.decode_step(new_ids, mask, cross, past)
+    hidden, present = adapter.decode_step(new_ids, mask, cross, past, **rows)
     logits = adapter.logits(hidden.index_select(1, keep)).float()
     theirs = {"logits": logits.numpy(), **_kv_values("present", present)}
     values = {
@@ -160,9 +161,21 @@ def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runti
         "logits_positions": keep.numpy(),
         **_kv_values("cross", cross),
         **_kv_values("past", past),
+        **{name: value.numpy() for name, value in rows.items()},
     }
     ours = _run_decoder(signature, runtime, values, case, allocation, recorder)
     recorder.compare("decoder", case.label, ours, theirs, signature)
+
+
+def _row_steps(case: Case) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """position_ids and attention_mask of the past and of the new tokens for a decoder that takes
+    them: row r joined 2r steps late, so its first min(2r, P) past slots are masked padding."""
+    pads = torch.clamp(torch.arange(case.batch) * 2, max=case.past)[:, None]  # (B, 1)
+    slots = torch.arange(case.past + case.new)[None, :]  # (1, P+T)
+    mask = (slots >= pads).long()  # (B, P+T)
+    positions = torch.clamp(slots - pads, min=0)  # (B, P+T)
+    past = {"position_ids": positions[:, : case.past], "attention_mask": mask[:, : case.past]}
+    return past, {"position_ids": positions[:, case.past :], "attention_mask": mask}
 
 
 #: decoder-only: batch 1 and 3 (rows left-padded by 0, 3 and 5), past lengths 0, 1 and 7.
