@@ -1,4 +1,4 @@
-"""Continuous (iteration-level) batching for decoder-only artifacts (Orca, OSDI 2022).
+"""Continuous (iteration-level) batching (Orca, OSDI 2022), decoder-only and encoder-decoder.
 
 One worker thread holds the running batch (engine/running_batch.py). Between two decoder
 steps it drops finished and cancelled rows, admits waiting requests (each prefilled on its
@@ -8,9 +8,12 @@ those `model.generate([prompt])` gives: a seeded row samples from the generator 
 that call would use. Beam search and n > 1 run as a static batch of their own (the
 micro-batch path) between two steps.
 
-Artifacts whose cache cannot be merged row by row (encoder-decoder, preallocated KV buffers,
-fused attention, a device placement) are served by `MicroBatchScheduler`; `make_scheduler`
-picks and logs which.
+An encoder-decoder row is encoded alone too; its cross K/V and encoder mask join the batch's
+(source axis right-padded, the mask hides the padding), and the decoder takes per-row
+position_ids and a self-attention attention_mask (exported where the family supports them:
+Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged (an encoder-decoder without
+those inputs, preallocated KV buffers, fused attention, a device placement) are served by
+`MicroBatchScheduler`; `make_scheduler` picks and logs which.
 """
 
 from __future__ import annotations
@@ -41,8 +44,13 @@ SCHEDULERS = ("continuous", "micro")
 def continuous_unsupported(model: Any) -> str | None:
     """Why `model` cannot be batched continuously, or None when it can."""
     m = model.manifest
-    if m.architecture != "decoder-only":
-        return f"continuous batching serves decoder-only artifacts; this one is {m.architecture}"
+    if m.architecture not in ("decoder-only", "encoder-decoder"):
+        return f"continuous batching serves decoder-only and encoder-decoder artifacts; this one is {m.architecture}"
+    if m.architecture == "encoder-decoder" and not getattr(model, "row_positions", False):
+        return (
+            "the artifact's decoder takes no per-row position_ids and attention_mask (exported before "
+            "seqport had them, or a family without them yet); re-export it to batch continuously"
+        )
     if m.kv.allocation != "growing":
         return "the artifact preallocates its KV buffers (export with a growing cache to batch continuously)"
     if m.attention != "portable":
@@ -90,7 +98,7 @@ class ContinuousScheduler(MicroBatchScheduler):
     Queue, cancel, close and the size checks are MicroBatchScheduler's; the worker differs.
 
     Args:
-        model: a loaded decoder-only model that `continuous_unsupported` accepts.
+        model: a loaded generating model that `continuous_unsupported` accepts.
         limits: max_batch_rows bounds the running rows; kv_budget_bytes bounds the padded
             worst case, rows × the longest request's prompt + max_tokens (batch_wait_s unused).
         on_batch: called with the row count of every step (the batch-size histogram).
@@ -173,10 +181,19 @@ class ContinuousScheduler(MicroBatchScheduler):
 
     def _prefill(self, batch: RunningBatch, job: Job) -> _Row | None:
         """Run the prompt alone (exactly as generate() would), emit its first token, merge its
-        cache rows into the batch; None when the request already finished."""
+        cache rows (and an encoder-decoder's encoder values) into the batch; None when the
+        request already finished."""
         model = self.model
         checked, config = model._checked([job.request.prompt_ids], job.request.config)
-        prompt = np.array([[*checked[0], *config.prefix_ids]], dtype=np.int64)  # (1, L)
+        encoder: dict[str, np.ndarray] = {}
+        if model.manifest.architecture == "encoder-decoder":
+            source = np.array(checked, dtype=np.int64)  # (1, S)
+            source_mask = np.ones_like(source)
+            encoder = {k: v for k, v in model.encode(source, source_mask).items() if k.startswith("cross_")}
+            encoder["encoder_attention_mask"] = source_mask
+            prompt = np.array([[model._start_id(), *config.prefix_ids]], dtype=np.int64)  # (1, 1 + prefix)
+        else:
+            prompt = np.array([[*checked[0], *config.prefix_ids]], dtype=np.int64)  # (1, L)
         eos = config.eos_token_ids or tuple(model.manifest.special_ids.eos)
         stops = StopStrings(model.tokenizer.decode, config.stop) if config.stop else None
         row = _Row(job, make_search(config, prompt, eos, None, stops), TextStream(model.tokenizer.backend, config.stop))
@@ -186,11 +203,12 @@ class ContinuousScheduler(MicroBatchScheduler):
             "attention_mask": np.ones((1, length), dtype=np.int64),
             "position_ids": np.arange(length, dtype=np.int64)[None],
             "logits_positions": np.array([length - 1], dtype=np.int64),
+            **encoder,
         }
         logits = model.run_decoder(feeds, cache)["logits"][:, -1, :]  # (1, V)
         if not self._advance(row, logits) or not job.live:
             return None
-        batch.admit(cache, feeds["attention_mask"])
+        batch.admit(cache, feeds["attention_mask"], encoder)
         return row
 
     def _step(self, batch: RunningBatch, rows: list[_Row]) -> None:
