@@ -65,3 +65,23 @@ def test_a_preallocated_cache_cannot_join():
     batch = RunningBatch(LAYERS, HEADS, DIM)
     with pytest.raises(ValueError, match="micro-batch"):
         batch.admit(KVCache.preallocated(1, LAYERS, HEADS, DIM, 8), np.ones((1, 0), dtype=np.int64))
+
+
+def _encoded(source: int, fill: float) -> dict[str, np.ndarray]:
+    cross = {f"cross_key.{i}": np.full((1, HEADS, source, DIM), fill, dtype=np.float32) for i in range(LAYERS)}
+    cross.update({f"cross_value.{i}": np.full((1, HEADS, source, DIM), -fill, dtype=np.float32) for i in range(LAYERS)})
+    return {**cross, "encoder_attention_mask": np.ones((1, source), dtype=np.int64)}
+
+
+def test_encoder_values_are_right_padded_and_trimmed_when_the_longest_source_leaves():
+    batch = RunningBatch(LAYERS, HEADS, DIM)
+    batch.admit(*_prefilled(1, 1.0), _encoded(4, 1.0))
+    batch.admit(*_prefilled(2, 2.0), _encoded(9, 2.0))
+    batch.admit(*_prefilled(1, 3.0), _encoded(6, 3.0))
+    inputs = batch.step_inputs()
+    assert inputs["encoder_attention_mask"].tolist()[0] == [1] * 4 + [0] * 5
+    assert inputs["cross_key.1"].shape == (3, HEADS, 9, DIM)
+    assert np.all(inputs["cross_key.1"][0, :, 4:] == 0) and np.all(inputs["cross_value.0"][1] == -2.0)
+    batch.keep(np.array([0, 2]))
+    assert batch.encoder["encoder_attention_mask"].shape == (2, 6)
+    assert np.all(batch.encoder["cross_key.0"][1] == 3.0) and batch.encoder["cross_value.1"].shape == (2, HEADS, 6, DIM)

@@ -94,6 +94,39 @@ def test_64_staggered_requests_equal_generate_alone_and_join_running_batches(cau
     assert rows > steps, "no step decoded more than one row"
 
 
+def test_encoder_decoder_64_staggered_requests_equal_generate_alone(fresh_export):
+    from tiny import SENTENCES
+
+    seq2seq = sp.load(fresh_export[1])  # exported now: its decoder takes position_ids and attention_mask
+    assert seq2seq.row_positions
+    cases = []
+    for i in range(64):
+        case = {"model": "seed", "prompt": SENTENCES[i % len(SENTENCES)], "max_tokens": 2 + (i * 5) % 23}
+        case.update({"temperature": 0.7, "seed": 40 + i} if i % 3 == 1 else {"temperature": 0})
+        cases.append(case)
+    with LiveServer(build_app(seq2seq, ServeOptions(model_name="seed", max_batch_rows=8))) as live:
+        assert isinstance(live.app.state.seqport.scheduler, ContinuousScheduler)
+
+        def ask(i: int) -> str:
+            time.sleep(0.003 * (i % 8))
+            path = "/v1/translations" if i % 4 == 3 else "/v1/completions"
+            body = cases[i] if path == "/v1/completions" else {**cases[i], "input": cases[i]["prompt"]}
+            if path == "/v1/translations":
+                body.pop("prompt")
+            with httpx.stream("POST", f"{live.url}{path}", json={**body, "stream": True}, timeout=60) as r:
+                assert r.status_code == 200, r.read()
+                return _stream_text(_sse(r))
+
+        with ThreadPoolExecutor(16) as pool:
+            texts = list(pool.map(ask, range(len(cases))))
+        admitted = _metric(live, "seqport_mid_batch_admissions_total")
+    for i, (case, text) in enumerate(zip(cases, texts)):
+        sampling = {"do_sample": True, "temperature": 0.7, "seed": case["seed"]} if case["temperature"] else {}
+        expected = seq2seq.generate([case["prompt"]], max_new_tokens=case["max_tokens"], **sampling)[0].text
+        assert text == expected, f"request {i} {case}"
+    assert admitted > 0, "no request joined a batch that was already running"
+
+
 def test_kv_budget_bounds_the_padded_batch(causal):
     limits = SchedulerLimits(max_batch_rows=8, max_queue=64)
     probe = ContinuousScheduler(causal, limits)
@@ -155,11 +188,11 @@ def test_200_streams_with_30_percent_disconnects(causal):
 def test_artifacts_that_cannot_merge_rows_fall_back_to_micro_batching(causal, model, caplog):
     limits = SchedulerLimits()
     with caplog.at_level("INFO", logger="seqport.serving.continuous"):
-        seq2seq = make_scheduler(model, limits, "continuous")  # the tiny artifact: encoder-decoder
+        seq2seq = make_scheduler(model, limits, "continuous")  # tests/data/tiny_artifact: exported before
     forced = make_scheduler(causal, limits, "micro")
     try:
         assert type(seq2seq) is MicroBatchScheduler and type(forced) is MicroBatchScheduler
-        assert "continuous batching serves decoder-only artifacts" in caplog.text
+        assert "takes no per-row position_ids and attention_mask" in caplog.text
     finally:
         seq2seq.close(1.0)
         forced.close(1.0)
