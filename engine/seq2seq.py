@@ -27,9 +27,7 @@ class Seq2SeqModel(GeneratingModel):
         cross = self._cross(ids, mask)
         start = [self._start_id(), *config.prefix_ids]  # a forced target prefix follows the start token
         first = np.tile(np.array(start, dtype=np.int64), (len(batch), 1))  # (B, 1 + prefix)
-        step = _Seq2SeqStep(self.run_decoder, self.placement, self._selection(config), mask, cross)
-        step.row_positions = self.row_positions
-        return first, step
+        return first, _Seq2SeqStep(self.run_decoder, self.placement, self._selection(config), mask, cross)
 
     @property
     def row_positions(self) -> bool:
@@ -48,7 +46,6 @@ class Seq2SeqModel(GeneratingModel):
             "input_ids": up(tokens, "input_ids"),
             "encoder_attention_mask": up(mask, "encoder_attention_mask"),
             "logits_positions": up(np.arange(tokens.shape[1]), "logits_positions"),
-            **(_row_feeds(tokens.shape[0], 0, tokens.shape[1], up) if self.row_positions else {}),
         }
         logits = self.run_decoder({**feeds, **cross}, cache)["logits"]  # (B, T, V)
         return target_logprobs(self.placement.fetch(logits, "logits"), targets, offset=0)
@@ -82,7 +79,6 @@ class _Seq2SeqStep(DecoderStep):
         self._mask, self._cross = placement.upload(mask, "encoder_attention_mask"), cross
         self._checked: dict | None = None  # the cross K/V dict the last step's feeds check passed
         self._checked_cross = frozenset(cross)
-        self.row_positions = False  # the decoder takes position_ids and attention_mask
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
         if len(sources) != len(self._sources) or np.any(sources != self._sources):
@@ -95,8 +91,6 @@ class _Seq2SeqStep(DecoderStep):
             "encoder_attention_mask": self._mask,
             **self._cross,
         }
-        if self.row_positions:  # every row at the same step: positions P.., nothing masked
-            values.update(_row_feeds(tokens.shape[0], cache.length, tokens.shape[1], self._placement.upload))
         trusted = self._checked_cross if self._cross is self._checked else frozenset()
         scores = self._decode(values, cache, trusted)  # (N, V) or Candidates
         self._checked = self._cross  # checked with this step's feeds: the same arrays need no re-check
@@ -106,10 +100,3 @@ class _Seq2SeqStep(DecoderStep):
         super().release()
         self._all_cross, self._cross = {}, {}  # the encoder's K/V: the largest per-request buffers
 
-
-def _row_feeds(rows: int, past: int, new: int, upload) -> dict[str, Value]:
-    """position_ids int64 (N, T) = P..P+T-1 and attention_mask int64 (N, P+T) of ones: the
-    decoder's optional per-row inputs for rows that all sit at the same step."""
-    positions = np.broadcast_to(np.arange(past, past + new, dtype=np.int64), (rows, new)).copy()  # (N, T)
-    mask = np.ones((rows, past + new), dtype=np.int64)  # (N, P+T)
-    return {"position_ids": upload(positions, "position_ids"), "attention_mask": upload(mask, "attention_mask")}
