@@ -38,7 +38,9 @@ def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool
     Returns:
         (artifact folder, whether it was reused).
     """
-    folder = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}"
+    # "-rows": the decoder takes per-row position_ids/attention_mask; an older engine sharing the
+    # cache keeps its own entry (it could not feed them)
+    folder = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}-rows"
     if _current(folder):
         return folder, True
     from seqport.export.pipeline import export_model  # torch: only when the cache is empty or old
