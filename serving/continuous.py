@@ -162,13 +162,14 @@ class ContinuousScheduler(MicroBatchScheduler):
         for job in jobs:
             if not job.live:
                 continue
-            if job.request.runs_alone:
-                run_batch(self.model, [job])  # beams / n > 1: a static batch of its own
-                self._jobs.pop(job.request.request_id, None)
-                continue
             try:
+                if job.request.runs_alone:
+                    run_batch(self.model, [job])  # beams / n > 1: a static batch of its own
+                    continue
                 row = self._prefill(batch, job)
-            except SeqportError as exc:
+            except Exception as exc:  # the request fails, the worker and the running rows go on
+                if not isinstance(exc, SeqportError):
+                    logger.exception("request %s failed to start", job.request.request_id)
                 job.fail(exc)
                 continue
             if row is not None:
