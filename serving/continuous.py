@@ -1,14 +1,14 @@
 """Continuous (iteration-level) batching (Orca, OSDI 2022), decoder-only and encoder-decoder.
 
 One worker thread holds the running batch (engine/running_batch.py). Between two decoder
-steps it drops finished and cancelled rows, admits waiting requests (each prefilled on its
-own, its cache rows merged into the running cache), then runs one step for every row. Each row
-keeps its own search (engine.decode_loop.make_search over a batch of one), so its tokens are
-those `model.generate([prompt])` gives: a seeded row samples from the generator input 0 of
-that call would use. Beam search and n > 1 run as a static batch of their own (the
+steps it drops finished and cancelled rows, admits waiting requests (prefilled together, as a
+static batch of them would be; their cache rows merged into the running cache), then runs one
+step for every row. Each row keeps its own search (engine.decode_loop.make_search over a
+batch of one), so its tokens are those `model.generate([prompt])` gives: a seeded row samples
+from the generator input 0 of that call would use. Beam search and n > 1 run as a static batch of their own (the
 micro-batch path) between two steps.
 
-An encoder-decoder row is encoded alone too; its cross K/V and encoder mask join the batch's
+Encoder-decoder rows are encoded at admission too; their cross K/V and encoder mask join the batch's
 (source axis right-padded, the mask hides the padding), and the decoder takes per-row
 position_ids and a self-attention attention_mask (exported where the family supports them:
 Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged (an encoder-decoder without
@@ -24,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from seqport.engine.causal_lm import left_pad, positions
+from seqport.engine.config import GenerationConfig
 from seqport.engine.decode_loop import make_search
 from seqport.engine.errors import ConfigError, SeqportError
+from seqport.engine.inputs import pad_batch
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.placement import HOST
 from seqport.engine.running_batch import RunningBatch
@@ -81,6 +84,21 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
     log = logger.info if kind == "micro" else logger.warning  # continuous asked for, micro given: say so
     log("static micro-batching: %s", reason)
     return MicroBatchScheduler(model, limits, on_batch=callbacks.get("on_batch"))
+
+
+@dataclass(frozen=True)
+class _Start:
+    job: Job
+    config: GenerationConfig
+    first: list[int]  # the decoder's first tokens: prompt (+ prefix), or decoder start (+ prefix)
+    source: list[int] | None  # encoder-decoder: the encoder's input
+
+
+def _fail(jobs: list[Job], exc: Exception) -> None:
+    if not isinstance(exc, SeqportError):
+        logger.error("%d request(s) failed to start", len(jobs), exc_info=exc)
+    for job in jobs:
+        job.fail(exc)
 
 
 @dataclass(eq=False)
@@ -158,59 +176,66 @@ class ContinuousScheduler(MicroBatchScheduler):
         return not budget or worst * (len(running) + 1) <= budget
 
     def _admit(self, batch: RunningBatch, jobs: list[Job], running: bool) -> list[_Row]:
-        admitted = []
+        starts: dict[int, list[_Start]] = {}  # by first-token count: one prefill call per group
         for job in jobs:
-            if not job.live:
-                continue
             try:
-                if job.request.runs_alone:
+                if job.live and job.request.runs_alone:
                     run_batch(self.model, [job])  # beams / n > 1: a static batch of its own
-                    continue
-                row = self._prefill(batch, job)
+                elif job.live:
+                    start = self._start(job)
+                    starts.setdefault(len(start.first) if start.source else 0, []).append(start)
             except Exception as exc:  # the request fails, the worker and the running rows go on
-                if not isinstance(exc, SeqportError):
-                    logger.exception("request %s failed to start", job.request.request_id)
-                job.fail(exc)
-                continue
-            if row is not None:
-                admitted.append(row)
+                _fail([job], exc)
+        admitted = []
+        for group in starts.values():
+            try:
+                admitted += self._prefill(batch, group)
+            except Exception as exc:
+                _fail([start.job for start in group], exc)
         if running and admitted:
             self.mid_batch_admissions += len(admitted)
             if self._on_admit is not None:
                 self._on_admit(len(admitted))
         return admitted
 
-    def _prefill(self, batch: RunningBatch, job: Job) -> _Row | None:
-        """Run the prompt alone (exactly as generate() would), emit its first token, merge its
-        cache rows (and an encoder-decoder's encoder values) into the batch; None when the
-        request already finished."""
+    def _start(self, job: Job) -> _Start:
+        """A request's checked options, first decoder tokens and (encoder-decoder) source."""
         model = self.model
         checked, config = model._checked([job.request.prompt_ids], job.request.config)
-        encoder: dict[str, np.ndarray] = {}
         if model.manifest.architecture == "encoder-decoder":
-            source = np.array(checked, dtype=np.int64)  # (1, S)
-            source_mask = np.ones_like(source)
+            return _Start(job, config, [model._start_id(), *config.prefix_ids], checked[0])
+        return _Start(job, config, [*checked[0], *config.prefix_ids], None)
+
+    def _prefill(self, batch: RunningBatch, starts: list[_Start]) -> list[_Row]:
+        """Prefill requests together (as a static batch of them would: prompts left-padded,
+        sources right-padded), emit each one's first token, and merge the rows that go on into
+        the running batch."""
+        model, encoder = self.model, {}
+        if starts[0].source is not None:
+            source, source_mask = pad_batch([s.source for s in starts], model.manifest.special_ids.pad or 0)
             encoder = {k: v for k, v in model.encode(source, source_mask).items() if k.startswith("cross_")}
-            encoder["encoder_attention_mask"] = source_mask
-            prompt = np.array([[model._start_id(), *config.prefix_ids]], dtype=np.int64)  # (1, 1 + prefix)
+            encoder["encoder_attention_mask"] = source_mask  # (M, S)
+            prompt = np.array([s.first for s in starts], dtype=np.int64)  # (M, 1 + prefix)
+            mask = np.ones_like(prompt)
         else:
-            prompt = np.array([[*checked[0], *config.prefix_ids]], dtype=np.int64)  # (1, L)
-        eos = config.eos_token_ids or tuple(model.manifest.special_ids.eos)
-        stops = StopStrings(model.tokenizer.decode, config.stop) if config.stop else None
-        row = _Row(job, make_search(config, prompt, eos, None, stops), TextStream(model.tokenizer.backend, config.stop))
-        cache, length = KVCache.empty(1, *self._geometry), prompt.shape[1]
-        feeds = {
-            "input_ids": prompt,
-            "attention_mask": np.ones((1, length), dtype=np.int64),
-            "position_ids": np.arange(length, dtype=np.int64)[None],
-            "logits_positions": np.array([length - 1], dtype=np.int64),
-            **encoder,
-        }
-        logits = model.run_decoder(feeds, cache)["logits"][:, -1, :]  # (1, V)
-        if not self._advance(row, logits) or not job.live:
-            return None
-        batch.admit(cache, feeds["attention_mask"], encoder)
-        return row
+            prompt, mask = left_pad([s.first for s in starts], model._pad_id())  # (M, L)
+        cache = KVCache.empty(len(starts), *self._geometry)
+        feeds = {"input_ids": prompt, "attention_mask": mask, "position_ids": positions(mask), **encoder}
+        feeds["logits_positions"] = np.array([prompt.shape[1] - 1], dtype=np.int64)
+        logits = model.run_decoder(feeds, cache)["logits"][:, -1, :]  # (M, V)
+        rows = [self._row(start) for start in starts]
+        keep = [i for i, row in enumerate(rows) if self._advance(row, logits[i : i + 1]) and row.job.live]
+        if keep:
+            cache.take(np.array(keep, dtype=np.int64))
+            batch.admit(cache, mask[keep], {name: value[keep] for name, value in encoder.items()})
+        return [rows[i] for i in keep]
+
+    def _row(self, start: _Start) -> _Row:
+        config, tokenizer = start.config, self.model.tokenizer
+        eos = config.eos_token_ids or tuple(self.model.manifest.special_ids.eos)
+        stops = StopStrings(tokenizer.decode, config.stop) if config.stop else None
+        search = make_search(config, np.array([start.first], dtype=np.int64), eos, None, stops)  # as generate([x])
+        return _Row(start.job, search, TextStream(tokenizer.backend, config.stop))
 
     def _step(self, batch: RunningBatch, rows: list[_Row]) -> None:
         if self._on_batch is not None:
