@@ -216,6 +216,8 @@ class ContinuousScheduler(MicroBatchScheduler):
             encoder = {k: v for k, v in model.encode(source, source_mask).items() if k.startswith("cross_")}
             encoder["encoder_attention_mask"] = source_mask  # (M, S)
             prompt = np.array([s.first for s in starts], dtype=np.int64)  # (M, 1 + prefix)
+            if prompt.shape[1] == 1:  # the decoder start alone: it joins the next step, no call of its own
+                return self._join_next_step(batch, starts, encoder)
             mask = np.ones_like(prompt)
         else:
             prompt, mask = left_pad([s.first for s in starts], model._pad_id())  # (M, L)
@@ -229,6 +231,15 @@ class ContinuousScheduler(MicroBatchScheduler):
             cache.take(np.array(keep, dtype=np.int64))
             batch.admit(cache, mask[keep], {name: value[keep] for name, value in encoder.items()})
         return [rows[i] for i in keep]
+
+    def _join_next_step(self, batch: RunningBatch, starts: list[_Start], encoder: dict[str, np.ndarray]) -> list[_Row]:
+        """Encoder-decoder rows with an empty past (all slots masked) whose decoder start token
+        the next step of the running batch decodes at position 0."""
+        batch.admit(KVCache.empty(len(starts), *self._geometry), np.zeros((len(starts), 0), np.int64), encoder)
+        rows = [self._row(start) for start in starts]
+        for row, start in zip(rows, starts):
+            row.token = start.first[0]
+        return rows
 
     def _row(self, start: _Start) -> _Row:
         config, tokenizer = start.config, self.model.tokenizer
