@@ -174,7 +174,6 @@ def main() -> None:
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
     md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after.\n\n"
     md += table(runs) + "\n" + "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items()) + "\n"
-    md += "\nScheduler chosen: " + "; ".join(f"{k}: {r['scheduler_log'] or '-'}" for k, r in runs.items()) + "\n"
     (args.out / f"{stem}.md").write_text(md, encoding="utf-8")
     print(md)
 
