@@ -281,15 +281,17 @@ class GeneratingModel:
         """`values` plus, for an encoder-decoder decoder that takes the optional position_ids
         (N, T) and attention_mask (N, P+T) and was not given them, those of rows all at the same
         step: positions P..P+T-1, no masked slot (continuous batching gives its own)."""
-        inputs = self.signatures["decoder"].inputs
-        if self.manifest.architecture != "encoder-decoder" or "position_ids" not in inputs or "position_ids" in values:
+        declared = self.signatures["decoder"].inputs
+        missing = [n for n in ("position_ids", "attention_mask") if n in declared and n not in values]
+        if self.manifest.architecture != "encoder-decoder" or not missing:
             return values
         rows, new = values["input_ids"].shape
         past = cache.length if cache is not None else int(values["past_key.0"].shape[2])
-        positions = np.broadcast_to(np.arange(past, past + new, dtype=np.int64), (rows, new)).copy()  # (N, T)
-        mask = np.ones((rows, past + new), dtype=np.int64)  # (N, P+T)
-        up = self.placement.upload
-        return {**values, "position_ids": up(positions, "position_ids"), "attention_mask": up(mask, "attention_mask")}
+        lockstep = {
+            "position_ids": np.broadcast_to(np.arange(past, past + new, dtype=np.int64), (rows, new)).copy(),  # (N, T)
+            "attention_mask": np.ones((rows, past + new), dtype=np.int64),  # (N, P+T)
+        }
+        return {**values, **{name: self.placement.upload(lockstep[name], name) for name in missing}}
 
     def _text(self, ids: list[int], finish_reason: str, config: GenerationConfig) -> str:
         text = self.tokenizer.decode(ids)

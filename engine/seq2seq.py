@@ -33,7 +33,8 @@ class Seq2SeqModel(GeneratingModel):
     def row_positions(self) -> bool:
         """Whether the decoder takes per-row position_ids (B, T) and a self-attention
         attention_mask (B, P+T): rows at different steps can share a call (continuous batching)."""
-        return "position_ids" in self.manifest.components["decoder"].inputs
+        inputs = self.manifest.components["decoder"].inputs
+        return "position_ids" in inputs and "attention_mask" in inputs
 
     def _score_batch(self, sources: list[list[int]], targets: list[list[int]]) -> list[ScoreResult]:
         """One encoder and one decoder call (logits at every position) for the whole batch."""
