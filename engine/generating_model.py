@@ -267,6 +267,7 @@ class GeneratingModel:
         Raises:
             InputError: a feed is missing, unknown, or of the wrong dtype, rank or size.
         """
+        values = self._lockstep_rows(values, cache)
         if cache is None:
             return self.run("decoder", values)
         new = values["input_ids"].shape[1]
@@ -278,6 +279,22 @@ class GeneratingModel:
         outputs = signature.by_logical(self.placement.run("decoder", self.runtimes["decoder"], feeds, into))
         cache.update(outputs, new)
         return outputs
+
+    def _lockstep_rows(self, values: dict[str, np.ndarray], cache: KVCache | None) -> dict[str, np.ndarray]:
+        """`values` plus, for an encoder-decoder decoder that takes the optional position_ids
+        (N, T) and attention_mask (N, P+T) and was not given them, those of rows all at the same
+        step: positions P..P+T-1, no masked slot (continuous batching gives its own)."""
+        declared = self.signatures["decoder"].inputs
+        missing = [n for n in ("position_ids", "attention_mask") if n in declared and n not in values]
+        if self.manifest.architecture != "encoder-decoder" or not missing:
+            return values
+        rows, new = values["input_ids"].shape
+        past = cache.length if cache is not None else int(values["past_key.0"].shape[2])
+        lockstep = {
+            "position_ids": np.broadcast_to(np.arange(past, past + new, dtype=np.int64), (rows, new)).copy(),  # (N, T)
+            "attention_mask": np.ones((rows, past + new), dtype=np.int64),  # (N, P+T)
+        }
+        return {**values, **{name: self.placement.upload(lockstep[name], name) for name in missing}}
 
     def _text(self, ids: list[int], finish_reason: str, config: GenerationConfig) -> str:
         text = self.tokenizer.decode(ids)

@@ -31,6 +31,13 @@ class Seq2SeqModel(GeneratingModel):
         step.takes_positions = "position_ids" in self.manifest.components["decoder"].inputs
         return first, step
 
+    @property
+    def row_positions(self) -> bool:
+        """Whether the decoder takes per-row position_ids (B, T) and a self-attention
+        attention_mask (B, P+T): rows at different steps can share a call (continuous batching)."""
+        inputs = self.manifest.components["decoder"].inputs
+        return "position_ids" in inputs and "attention_mask" in inputs
+
     def _score_batch(self, sources: list[list[int]], targets: list[list[int]]) -> list[ScoreResult]:
         """One encoder and one decoder call (logits at every position) for the whole batch."""
         ids, mask = pad_batch(sources, self.manifest.special_ids.pad or 0)
@@ -106,3 +113,4 @@ class _Seq2SeqStep(DecoderStep):
     def release(self) -> None:
         super().release()
         self._all_cross, self._cross = {}, {}  # the encoder's K/V: the largest per-request buffers
+

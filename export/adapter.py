@@ -57,6 +57,11 @@ class EncoderDecoderAdapter(Protocol):
 
     Shapes: B batch, S source, T new target tokens, P past target tokens, H_kv key/value heads,
     D head size, d model width, V vocabulary.
+
+    Optional: an adapter whose decode_step also accepts keywords position_ids (B, T) and
+    attention_mask (B, P+T) (each row's positions; 0 masks a padding slot of its past) sets
+    `row_positions = True`; the export then adds them to the decoder, which lets the server
+    batch rows at different steps together (docs/serving.md).
     """
 
     def spec(self) -> ModelSpec:

@@ -35,6 +35,8 @@ class BartAdapter:
     Shapes: B batch, S source, T new, P past, H heads, D head size, d d_model, V vocabulary.
     """
 
+    row_positions = True  # decode_step takes position_ids and attention_mask (export adds them)
+
     def __init__(self, model, folder: Path, pre_norm: bool) -> None:
         self.model, self.folder, self.pre_norm = model, folder, pre_norm
         self.core = model.model  # BartModel / MBartModel / MarianModel
@@ -84,13 +86,20 @@ class BartAdapter:
         cross: list[KV],
         past: list[KV],
         cache_position: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
         """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H, P+T, D),
-        or, with `cache_position`, written into the preallocated (B, H, C, D) past."""
+        or, with `cache_position`, written into the preallocated (B, H, C, D) past. With
+        `position_ids` (B, T) and `attention_mask` (B, P+T) each row has its own positions and
+        masked past slots (continuous batching; see `row_positions`)."""
         stack = self.core.decoder
         slots = step_slots(past[0], input_ids.shape[1], cache_position)
-        x = self._embed(stack, input_ids, slots.positions)  # (B, T, d)
+        x = self._embed(stack, input_ids, slots.positions if position_ids is None else position_ids)  # (B, T, d)
         self_bias = slots.causal_bias(x.dtype)  # (T, P+T or C)
+        if attention_mask is not None:
+            padding = padding_bias(attention_mask, x.dtype)  # (B, 1, 1, P+T)
+            self_bias = (self_bias + padding).clamp(min=torch.finfo(x.dtype).min)  # (B, 1, T, P+T)
         cross_bias = padding_bias(encoder_attention_mask, x.dtype)  # (B, 1, 1, S)
         present: list[KV] = []
         for layer, layer_past, layer_cross in zip(stack.layers, past, cross):
@@ -117,7 +126,7 @@ class BartAdapter:
         return [(empty, empty) for _ in range(self.model.config.decoder_layers)]
 
     def _embed(self, stack, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Token embedding (scaled) + position embedding at int64 positions (T,) (+ layernorm_embedding)."""
+        """Token embedding (scaled) + position embedding at int64 positions (T,) or (B, T) (+ layernorm_embedding)."""
         tokens = stack.embed_tokens
         # BART/mBART scale inside the embedding module; Marian's stack holds the scale instead.
         scale = 1.0 if hasattr(tokens, "embed_scale") else getattr(stack, "embed_scale", 1.0)

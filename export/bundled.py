@@ -38,12 +38,22 @@ def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool
     Returns:
         (artifact folder, whether it was reused).
     """
-    folder = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}"
-    try:
-        load_manifest(folder)
+    # "-rows": the decoder takes per-row position_ids/attention_mask; an older engine sharing the
+    # cache keeps its own entry (it could not feed them)
+    folder = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}-rows"
+    if _current(folder):
         return folder, True
-    except SeqportError:
-        from seqport.export.pipeline import export_model  # torch: only when the cache is empty
+    from seqport.export.pipeline import export_model  # torch: only when the cache is empty or old
 
-        export_model(checkpoint, folder, progress=progress, overwrite=True)  # our own cache entry
-        return folder, False
+    export_model(checkpoint, folder, progress=progress, overwrite=True)  # our own cache entry
+    return folder, False
+
+
+def _current(folder: Path) -> bool:
+    """A cached artifact that loads and whose decoder takes per-row position_ids (an entry made
+    before continuous batching of encoder-decoder rows is exported again)."""
+    try:
+        manifest = load_manifest(folder)
+    except SeqportError:
+        return False
+    return "position_ids" in manifest.components["decoder"].inputs

@@ -51,9 +51,11 @@ def cache_dims(allocation: str) -> tuple[str, str]:
 
 
 def decoder_contract(
-    dtype: str, allocation: str = "growing"
+    dtype: str, allocation: str = "growing", row_positions: bool = False
 ) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
-    """The encoder-decoder `decoder` step; a preallocated cache adds `cache_position` (T,)."""
+    """The encoder-decoder `decoder` step; a preallocated cache adds `cache_position` (T,),
+    `row_positions` adds position_ids (B, T) and the self-attention attention_mask (B, P+T)
+    (rows at different steps in one call: continuous batching)."""
     kv = [B, "num_kv_heads"]
     past, present = cache_dims(allocation)
     inputs = {
@@ -63,6 +65,9 @@ def decoder_contract(
     }
     if allocation == "preallocated":
         inputs["cache_position"] = TensorSpec("cache_position", "int64", [T])
+    if row_positions:
+        inputs["position_ids"] = TensorSpec("decoder_position_ids", "int64", [B, T])
+        inputs["attention_mask"] = TensorSpec("decoder_attention_mask", "int64", [B, present])
     inputs.update(
         {
             "cross_key.{i}": TensorSpec("past_key_values.{i}.encoder.key", dtype, kv + [S, "head_dim"]),
@@ -140,6 +145,30 @@ class PreallocatedDecoderComponent(DecoderComponent):
         cross, past = _pairs(cross_keys, cross_values), _pairs(past_keys, past_values)
         hidden, present = self.adapter.decode_step(
             input_ids, encoder_attention_mask, cross, past, cache_position=cache_position
+        )
+        logits = self.adapter.logits(hidden.index_select(1, logits_positions))  # (B, K, V)
+        return (logits.float(), *flat_kv(present))
+
+
+class RowPositionedDecoderComponent(DecoderComponent):
+    """DecoderComponent whose rows carry their own position_ids (B, T) and self-attention
+    attention_mask (B, P+T): rows at different steps, left-padded in the past, share one call."""
+
+    def forward(
+        self,
+        input_ids,
+        encoder_attention_mask,
+        logits_positions,
+        position_ids,
+        attention_mask,
+        cross_keys,
+        cross_values,
+        past_keys,
+        past_values,
+    ):
+        cross, past = _pairs(cross_keys, cross_values), _pairs(past_keys, past_values)
+        hidden, present = self.adapter.decode_step(
+            input_ids, encoder_attention_mask, cross, past, position_ids=position_ids, attention_mask=attention_mask
         )
         logits = self.adapter.logits(hidden.index_select(1, logits_positions))  # (B, K, V)
         return (logits.float(), *flat_kv(present))

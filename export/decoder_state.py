@@ -41,8 +41,10 @@ def takes_positions(adapter) -> bool:
 
 
 def needs_state_path(adapter, spec: ModelSpec) -> bool:
-    """Declared states or explicit positions export here; every other adapter as before."""
-    return bool(spec.states) or takes_positions(adapter)
+    """Declared states or explicit positions export here; every other adapter as before (the
+    built-in families' per-row positions and mask for continuous batching, `row_positions`,
+    go through seq2seq_graphs.export_decoder)."""
+    return bool(spec.states) or (takes_positions(adapter) and not getattr(adapter, "row_positions", False))
 
 
 def positions(start: int, shape: tuple[int, ...]) -> torch.Tensor:

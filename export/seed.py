@@ -9,7 +9,13 @@ from seqport.export.models.transformer import Transformer
 
 
 class TransformerAdapter:
-    """The reference model already has encode/decode_step/logits; this adds its spec."""
+    """The reference model already has encode/decode_step/logits; this adds its spec.
+
+    `row_positions`: its decode_step takes position_ids (B, T) and attention_mask (B, P+T), so
+    the export adds them to the decoder (continuous batching of encoder-decoder rows).
+    """
+
+    row_positions = True
 
     def __init__(self, model: Transformer) -> None:
         self.model = model.eval()

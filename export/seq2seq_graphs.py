@@ -19,6 +19,7 @@ from seqport.export.components import (
     DecoderComponent,
     EncoderComponent,
     PreallocatedDecoderComponent,
+    RowPositionedDecoderComponent,
     decoder_contract,
     encoder_contract,
     flat_kv,
@@ -46,9 +47,10 @@ def export_encoder(adapter, spec: ModelSpec, folder: Path) -> Component:
 
 
 def export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "growing") -> Component:
-    if needs_state_path(adapter, spec):  # declared states or position_ids: export/decoder_state.py
+    if needs_state_path(adapter, spec):  # declared states or own positions: export/decoder_state.py
         return export_state_decoder(adapter, spec, folder, allocation, example_sources(spec))
-    inputs, outputs = decoder_contract("float32", allocation)
+    row_positions = allocation == "growing" and getattr(adapter, "row_positions", False)
+    inputs, outputs = decoder_contract("float32", allocation, row_positions)
     ids, mask = example_sources(spec)
     with torch.inference_mode():
         _, cross = adapter.encode(ids, mask)
@@ -61,6 +63,9 @@ def export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "gr
     if allocation == "preallocated":
         past, head = preallocate(past, 9), (*head, torch.arange(4, 7))
         component = PreallocatedDecoderComponent(adapter)
+    if row_positions:  # row 1 is two steps behind row 0: its first two past slots are padding
+        head = (*head, torch.tensor([[4, 5, 6], [2, 3, 4]]), torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]]))
+        component = RowPositionedDecoderComponent(adapter)
     # clone: a tensor made under inference_mode cannot feed an embedding while torch.export traces
     cross, past = [t.clone() for t in flat_kv(cross)], [t.clone() for t in flat_kv(past)]
     args = (*(t.clone() for t in head), cross[:n], cross[n:], past[:n], past[n:])

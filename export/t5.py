@@ -32,6 +32,8 @@ class T5Adapter:
     """A loaded T5ForConditionalGeneration / MT5ForConditionalGeneration split into encode and
     decode_step. Shapes: B batch, S source, T new, P past, H heads, D d_kv, d d_model, V vocab."""
 
+    row_positions = True  # decode_step takes position_ids and attention_mask (export adds them)
+
     def __init__(self, model, folder: Path) -> None:
         self.model, self.folder = model, folder
         cfg = model.config
@@ -80,14 +82,25 @@ class T5Adapter:
         cross: list[KV],
         past: list[KV],
         cache_position: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
         """New ids (B, T) after P past tokens → hidden (B, T, d) and present K/V (B, H, P+T, D),
-        or, with `cache_position`, written into the preallocated (B, H, C, D) past."""
+        or, with `cache_position`, written into the preallocated (B, H, C, D) past. With
+        `position_ids` (B, T) and `attention_mask` (B, P+T) each row has its own positions (the
+        relative bias is computed from them) and masked past slots (continuous batching)."""
         stack = self.model.decoder
         slots = step_slots(past[0], input_ids.shape[1], cache_position)
         x = stack.embed_tokens(input_ids)  # (B, T, d)
         first = stack.block[0].layer[0].SelfAttention
-        self_bias = self._position_bias(first, slots.positions, slots.key_count) + slots.causal_bias(x.dtype)
+        if position_ids is None:
+            self_bias = self._position_bias(first, slots.positions, slots.key_count) + slots.causal_bias(x.dtype)
+        else:
+            keys = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+T): each slot's position in its row
+            relative = keys[:, None, :] - position_ids[:, :, None]  # (B, T, P+T)
+            padding = padding_bias(attention_mask, x.dtype)  # (B, 1, 1, P+T)
+            masks = (slots.causal_bias(x.dtype) + padding).clamp(min=torch.finfo(x.dtype).min)
+            self_bias = self._relative_bias(first, relative).permute(0, 3, 1, 2) + masks  # (B, H, T, P+T)
         cross_bias = padding_bias(encoder_attention_mask, x.dtype)  # (B, 1, 1, S)
         present = []
         for block, layer_past, (cross_k, cross_v) in zip(stack.block, past, cross):
@@ -131,15 +144,19 @@ class T5Adapter:
         The decoder's buckets are one-directional (only keys at or before the query count), the
         encoder's bidirectional, as in T5Attention.compute_bias.
         """
-        cfg = self.model.config
         keys = torch.arange(key_len)[None, :]  # (1, K)
+        return self._relative_bias(attention, keys - queries[:, None]).permute(2, 0, 1).unsqueeze(0)  # (1, H, T, K)
+
+    def _relative_bias(self, attention, relative: torch.Tensor) -> torch.Tensor:
+        """int64 key - query distances (..., T, K) → learned bias (..., T, K, H)."""
+        cfg = self.model.config
         buckets = attention._relative_position_bucket(
-            keys - queries[:, None],
+            relative,
             bidirectional=not attention.is_decoder,
             num_buckets=cfg.relative_attention_num_buckets,
             max_distance=cfg.relative_attention_max_distance,
-        )  # (T, K)
-        return attention.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, T, K)
+        )  # (..., T, K)
+        return attention.relative_attention_bias(buckets)
 
 
 def _feed_forward(sub, x: torch.Tensor) -> torch.Tensor:

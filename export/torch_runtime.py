@@ -83,7 +83,10 @@ def _wrapper_and_contract(manifest: Manifest, component: str, adapter):
     if component == "encoder":
         return c.EncoderComponent(adapter), c.encoder_contract(dtype)
     wrapper = c.PreallocatedDecoderComponent if preallocated else c.DecoderComponent
-    return wrapper(adapter), c.decoder_contract(dtype, allocation)
+    row_positions = "position_ids" in manifest.components[component].inputs
+    if row_positions:
+        wrapper = c.RowPositionedDecoderComponent
+    return wrapper(adapter), c.decoder_contract(dtype, allocation, row_positions)
 
 
 def _device(options: RuntimeOptions) -> torch.device:

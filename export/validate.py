@@ -217,12 +217,20 @@ def validate(
 def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runtime, recorder, allocation) -> None:
     low, high = _plain_ids(spec)
     past = adapter.empty_past(case.batch)  # the declared initial state (decoder_state.py)
+    rows_feed = "attention_mask" in signature.inputs  # per-row positions and mask (continuous batching)
+    before, rows = _row_steps(case) if rows_feed else ({}, {})
     if case.past:
         prefix = torch.randint(low, high, (case.batch, case.past), generator=gen)
-        _, past = decode(adapter, prefix, mask, cross, past, 0)
+        if rows_feed:
+            _, past = adapter.decode_step(prefix, mask, cross, past, **before)
+        else:
+            _, past = decode(adapter, prefix, mask, cross, past, 0)
     new_ids = torch.randint(low, high, (case.batch, case.new), generator=gen)
     keep = torch.arange(case.new) if case.all_logits else torch.tensor([case.new - 1])
-    hidden, present = decode(adapter, new_ids, mask, cross, past, case.past)
+    if rows_feed:
+        hidden, present = adapter.decode_step(new_ids, mask, cross, past, **rows)
+    else:
+        hidden, present = decode(adapter, new_ids, mask, cross, past, case.past)
     logits = adapter.logits(hidden.index_select(1, keep)).float()
     theirs = {"logits": logits.numpy(), **state_values("present", present, spec)}
     values = {
@@ -231,10 +239,25 @@ def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runti
         "logits_positions": keep.numpy(),
         **_kv_values("cross", cross),
         **state_values("past", past, spec),
-        **position_feed(adapter, case.past, tuple(new_ids.shape)),
+        **(
+            {name: value.numpy() for name, value in rows.items()}
+            if rows_feed
+            else position_feed(adapter, case.past, tuple(new_ids.shape))
+        ),
     }
     ours = _run_decoder(signature, runtime, values, case, allocation, recorder)
     recorder.compare("decoder", case.label, ours, theirs, signature)
+
+
+def _row_steps(case: Case) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """position_ids and attention_mask of the past and of the new tokens for a decoder that takes
+    them: row r joined 2r steps late, so its first min(2r, P) past slots are masked padding."""
+    pads = torch.clamp(torch.arange(case.batch) * 2, max=case.past)[:, None]  # (B, 1)
+    slots = torch.arange(case.past + case.new)[None, :]  # (1, P+T)
+    mask = (slots >= pads).long()  # (B, P+T)
+    positions = torch.clamp(slots - pads, min=0)  # (B, P+T)
+    past = {"position_ids": positions[:, : case.past], "attention_mask": mask[:, : case.past]}
+    return past, {"position_ids": positions[:, case.past :], "attention_mask": mask}
 
 
 #: decoder-only: batch 1 and 3 (rows left-padded by 0, 3 and 5), past lengths 0, 1 and 7.

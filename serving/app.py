@@ -23,6 +23,7 @@ from starlette.routing import Route
 from seqport.engine.errors import InputError, SeqportError
 from seqport.engine.inputs import check_ids
 from seqport.serving.completions import Call, answer
+from seqport.serving.continuous import make_scheduler
 from seqport.serving.embeddings import embeddings_body
 from seqport.serving.metrics import ServerMetrics
 from seqport.serving.protocol import (
@@ -33,7 +34,7 @@ from seqport.serving.protocol import (
     include_usage,
     prompt_inputs,
 )
-from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits
+from seqport.serving.scheduler import SchedulerLimits
 
 logger = logging.getLogger(__name__)
 TASKS = {
@@ -54,6 +55,8 @@ class ServeOptions:
         batch_wait_ms: how long a request waits for others to share its batch.
         kv_budget_mb: worst-case KV cache of one batch, in MiB (0: no limit).
         shutdown_grace_s: on shutdown, running requests get this long to finish, then are cancelled.
+        scheduler: "continuous" (iteration-level batching where the artifact supports it, else
+            micro-batching, logged) or "micro" (static micro-batching).
     """
 
     model_name: str | None = None
@@ -62,6 +65,7 @@ class ServeOptions:
     batch_wait_ms: float = 5.0
     kv_budget_mb: float = 0.0
     shutdown_grace_s: float = 5.0
+    scheduler: str = "continuous"
 
 
 class _State:
@@ -77,8 +81,12 @@ class _State:
                 options.batch_wait_ms / 1000,
                 int(options.kv_budget_mb * 2**20),
             )
-            self.scheduler = MicroBatchScheduler(
-                model, limits, on_batch=lambda rows: self.metrics.batch_rows.observe(rows)
+            self.scheduler = make_scheduler(
+                model,
+                limits,
+                options.scheduler,
+                on_batch=lambda rows: self.metrics.batch_rows.observe(rows),
+                on_admit=lambda count: self.metrics.admitted_mid_batch.inc(count),
             )
         scheduler = self.scheduler
         self.metrics = ServerMetrics(

@@ -51,7 +51,7 @@ def _run_stream(model: Any, jobs: list[Job]) -> None:
             job = jobs[step.index]
             if job.live:
                 counts[step.index] += 1
-                job.emit(_event(step, counts[step.index], job.request.config.max_new_tokens, texts[step.index]))
+                job.emit(token_event(step, counts[step.index], job.request.config.max_new_tokens, texts[step.index]))
             if not any(j.live for j in jobs):
                 break  # every request is done or cancelled: stop decoding now
     except SeqportError as exc:
@@ -63,7 +63,8 @@ def _run_stream(model: Any, jobs: list[Job]) -> None:
         job.emit(TokenEvent(0, "", 0, "length"))
 
 
-def _event(step: StepResult, count: int, limit: int, text: TextStream) -> TokenEvent:
+def token_event(step: StepResult, count: int, limit: int, text: TextStream) -> TokenEvent:
+    """One streamed token as the request's event: its text piece, token count and OpenAI finish reason."""
     reason = step.finish_reason or ("length" if count >= limit else None)
     piece = text.step(step.token_id, reason)
     return TokenEvent(0, piece, 0 if reason == "eos" else 1, _OPENAI_REASONS.get(reason) if reason else None)

@@ -31,6 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--max-queue", type=int, default=64, help="most waiting requests; more get 429")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for batch mates")
     p.add_argument("--kv-budget-mb", type=float, default=0.0, help="worst-case KV cache per batch, MiB (0: none)")
+    p.add_argument("--scheduler", choices=("continuous", "micro"), default="continuous",
+                   help="continuous: iteration-level batching where the artifact supports it (else micro, "
+                   "logged); micro: static micro-batching (default: continuous)")
     p.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running requests get on shutdown")
     ray = p.add_argument_group("Ray Serve (pip install 'seqport[serve,ray]')")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
         kv_budget_mb=args.kv_budget_mb,
         shutdown_grace_s=args.shutdown_grace,
+        scheduler=args.scheduler,
     )
     if getattr(args, "ray", None) is not None:
         return _run_on_ray(args, options)

@@ -38,6 +38,9 @@ class ServerMetrics:
         self.rejected = Counter(
             "seqport_rejected_requests", "Requests refused: queue full or shutting down", registry=r
         )
+        self.admitted_mid_batch = Counter(
+            "seqport_mid_batch_admissions", "Requests admitted into a batch already running", registry=r
+        )
         self.cancelled = Counter("seqport_cancelled_requests", "Requests whose client went away", registry=r)
 
     def render(self) -> bytes:

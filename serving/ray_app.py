@@ -123,6 +123,7 @@ def app_builder(args: dict[str, str]) -> Any:
         "kv_budget_mb": float,
         "shutdown_grace_s": float,
         "model_name": str,
+        "scheduler": str,
     }
     options = ServeOptions(**{key: kinds[key](value) for key, value in args.items() if key in kinds})
     return application(

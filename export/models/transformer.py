@@ -185,8 +185,11 @@ class Transformer(nn.Module):
         )
 
     def embed_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) at int64 positions (T,) → scaled embeddings plus sinusoids (B, T, d)."""
-        positions = self.positions.index_select(0, positions)  # (T, d)
+        """ids (B, T) at int64 positions (T,) or per row (B, T) → scaled embeddings plus sinusoids (B, T, d)."""
+        if positions.dim() == 1:
+            positions = self.positions.index_select(0, positions)  # (T, d)
+        else:
+            positions = self.positions[positions]  # (B, T, d): each row at its own positions
         scaled = self.embed(input_ids) * math.sqrt(self.config.d_model)
         return self.embed_dropout(scaled + positions)
 
@@ -204,15 +207,30 @@ class Transformer(nn.Module):
         cross = [layer.cross_attn.project_kv(x) for layer in self.decoder_layers]
         return x, cross
 
-    def decode_step(self, input_ids, encoder_attention_mask, cross: list[KV], past: list[KV], cache_position=None):
+    def decode_step(
+        self,
+        input_ids,
+        encoder_attention_mask,
+        cross: list[KV],
+        past: list[KV],
+        cache_position=None,
+        position_ids=None,
+        attention_mask=None,
+    ):
         """New tokens (B, T) on top of past K/V (B, H, P, D) → hidden (B, T, d), present K/V.
 
         With `cache_position` (T,) the past is a preallocated buffer (B, H, C, D) and the new
-        tokens are written at those slots (see seqport.export.cache_slots).
+        tokens are written at those slots (see seqport.export.cache_slots). With
+        `position_ids` (B, T) and `attention_mask` (B, P+T) rows at different steps share one
+        call (continuous batching): each row's tokens sit at its own positions and the mask
+        hides the left-padding slots of its past.
         """
         slots = step_slots(past[0], input_ids.shape[1], cache_position)
-        x = self.embed_tokens(input_ids, slots.positions)
+        x = self.embed_tokens(input_ids, slots.positions if position_ids is None else position_ids)
         self_bias = slots.causal_bias(x.dtype)  # (T, P+T or C)
+        if attention_mask is not None:
+            padding = self.padding_bias(attention_mask, x.dtype)  # (B, 1, 1, P+T)
+            self_bias = (self_bias + padding).clamp(min=torch.finfo(x.dtype).min)  # (B, 1, T, P+T), no -inf
         cross_bias = self.padding_bias(encoder_attention_mask, x.dtype)
         present = []
         for layer, layer_past, layer_cross in zip(self.decoder_layers, past, cross):

@@ -1,0 +1,182 @@
+"""`seqport serve` under load: continuous batching vs sequential requests vs static micro-batching (issue #14).
+
+    python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads 0]
+        [--time-limit 240] [--out benchmarks/results] [--label NAME]
+
+Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
+sends the same requests (seeded prompts of 2-8 words, greedy, max_tokens drawn from 4-64,
+streamed with a usage chunk) three ways: one at a time (continuous server; its median TTFT is
+the idle TTFT), from N concurrent clients to the continuous server, and from N concurrent
+clients to the micro-batching server (`--scheduler micro`). Reports requests/s, tokens/s and
+p50/p99 time to first token and end-to-end latency, with the CPU kind and the load average
+(the machine may be shared), in OUT/serve_load[-LABEL].json and .md. Loopback only; every run
+is bounded by --requests and --time-limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from batch_scale import cpu_kind
+
+WORDS = "the house is small where dog cat tea home cold big red blue one two we go today".split()
+
+
+def make_requests(count: int) -> list[dict[str, Any]]:
+    rng = random.Random(0)
+    return [
+        {"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))), "max_tokens": rng.randint(4, 64)}
+        for _ in range(count)
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(artifact: str | None, scheduler: str, clients: int, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "seqport.serving", *([artifact] if artifact else []), "--port", str(port),
+               "--scheduler", scheduler, "--max-batch-rows", str(clients), "--max-queue", "1024",
+               "--threads", str(threads), "--model-name", "m"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited: {server.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("the server did not start in 600 s")
+
+
+async def one_request(client: httpx.AsyncClient, url: str, request: dict[str, Any]) -> dict[str, float]:
+    body = {"model": "m", "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, **request}
+    start, first, tokens = time.perf_counter(), None, 0
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and first is None:
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    return {"ttft": (first or end) - start, "e2e": end - start, "tokens": tokens}
+
+
+async def drive(url: str, requests: list[dict[str, Any]], clients: int, time_limit: float) -> dict[str, Any]:
+    """`clients` concurrent streaming clients work through `requests`; summary figures."""
+    queue = list(reversed(requests))
+    records: list[dict[str, float]] = []
+    async with httpx.AsyncClient(timeout=time_limit) as client:
+
+        async def worker() -> None:
+            while queue:
+                records.append(await one_request(client, url, queue.pop()))
+
+        start = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(clients))), time_limit)
+        wall = time.perf_counter() - start
+    ttft, e2e = [r["ttft"] for r in records], [r["e2e"] for r in records]
+    return {
+        "clients": clients, "requests": len(records), "seconds": wall,
+        "requests_per_s": len(records) / wall, "tokens_per_s": sum(r["tokens"] for r in records) / wall,
+        "ttft_p50_ms": 1000 * float(np.percentile(ttft, 50)), "ttft_p99_ms": 1000 * float(np.percentile(ttft, 99)),
+        "e2e_p50_ms": 1000 * float(np.percentile(e2e, 50)), "e2e_p99_ms": 1000 * float(np.percentile(e2e, 99)),
+    }
+
+
+def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: list[dict]) -> dict[str, Any]:
+    server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads)
+    try:
+        asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit))  # warm-up
+        result = asyncio.run(drive(url, requests, clients, args.time_limit))
+        result["scheduler_log"] = ""
+    finally:
+        server.terminate()
+        try:
+            _, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, err = server.communicate()
+    result["scheduler_log"] = next((line for line in err.splitlines() if "batching" in line), "")
+    print(f"{scheduler} x{clients}: {result['requests_per_s']:.2f} req/s", file=sys.stderr)
+    return result
+
+
+def table(runs: dict[str, dict[str, Any]]) -> str:
+    head = "| run | clients | req/s | tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms |\n"
+    head += "|---|---|---|---|---|---|---|---|\n"
+    rows = [
+        f"| {name} | {r['clients']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_p50_ms']:.0f} | "
+        f"{r['ttft_p99_ms']:.0f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} |"
+        for name, r in runs.items()
+    ]
+    return head + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifact", default=None, help="artifact folder (default: the bundled translator)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=0, help="the server's intra-op threads (0: ORT decides)")
+    parser.add_argument("--time-limit", type=float, default=240.0, help="seconds per run at most")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--label", default="", help="suffix of the result files (serve_load-LABEL.json)")
+    args = parser.parse_args()
+    requests = make_requests(min(args.requests, 256))
+    load_before = os.getloadavg()
+    runs = {
+        "sequential (continuous server)": run_mode(args, "continuous", 1, requests),
+        "continuous batching": run_mode(args, "continuous", args.clients, requests),
+        "static micro-batching": run_mode(args, "micro", args.clients, requests),
+    }
+    seq, cont, micro = runs.values()
+    ratios = {
+        "continuous_vs_sequential_rps": cont["requests_per_s"] / seq["requests_per_s"],
+        "continuous_vs_micro_rps": cont["requests_per_s"] / micro["requests_per_s"],
+        "ttft_p50_vs_idle": cont["ttft_p50_ms"] / seq["ttft_p50_ms"],
+    }
+    record = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "artifact": args.artifact or "bundled translator", "cpu": cpu_kind(),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "runs": runs, "ratios": ratios,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "serve_load" + (f"-{args.label}" if args.label else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    cpu = record["cpu"]
+    flags = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of the listed"
+    md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
+    md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after.\n\n"
+    md += table(runs) + "\n" + "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items()) + "\n"
+    (args.out / f"{stem}.md").write_text(md, encoding="utf-8")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

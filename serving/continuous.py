@@ -1,0 +1,271 @@
+"""Continuous (iteration-level) batching (Orca, OSDI 2022), decoder-only and encoder-decoder.
+
+One worker thread holds the running batch (engine/running_batch.py). Between two decoder
+steps it drops finished and cancelled rows, admits waiting requests (prefilled together, as a
+static batch of them would be; their cache rows merged into the running cache), then runs one
+step for every row. Each row keeps its own search (engine.decode_loop.make_search over a
+batch of one), so its tokens are those `model.generate([prompt])` gives: a seeded row samples
+from the generator input 0 of that call would use. Beam search and n > 1 run as a static batch of their own (the
+micro-batch path) between two steps.
+
+Encoder-decoder rows are encoded at admission too; their cross K/V and encoder mask join the batch's
+(source axis right-padded, the mask hides the padding), and the decoder takes per-row
+position_ids and a self-attention attention_mask (exported where the family supports them:
+Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged (an encoder-decoder without
+those inputs, preallocated KV buffers, fused attention, a device placement) are served by
+`MicroBatchScheduler`; `make_scheduler` picks and logs which.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from seqport.engine.causal_lm import left_pad, positions
+from seqport.engine.config import GenerationConfig
+from seqport.engine.decode_loop import make_search
+from seqport.engine.errors import ConfigError, SeqportError
+from seqport.engine.inputs import pad_batch
+from seqport.engine.kv_cache import KVCache
+from seqport.engine.placement import HOST
+from seqport.engine.running_batch import RunningBatch
+from seqport.engine.search import Search
+from seqport.engine.stopping import StopStrings
+from seqport.engine.streaming import StepResult, TextStream
+from seqport.serving.batching import run_batch, token_event
+from seqport.serving.jobs import Job
+from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = ("continuous", "micro")
+
+
+def continuous_unsupported(model: Any) -> str | None:
+    """Why `model` cannot be batched continuously, or None when it can."""
+    m = model.manifest
+    if m.architecture not in ("decoder-only", "encoder-decoder"):
+        return f"continuous batching serves decoder-only and encoder-decoder artifacts; this one is {m.architecture}"
+    if m.architecture == "encoder-decoder" and not getattr(model, "row_positions", False):
+        return (
+            "the artifact's decoder takes no per-row position_ids and attention_mask (exported before "
+            "seqport had them, or a family without them yet); re-export it to batch continuously"
+        )
+    if m.kv.allocation != "growing":
+        return "the artifact preallocates its KV buffers (export with a growing cache to batch continuously)"
+    if m.attention != "portable":
+        return f"attention {m.attention!r} takes no left-padded rows (export with --attention portable)"
+    if getattr(model, "placement", HOST) is not HOST:
+        return "the model runs in the device loop (continuous batching runs on the host placement)"
+    return None
+
+
+def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous", **callbacks: Any) -> Any:
+    """The scheduler `kind` asks for, or micro-batching where the artifact cannot batch continuously.
+
+    Args:
+        model: a loaded generating model.
+        limits: admission limits.
+        kind: "continuous" (falls back to "micro" with a log line) or "micro".
+        **callbacks: on_batch(rows) and, for continuous batching, on_admit(count).
+
+    Raises:
+        ConfigError: `kind` is not one of SCHEDULERS.
+    """
+    if kind not in SCHEDULERS:
+        raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
+    reason = continuous_unsupported(model) if kind == "continuous" else "asked for --scheduler micro"
+    if reason is None:
+        logger.info("continuous batching (up to %d rows)", limits.max_batch_rows)
+        return ContinuousScheduler(model, limits, **callbacks)
+    log = logger.info if kind == "micro" else logger.warning  # continuous asked for, micro given: say so
+    log("static micro-batching: %s", reason)
+    return MicroBatchScheduler(model, limits, on_batch=callbacks.get("on_batch"))
+
+
+@dataclass(frozen=True)
+class _Start:
+    job: Job
+    config: GenerationConfig
+    first: list[int]  # the decoder's first tokens: prompt (+ prefix), or decoder start (+ prefix)
+    source: list[int] | None  # encoder-decoder: the encoder's input
+
+
+def _fail(jobs: list[Job], exc: Exception) -> None:
+    if not isinstance(exc, SeqportError):
+        logger.error("%d request(s) failed to start", len(jobs), exc_info=exc)
+    for job in jobs:
+        job.fail(exc)
+
+
+@dataclass(eq=False)
+class _Row:
+    job: Job
+    search: Search
+    text: TextStream
+    token: int = 0
+    count: int = 0
+
+
+class ContinuousScheduler(MicroBatchScheduler):
+    """Iteration-level batching behind the `Scheduler` interface (see the module docstring).
+
+    Queue, cancel, close and the size checks are MicroBatchScheduler's; the worker differs.
+
+    Args:
+        model: a loaded generating model that `continuous_unsupported` accepts.
+        limits: max_batch_rows bounds the running rows; kv_budget_bytes bounds the padded
+            worst case, rows × the longest request's prompt + max_tokens (batch_wait_s unused).
+        on_batch: called with the row count of every step (the batch-size histogram).
+        on_admit: called with the number of requests that joined a batch already running.
+    """
+
+    def __init__(self, model: Any, limits: SchedulerLimits, on_batch: Any = None, on_admit: Any = None) -> None:
+        self._on_admit = on_admit
+        self.mid_batch_admissions = 0
+        kv = model.manifest.kv
+        self._geometry = (kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
+        super().__init__(model, limits, on_batch)
+
+    def _work(self) -> None:
+        batch, rows = RunningBatch(*self._geometry), []
+        while True:
+            keep = [i for i, row in enumerate(rows) if row.job.live]
+            batch.keep(np.array(keep, dtype=np.int64))
+            rows = [rows[i] for i in keep]
+            self._running = [row.job for row in rows]
+            jobs = self._admissions(rows)
+            if jobs is None:
+                return
+            rows += self._admit(batch, jobs, running=bool(rows))
+            self._running = [row.job for row in rows]
+            if rows:
+                try:
+                    self._step(batch, rows)
+                except Exception as exc:  # the worker outlives a failed step; its rows fail
+                    logger.exception("decoder step of %d rows failed", len(rows))
+                    for row in rows:
+                        row.job.fail(exc)
+                    batch, rows = RunningBatch(*self._geometry), []
+
+    def _admissions(self, rows: list[_Row]) -> list[Job] | None:
+        """Waiting jobs that fit now, in arrival order; waits when nothing runs; None: stop."""
+        with self._cond:
+            while not rows and not self._waiting:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            jobs: list[Job] = []
+            while self._waiting and self._fits_running(rows, jobs, self._waiting[0]):
+                jobs.append(self._waiting.popleft())
+                if jobs[-1].request.runs_alone:
+                    break
+            return jobs
+
+    def _fits_running(self, rows: list[_Row], jobs: list[Job], job: Job) -> bool:
+        running = [row.job for row in rows] + jobs
+        if job.request.runs_alone:
+            return True  # decoded on its own between two steps
+        if len(running) + 1 > self.limits.max_batch_rows:
+            return False
+        budget = self.limits.kv_budget_bytes
+        worst = max(j.kv_bytes for j in [*running, job])  # left padding: every row as long as the longest
+        return not budget or worst * (len(running) + 1) <= budget
+
+    def _admit(self, batch: RunningBatch, jobs: list[Job], running: bool) -> list[_Row]:
+        starts: dict[int, list[_Start]] = {}  # by first-token count: one prefill call per group
+        for job in jobs:
+            try:
+                if job.live and job.request.runs_alone:
+                    run_batch(self.model, [job])  # beams / n > 1: a static batch of its own
+                elif job.live:
+                    start = self._start(job)
+                    starts.setdefault(len(start.first) if start.source else 0, []).append(start)
+            except Exception as exc:  # the request fails, the worker and the running rows go on
+                _fail([job], exc)
+        admitted = []
+        for group in starts.values():
+            try:
+                admitted += self._prefill(batch, group)
+            except Exception as exc:
+                _fail([start.job for start in group], exc)
+        if running and admitted:
+            self.mid_batch_admissions += len(admitted)
+            if self._on_admit is not None:
+                self._on_admit(len(admitted))
+        return admitted
+
+    def _start(self, job: Job) -> _Start:
+        """A request's checked options, first decoder tokens and (encoder-decoder) source."""
+        model = self.model
+        checked, config = model._checked([job.request.prompt_ids], job.request.config)
+        if model.manifest.architecture == "encoder-decoder":
+            return _Start(job, config, [model._start_id(), *config.prefix_ids], checked[0])
+        return _Start(job, config, [*checked[0], *config.prefix_ids], None)
+
+    def _prefill(self, batch: RunningBatch, starts: list[_Start]) -> list[_Row]:
+        """Prefill requests together (as a static batch of them would: prompts left-padded,
+        sources right-padded), emit each one's first token, and merge the rows that go on into
+        the running batch."""
+        model, encoder = self.model, {}
+        if starts[0].source is not None:
+            source, source_mask = pad_batch([s.source for s in starts], model.manifest.special_ids.pad or 0)
+            encoder = {k: v for k, v in model.encode(source, source_mask).items() if k.startswith("cross_")}
+            encoder["encoder_attention_mask"] = source_mask  # (M, S)
+            prompt = np.array([s.first for s in starts], dtype=np.int64)  # (M, 1 + prefix)
+            if prompt.shape[1] == 1:  # the decoder start alone: it joins the next step, no call of its own
+                return self._join_next_step(batch, starts, encoder)
+            mask = np.ones_like(prompt)
+        else:
+            prompt, mask = left_pad([s.first for s in starts], model._pad_id())  # (M, L)
+        cache = KVCache.empty(len(starts), *self._geometry)
+        feeds = {"input_ids": prompt, "attention_mask": mask, "position_ids": positions(mask), **encoder}
+        feeds["logits_positions"] = np.array([prompt.shape[1] - 1], dtype=np.int64)
+        logits = model.run_decoder(feeds, cache)["logits"][:, -1, :]  # (M, V)
+        rows = [self._row(start) for start in starts]
+        keep = [i for i, row in enumerate(rows) if self._advance(row, logits[i : i + 1]) and row.job.live]
+        if keep:
+            cache.take(np.array(keep, dtype=np.int64))
+            batch.admit(cache, mask[keep], {name: value[keep] for name, value in encoder.items()})
+        return [rows[i] for i in keep]
+
+    def _join_next_step(self, batch: RunningBatch, starts: list[_Start], encoder: dict[str, np.ndarray]) -> list[_Row]:
+        """Encoder-decoder rows with an empty past (all slots masked) whose decoder start token
+        the next step of the running batch decodes at position 0."""
+        batch.admit(KVCache.empty(len(starts), *self._geometry), np.zeros((len(starts), 0), np.int64), encoder)
+        rows = [self._row(start) for start in starts]
+        for row, start in zip(rows, starts):
+            row.token = start.first[0]
+        return rows
+
+    def _row(self, start: _Start) -> _Row:
+        config, tokenizer = start.config, self.model.tokenizer
+        eos = config.eos_token_ids or tuple(self.model.manifest.special_ids.eos)
+        stops = StopStrings(tokenizer.decode, config.stop) if config.stop else None
+        search = make_search(config, np.array([start.first], dtype=np.int64), eos, None, stops)  # as generate([x])
+        return _Row(start.job, search, TextStream(tokenizer.backend, config.stop))
+
+    def _step(self, batch: RunningBatch, rows: list[_Row]) -> None:
+        if self._on_batch is not None:
+            self._on_batch(len(rows))
+        tokens = np.array([[row.token] for row in rows], dtype=np.int64)  # (N, 1)
+        feeds = {"input_ids": tokens, **batch.step_inputs(), "logits_positions": np.zeros(1, dtype=np.int64)}
+        logits = self.model.run_decoder(feeds, batch.cache)["logits"][:, -1, :]  # (N, V)
+        batch.advanced()
+        for i, row in enumerate(rows):
+            self._advance(row, logits[i : i + 1])
+
+    def _advance(self, row: _Row, logits: np.ndarray) -> bool:
+        """Choose the row's next token from float (1, V) logits and emit it; False once it ended."""
+        decision = row.search.update(logits)
+        emitted = row.search.emitted[0]  # type: ignore[attr-defined]
+        row.count += 1
+        step = StepResult(0, emitted.token, "", emitted.logprob, emitted.finish_reason)
+        row.job.emit(token_event(step, row.count, row.job.request.config.max_new_tokens, row.text))
+        if decision is None:
+            return False  # the event above carried the finish reason
+        row.token = int(decision.tokens[0])
+        return True
