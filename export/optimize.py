@@ -145,6 +145,7 @@ def revalidate(adapter, folder: Path, manifest: Manifest) -> Validation:
         ParityError: a component disagrees with PyTorch beyond tolerance.
     """
     from seqport.export import validate as checks
+    from seqport.export.text_check import real_text_check
 
     if manifest.architecture == "encoder-only":
         from seqport.export.encoder_only import validate_encoder_only
@@ -162,9 +163,15 @@ def revalidate(adapter, folder: Path, manifest: Manifest) -> Validation:
             fixed,
             allocation=kv.allocation,
             attention=manifest.attention,
-            tokenizer=tokenizer,
+            text_check=real_text_check(tokenizer, True, manifest.attention),
             scale=scale,
         )
     return checks.validate(
-        adapter, folder, manifest.components, fixed, allocation=kv.allocation, tokenizer=tokenizer, scale=scale
+        adapter,
+        folder,
+        manifest.components,
+        fixed,
+        allocation=kv.allocation,
+        text_check=real_text_check(tokenizer, False),
+        scale=scale,
     )

@@ -39,6 +39,7 @@ from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
 from seqport.export.onnx_export import OPSET, inline_weights
 from seqport.export.seq2seq_graphs import check_allocation, export_decoder, export_encoder
+from seqport.export.text_check import real_text_check
 from seqport.export.tokenizer_files import write_tokenizer_files
 from seqport.export.validate import check_scale, validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
@@ -285,12 +286,18 @@ def _export_inline(
                         fixed,
                         allocation=kv_cache,
                         attention=attention,
-                        tokenizer=tokenizer,
+                        text_check=real_text_check(tokenizer, True, attention),
                         scale=scale,
                     )
                 else:
                     validation = validate(
-                        adapter, out, components, fixed, allocation=kv_cache, tokenizer=tokenizer, scale=scale
+                        adapter,
+                        out,
+                        components,
+                        fixed,
+                        allocation=kv_cache,
+                        text_check=real_text_check(tokenizer, False),
+                        scale=scale,
                     )
     tokenizer_spec = write_tokenizer_files(tokenizer, out)
     manifest = Manifest(

@@ -17,12 +17,15 @@ Shapes: T prompt tokens, V vocabulary; batch 1 throughout.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from seqport.engine.manifest import TextCheck
+from seqport.export.decoder_state import decode, position_feed, state_values
 from seqport.export.validate import Case, _kv_values, bound, max_abs_diff, run_decoder
 
 #: real English text, short enough for tiny models' position limits once tokenized.
@@ -105,12 +108,43 @@ class _Tally:
         )
 
 
+def _row_feeds(adapter, signature, step: int) -> dict[str, np.ndarray]:
+    """The decoder's optional position inputs for one row at `step` (all slots attended)."""
+    feeds = {k: v for k, v in position_feed(adapter, step, (1, 1)).items() if k in signature.inputs}
+    if "attention_mask" in signature.inputs:  # per-row self-attention mask (continuous batching)
+        feeds["attention_mask"] = np.ones((1, step + 1), dtype=np.int64)
+    return feeds
+
+
 def _present_as_past(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name.replace("present_", "past_", 1): v for name, v in outputs.items() if name.startswith("present_")}
 
 
+def real_text_check(tokenizer: Path | None, decoder_only: bool, attention: str = "portable") -> Callable | None:
+    """The real-text check export/validate.py runs after its cases, or None without a tokenizer.
+
+    A fused graph writes its preallocated buffers in place only when present is bound to past,
+    as the engine binds them, so its check binds them too.
+    """
+    if tokenizer is None:
+        return None
+    if decoder_only:
+        return functools.partial(_decoder_only_check, tokenizer, attention == "fused")
+    return functools.partial(_seq2seq_check, tokenizer)
+
+
+def _decoder_only_check(tokenizer, in_place, adapter, signature, runtime, allocation, recorder) -> TextCheck:
+    return check_decoder_only(adapter, tokenizer, signature, runtime, allocation, recorder, in_place)
+
+
+def _seq2seq_check(tokenizer, adapter, signatures, runtimes, allocation, recorder) -> TextCheck:
+    return check_seq2seq(adapter, tokenizer, signatures, runtimes, allocation, recorder)
+
+
 @torch.inference_mode()
-def check_decoder_only(adapter, tokenizer: Path, signature, runtime, allocation: str, recorder) -> TextCheck:
+def check_decoder_only(
+    adapter, tokenizer: Path, signature, runtime, allocation: str, recorder, in_place: bool = False
+) -> TextCheck:
     """Greedy STEPS tokens after each sentence, PyTorch (adapter) against the exported decoder.
 
     Failures go to `recorder` (export/validate.py), which raises them with the other figures.
@@ -132,7 +166,7 @@ def check_decoder_only(adapter, tokenizer: Path, signature, runtime, allocation:
             values = {"input_ids": tokens.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
             values.update(logits_positions=keep.numpy(), **ort_past)
             case = Case(1, length - tokens.shape[1], tokens.shape[1], all_logits=step == 0)
-            out = run_decoder(signature, runtime, values, case, allocation, recorder)
+            out = run_decoder(signature, runtime, values, case, allocation, recorder, in_place=in_place)
             ort_past = _present_as_past(out)
             tally.logits(f"{label} step {step}", out["logits"][0], ref)
             chosen = tally.next_tokens(f"{label} step {step}", out["logits"][0][-1], ref[-1])
@@ -160,13 +194,15 @@ def check_seq2seq(adapter, tokenizer: Path, signatures: dict, runtimes: dict, al
         feeds = enc.feeds({"input_ids": src.numpy(), "attention_mask": mask.numpy()})
         ort_enc = enc.by_logical(runtimes["encoder"].run(feeds))
         ort_cross = {k: v for k, v in ort_enc.items() if k.startswith("cross_")}
-        past, ort_past = adapter.empty_past(1), _kv_values("past", adapter.empty_past(1))
+        past = adapter.empty_past(1)  # the declared initial state (decoder_state.py), or empty K/V
+        ort_past = state_values("past", past, spec)
         token = torch.tensor([[spec.decoder_start]])
         for step in range(STEPS):
-            hidden, past = adapter.decode_step(token, mask, cross, past)
+            hidden, past = decode(adapter, token, mask, cross, past, step)
             ref = adapter.logits(hidden).float().numpy()[0]  # (1, V)
             values = {"input_ids": token.numpy(), "encoder_attention_mask": mask.numpy()}
             values.update(logits_positions=np.array([0]), **ort_cross, **ort_past)
+            values.update(_row_feeds(adapter, signatures["decoder"], step))
             case = Case(1, step, 1)
             out = run_decoder(signatures["decoder"], runtimes["decoder"], values, case, allocation, recorder)
             ort_past = _present_as_past(out)

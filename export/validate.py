@@ -10,6 +10,7 @@ Then export/text_check.py decodes real sentences greedily in both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from seqport.engine.runtime import RuntimeOptions, open_runtime
 from seqport.export.adapter import KV, EncoderDecoderAdapter, ModelSpec
 from seqport.export.causal import positions_from_mask
 from seqport.export.decoder_state import decode, position_feed, state_values
+from seqport.export.prealloc_feeds import as_buffers, blank_pads
 
 #: max |ort - torch| allowed per output dtype at magnitude 0 (fp32: 1e-4, as promised in the README).
 TOLERANCES = {"float32": 1e-4, "float16": 2e-2}
@@ -170,17 +172,19 @@ def validate(
     fixed: dict[str, int],
     options: RuntimeOptions | None = None,
     allocation: str = "growing",
-    tokenizer: Path | None = None,
+    text_check: Callable | None = None,
     scale: float = 1.0,
 ) -> Validation:
     """Run PyTorch and onnxruntime on the validation cases, then greedy decoding of real text
-    (export/text_check.py, when `tokenizer` is given); raise if any figure is off.
+    (`text_check`, built by export/text_check.real_text_check); raise if any figure is off.
 
     PyTorch always runs the growing cache, so a preallocated graph is checked against the
     model's own semantics, not against a second copy of the scatter (see `_PreallocatedFeeds`).
 
     Args:
-        tokenizer: the model's tokenizer.json, which encodes the real sentences.
+        text_check: (adapter, signatures, runtimes, allocation, recorder) -> TextCheck, or None
+            (no real-text check). Injected, so this module does not import text_check.py, which
+            builds on it.
         scale: the export's `tolerance` option, a multiplier of every stated tolerance.
 
     Raises:
@@ -205,10 +209,8 @@ def validate(
             )
     raise_failures(recorder, "exported components")
     text = None
-    if tokenizer is not None:
-        from seqport.export.text_check import check_seq2seq
-
-        text = check_seq2seq(adapter, tokenizer, sigs, runtimes, allocation, recorder)
+    if text_check is not None:
+        text = text_check(adapter, sigs, runtimes, allocation, recorder)
         raise_failures(recorder, "exported components")
     cases = [f"encoder batch={b} padded" for b in (1, 3)] + [c.label for c in DECODER_CASES]
     return validation_record(recorder.worst, cases, scale, text)
@@ -239,12 +241,12 @@ def _check_decoder(adapter, spec, case: Case, mask, cross, gen, signature, runti
         "logits_positions": keep.numpy(),
         **_kv_values("cross", cross),
         **state_values("past", past, spec),
-        **(
-            {name: value.numpy() for name, value in rows.items()}
-            if rows_feed
-            else position_feed(adapter, case.past, tuple(new_ids.shape))
-        ),
     }
+    if rows_feed:
+        values.update({name: value.numpy() for name, value in rows.items()})
+    else:  # position_ids when the graph takes them (a preallocated graph of a row_positions adapter does not)
+        feed = position_feed(adapter, case.past, tuple(new_ids.shape))
+        values.update({name: value for name, value in feed.items() if name in signature.inputs})
     ours = _run_decoder(signature, runtime, values, case, allocation, recorder)
     recorder.compare("decoder", case.label, ours, theirs, signature)
 
@@ -280,13 +282,13 @@ def validate_decoder_only(
     options: RuntimeOptions | None = None,
     allocation: str = "growing",
     attention: str = "portable",
-    tokenizer: Path | None = None,
+    text_check: Callable | None = None,
     scale: float = 1.0,
 ) -> Validation:
     """Run a decoder-only model's `decoder` in PyTorch and onnxruntime on DECODER_ONLY_CASES
     (a preallocated graph against PyTorch's growing cache, as in `validate`; a fused graph
     against the adapter's portable attention), then greedy decoding of real prompts
-    (export/text_check.py, when `tokenizer` is given; `scale` as there).
+    (`text_check`, as in `validate`, given the decoder's signature and runtime; `scale` as there).
 
     Raises:
         ParityError: naming the output, case and figures of every failure.
@@ -314,15 +316,13 @@ def validate_decoder_only(
         values.update(_kv_values("past", past))
         ours = _run_decoder(signature, runtime, values, case, allocation, recorder, in_place=attention == "fused")
         if allocation == "preallocated" or attention == "fused":  # a left-pad query attends to nothing:
-            _blank_pads(ours, theirs, mask.numpy(), case.past + keep.numpy())  # its output is unspecified
+            blank_pads(ours, theirs, mask.numpy(), case.past + keep.numpy())  # its output is unspecified
         labels.append(case.label + (" left-padded" if case.batch > 1 else ""))
         recorder.compare("decoder", labels[-1], ours, theirs, signature)
     raise_failures(recorder, "exported decoder outputs")
     text = None
-    if tokenizer is not None:
-        from seqport.export.text_check import check_decoder_only
-
-        text = check_decoder_only(adapter, tokenizer, signature, runtime, allocation, recorder)
+    if text_check is not None:
+        text = text_check(adapter, signature, runtime, allocation, recorder)
         raise_failures(recorder, "exported decoder outputs")
     return validation_record(recorder.worst, labels, scale, text)
 
@@ -339,20 +339,16 @@ def _left_padded(spec: ModelSpec, batch: int, length: int, gen: torch.Generator)
     return ids, mask
 
 
-#: slots a validation buffer has beyond the step's P+T: filled with noise the mask must hide.
-SPARE_SLOTS = 3
-
-
 def _run_decoder(
     signature, runtime, values: dict, case: Case, allocation: str, recorder, in_place: bool = False
 ) -> dict[str, np.ndarray]:
     """Run the exported decoder on growing-cache `values`; a preallocated graph gets them as
-    buffers (see `_as_buffers`) and its present buffers come back cut to P+T slots. `in_place`:
+    buffers (see prealloc_feeds.as_buffers) and its present buffers come back cut to P+T slots. `in_place`:
     each present buffer is bound to its past one, as the engine does (a fused graph's
     GroupQueryAttention writes only the new slots, and only when the two are one buffer)."""
     if allocation != "preallocated":
         return signature.by_logical(runtime.run(signature.feeds(values)))
-    values, spare = _as_buffers(values, case)
+    values, spare = as_buffers(values, case)
     feeds = signature.feeds(values)
     into = {signature.outputs[name].name: feeds[signature.inputs[name.replace("present_", "past_", 1)].name]
             for name in spare} if in_place else {}  # fmt: skip
@@ -368,45 +364,3 @@ def _run_decoder(
 #: `_run_decoder` for export/text_check.py: bound once, so a test spying on this module's
 #: validation cases (tests/test_validation_cases.py patches `_run_decoder`) sees only those.
 run_decoder = _run_decoder
-
-
-def _as_buffers(values: dict, case: Case) -> tuple[dict, dict[str, np.ndarray]]:
-    """Growing-cache feeds → preallocated ones: each past K/V copied into slots 0..P-1 of a
-    buffer of P+T+SPARE_SLOTS slots whose other slots hold noise, cache_position P..P+T-1, and
-    a decoder-only mask widened over the buffer with random 0/1 (causality must hide them).
-
-    Returns the feeds and, per present output, the noise its buffer must still hold after the
-    written slots.
-    """
-    rng = np.random.default_rng(case.past * 10 + case.new)
-    written = case.past + case.new
-    out, spare = dict(values), {}
-    for name, past in values.items():
-        if not name.startswith("past_"):
-            continue
-        b, h, _, d = past.shape
-        buffer = rng.standard_normal((b, h, written + SPARE_SLOTS, d)).astype(past.dtype)
-        buffer[:, :, : case.past] = past
-        out[name] = buffer
-        spare[name.replace("past_", "present_", 1)] = buffer[:, :, written:].copy()
-    out["cache_position"] = np.arange(case.past, written, dtype=np.int64)
-    if "attention_mask" in values:
-        mask = values["attention_mask"]
-        noise = rng.integers(0, 2, (mask.shape[0], SPARE_SLOTS), dtype=mask.dtype)
-        out["attention_mask"] = np.concatenate([mask, noise], axis=1)
-    return out, spare
-
-
-def _blank_pads(ours: dict, theirs: dict, mask: np.ndarray, logit_slots: np.ndarray) -> None:
-    """Zero what left-pad positions produce, in both result sets. A pad query sees no slot, so
-    softmax spreads it uniformly over every slot it is given: P+T in PyTorch's growing cache,
-    C in a buffer. Real tokens never read those values (the mask hides pad slots)."""
-    pad_slots = mask == 0  # (B, P+T)
-    for name, expected in theirs.items():
-        got = ours[name]
-        if name == "logits":  # (B, K, V): queries at logit_slots
-            hidden = pad_slots[:, logit_slots]
-            got[hidden], expected[hidden] = 0.0, 0.0
-        else:  # (B, H, P+T, D)
-            hidden = np.broadcast_to(pad_slots[:, None, :, None], got.shape)
-            got[hidden], expected[hidden] = 0.0, 0.0
