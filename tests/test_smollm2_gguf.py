@@ -41,14 +41,21 @@ def exported(gguf_path, tmp_path_factory):
     return export_model(gguf_path, out, progress=False), out
 
 
-def test_greedy_ids_equal_transformers_on_the_same_gguf(gguf_path, exported):
+@pytest.fixture(scope="module")
+def reference(gguf_path):
+    """transformers' tokenizer and model loaded from the same GGUF (dequantized to fp32)."""
+    folder = str(gguf_path.parent)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_path.name, dtype=torch.float32)
+    return tokenizer, model
+
+
+def test_greedy_ids_equal_transformers_on_the_same_gguf(reference, exported):
     import seqport.engine as sp
 
     manifest, out = exported
     engine = sp.load(out)
-    folder = str(gguf_path.parent)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_path.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer, model = reference
     texts = []
     for prompt in PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt")
@@ -73,3 +80,28 @@ def test_manifest_carries_the_gate_figures_and_the_chat_template(exported):
     assert "<|im_start|>" in (out / "chat_template.jinja").read_text()
     assert manifest.tokenizer.special_tokens["eos_token"] == "<|im_end|>"
     assert manifest.special_ids.eos == [2]
+
+
+CHAT = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+def test_a_chat_turn_equals_transformers(reference, exported):
+    """The artifact's chat template renders the ids apply_chat_template gives, and chat()
+    generates transformers' greedy continuation of them."""
+    import seqport.engine as sp
+
+    _, out = exported
+    engine = sp.load(out)
+    tokenizer, model = reference
+    expected_prompt = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
+    expected_prompt = list(expected_prompt["input_ids"] if isinstance(expected_prompt, dict) else expected_prompt)
+    assert engine.apply_chat_template(CHAT) == expected_prompt
+    with torch.no_grad():
+        expected = model.generate(
+            torch.tensor([expected_prompt]), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False
+        )
+    result = engine.chat(CHAT, max_new_tokens=STEPS, min_new_tokens=STEPS)
+    assert result.ids == expected[0, len(expected_prompt) :].tolist()
