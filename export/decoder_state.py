@@ -53,8 +53,9 @@ def positions(start: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def decode(adapter, ids, mask, cross, past, start: int):
-    """adapter.decode_step, given position_ids = start + arange(T) when it takes them."""
-    if takes_positions(adapter):
+    """adapter.decode_step, given position_ids = start + arange(T) when it takes them (a
+    `row_positions` adapter takes them with a mask, and defaults to rows in lockstep)."""
+    if takes_positions(adapter) and not getattr(adapter, "row_positions", False):
         return adapter.decode_step(ids, mask, cross, past, position_ids=positions(start, tuple(ids.shape)))
     return adapter.decode_step(ids, mask, cross, past)
 

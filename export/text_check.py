@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from seqport.engine.manifest import TextCheck
-from seqport.export.decoder_state import decode, position_feed, state_values
+from seqport.export.decoder_state import decode, state_values
 from seqport.export.validate import Case, _kv_values, bound, max_abs_diff, run_decoder
 
 #: real English text, short enough for tiny models' position limits once tokenized.
@@ -108,10 +108,12 @@ class _Tally:
         )
 
 
-def _row_feeds(adapter, signature, step: int) -> dict[str, np.ndarray]:
-    """The decoder's optional position inputs for one row at `step` (all slots attended)."""
-    feeds = {k: v for k, v in position_feed(adapter, step, (1, 1)).items() if k in signature.inputs}
-    if "attention_mask" in signature.inputs:  # per-row self-attention mask (continuous batching)
+def _row_feeds(signature, step: int) -> dict[str, np.ndarray]:
+    """The decoder's optional position inputs for one row at `step` (every slot attended)."""
+    feeds = {}
+    if "position_ids" in signature.inputs:  # (1, 1): the new token's position
+        feeds["position_ids"] = np.array([[step]], dtype=np.int64)
+    if "attention_mask" in signature.inputs:  # (1, P+T): per-row self-attention mask
         feeds["attention_mask"] = np.ones((1, step + 1), dtype=np.int64)
     return feeds
 
@@ -202,7 +204,7 @@ def check_seq2seq(adapter, tokenizer: Path, signatures: dict, runtimes: dict, al
             ref = adapter.logits(hidden).float().numpy()[0]  # (1, V)
             values = {"input_ids": token.numpy(), "encoder_attention_mask": mask.numpy()}
             values.update(logits_positions=np.array([0]), **ort_cross, **ort_past)
-            values.update(_row_feeds(adapter, signatures["decoder"], step))
+            values.update(_row_feeds(signatures["decoder"], step))
             case = Case(1, step, 1)
             out = run_decoder(signatures["decoder"], runtimes["decoder"], values, case, allocation, recorder)
             ort_past = _present_as_past(out)
