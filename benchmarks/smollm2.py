@@ -53,6 +53,8 @@ SEQPORT_VARIANTS = {
     "fused": ["--attention", "fused"],
     "int4": ["--attention", "fused", "--quantize", "int4"],
     "int8": ["--attention", "fused", "--quantize", "int8"],
+    "fused-pre": ["--attention", "fused", "--kv-cache", "preallocated"],
+    "int4-pre": ["--attention", "fused", "--quantize", "int4", "--kv-cache", "preallocated"],
 }
 GENAI_VARIANTS = ("fp32", "int4")
 CT2_TYPES = {"fp32": "float32", "int8": "int8"}
@@ -237,9 +239,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     p.add_argument("--quick", action="store_true", help="8 new tokens, 1 repeat, 64-token long prompt: a dry run")
     p.add_argument("--systems", default="pytorch,seqport,genai,ctranslate2", help="comma-separated")
-    p.add_argument("--seqport-variants", default=",".join(SEQPORT_VARIANTS), help="from: fp32, fused, int8, int4")
+    variants = ", ".join(SEQPORT_VARIANTS)
+    p.add_argument("--seqport-variants", default=",".join(SEQPORT_VARIANTS), help=f"from: {variants}")
     p.add_argument("--genai-variants", default=",".join(GENAI_VARIANTS), help="from: fp32, int4")
-    p.add_argument("--long-systems", default="seqport:fused,genai:fp32,seqport:int4,genai:int4")
+    p.add_argument(
+        "--long-systems",
+        default="seqport:fused,seqport:fused-pre,genai:fp32,seqport:int4,seqport:int4-pre,genai:int4",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results", help="where smollm2.{json,md} go")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "smollm2", help="HF folder and models (reused)")
     p.add_argument("--genai-python", default=str(ROOT / ".venv-genai" / "bin" / "python"), help="GenAI's venv")

@@ -1,6 +1,7 @@
 """`seqport export` for the LLM benchmark, past two gates that a real 30-layer model trips.
 
     python benchmarks/peers/export_llm.py HF_DIR OUT [--attention fused] [--quantize int8|int4]
+        [--kv-cache preallocated]
 
 - The fp32 parity tolerance (export/validate.py: absolute 1e-4 on every output) fails on
   SmolLM2's logits, whose magnitude is ~20 after 30 layers: the worst case measured is 1.3e-3
@@ -31,11 +32,18 @@ def main() -> int:
     p.add_argument("out")
     p.add_argument("--attention", default="portable")
     p.add_argument("--quantize", default=None)
+    p.add_argument("--kv-cache", default="growing")
     args = p.parse_args()
     validate.TOLERANCES["float32"] = FP32_TOLERANCE
     quantize.quantize_artifact = functools.partial(quantize.quantize_artifact, min_agreement=0.0)
     export_model(
-        args.source, args.out, progress=False, quantize=args.quantize, attention=args.attention, overwrite=True
+        args.source,
+        args.out,
+        progress=False,
+        quantize=args.quantize,
+        attention=args.attention,
+        kv_cache=args.kv_cache,
+        overwrite=True,
     )
     return 0
 
