@@ -107,7 +107,7 @@ def targets(records: list[dict], batches: list[int]) -> list[str]:
         ours = [r for r in rows if r["variant"] in variants]
         seq = min(ours, key=lambda r: r["generate_ms"]["p50"], default=None)
         gen = _one(records, kind="long", system="genai", variant=theirs, input_tokens=longest)
-        ours = seq and seq["variant"]
+        ours = seq["variant"] if seq else "–"
         ttft = seq and gen and seq["first_token_ms"]["p50"] / gen["first_token_ms"]["p50"]
         decode = seq and gen and gen["ms_per_step"] / seq["ms_per_step"]
         lines.append(f"| {longest}-token TTFT ≤ 1.0× GenAI {theirs} | 1 | {ours} | {_verdict(ttft, 1.0, False)} |")
