@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-FP32 = ("fp32", "fused", "fused-pre")
-LOW_BIT = ("int8", "int4", "int4-pre")
-#: long context: seqport variants (the faster one counts) vs a GenAI variant
-PAIRS = ((("fused", "fused-pre"), "fp32"), (("int4", "int4-pre"), "int4"))
+def _fp32(variant: str) -> bool:
+    """seqport variant names: "int8" and "int4[-...]" are low-bit, every other one is fp32."""
+    return not variant.startswith("int")
+
+
+#: long context: which seqport variants (the fastest counts) against which GenAI variant
+PAIRS = ((_fp32, "fp32"), (lambda v: v.startswith("int4"), "int4"))
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -86,12 +89,12 @@ def targets(records: list[dict], batches: list[int]) -> list[str]:
     low_ok = {
         r["variant"]
         for r in _ok(records, system="seqport", kind="throughput")
-        if r["variant"] in LOW_BIT and genai_agreement is not None and r.get("agreement", -1) >= genai_agreement
+        if not _fp32(r["variant"]) and genai_agreement is not None and r.get("agreement", -1) >= genai_agreement
     }
     for b in batches:
         rows = _ok(records, kind="throughput", batch=b)
         genai = {r["variant"]: r for r in rows if r["system"] == "genai"}
-        fp32 = max((r for r in rows if r["system"] == "seqport" and r["variant"] in FP32), key=_speed, default=None)
+        fp32 = max((r for r in rows if r["system"] == "seqport" and _fp32(r["variant"])), key=_speed, default=None)
         ratio = fp32 and genai.get("fp32") and fp32["tokens_per_s"] / genai["fp32"]["tokens_per_s"]
         lines.append(f"| fp32 ≥ 1.1× GenAI fp32 | {b} | {fp32 and fp32['variant']} | {_verdict(ratio, 1.1, True)} |")
         rss = fp32 and genai.get("fp32") and fp32["peak_rss_mb"] / genai["fp32"]["peak_rss_mb"]
@@ -102,9 +105,9 @@ def targets(records: list[dict], batches: list[int]) -> list[str]:
         which = low["variant"] if low else "none agrees enough"
         lines.append(f"| {label} | {b} | {which} | {_verdict(ratio, 1.0, True)} |")
     longest = max((r["input_tokens"] for r in records if r["kind"] == "long"), default=None)
-    for variants, theirs in PAIRS:
+    for family, theirs in PAIRS:
         rows = _ok(records, kind="long", system="seqport", input_tokens=longest)
-        ours = [r for r in rows if r["variant"] in variants]
+        ours = [r for r in rows if family(r["variant"])]
         seq = min(ours, key=lambda r: r["generate_ms"]["p50"], default=None)
         gen = _one(records, kind="long", system="genai", variant=theirs, input_tokens=longest)
         ours = seq["variant"] if seq else "–"

@@ -48,14 +48,20 @@ SCHEMA = "seqport.smollm2/1"
 GENAI_PINS = ["onnxruntime-genai==0.18.0", "onnxruntime==1.32.0", "transformers==5.24.0", "onnx-ir", "onnx"]
 TORCH_PIN = "torch==2.13.0"
 #: seqport variant -> flags of peers/export_llm.py (seqport export past two gates, see there)
-SEQPORT_VARIANTS = {
+SEQPORT_EXPORTS = {
     "fp32": [],
     "fused": ["--attention", "fused"],
-    "int4": ["--attention", "fused", "--quantize", "int4"],
-    "int8": ["--attention", "fused", "--quantize", "int8"],
     "fused-pre": ["--attention", "fused", "--kv-cache", "preallocated"],
-    "int4-pre": ["--attention", "fused", "--quantize", "int4", "--kv-cache", "preallocated"],
+    "int8": ["--attention", "fused", "--quantize", "int8"],
 }
+#: int4 variant -> (the fp32 variant it quantizes, flags of peers/quantize_llm.py: export/int4.py's step)
+SEQPORT_INT4 = {
+    "int4": ("fused", []),
+    "int4-asym": ("fused", ["--asymmetric"]),
+    "int4-pfloat": ("fused", ["--projection", "float"]),
+    "int4-pre": ("fused-pre", []),
+}
+SEQPORT_VARIANTS = [*SEQPORT_EXPORTS, *SEQPORT_INT4]
 GENAI_VARIANTS = ("fp32", "int4")
 CT2_TYPES = {"fp32": "float32", "int8": "int8"}
 TEXT = (
@@ -111,10 +117,15 @@ def prepare(args: argparse.Namespace) -> dict[str, dict[str, str]]:
         if not _run_step([sys.executable, str(PEERS / "hf_from_gguf.py"), str(hf)], work / "hf.log"):
             raise SystemExit(f"could not build {hf} from the GGUF: see {work / 'hf.log'}")
     available: dict[str, dict[str, str]] = {"pytorch:eager": {"hf": str(hf)}}
-    for variant in args.seqport_variants:
+    long_only = [n.split(":")[1] for n in args.long_systems if n.startswith("seqport:")]
+    for variant in dict.fromkeys([*args.seqport_variants, *long_only]):
         out = work / f"seqport-{variant}"
         if not (out / "seqport.json").is_file():
-            step = [sys.executable, str(PEERS / "export_llm.py"), str(hf), str(out), *SEQPORT_VARIANTS[variant]]
+            if variant in SEQPORT_EXPORTS:
+                step = [sys.executable, str(PEERS / "export_llm.py"), str(hf), str(out), *SEQPORT_EXPORTS[variant]]
+            else:
+                base, flags = SEQPORT_INT4[variant]
+                step = [sys.executable, str(PEERS / "quantize_llm.py"), str(work / f"seqport-{base}"), str(out), *flags]
             _run_step(step, work / f"seqport-{variant}.log")
         ok = (out / "seqport.json").is_file()
         available[f"seqport:{variant}"] = {"artifact": str(out)} if ok else {"skipped": f"export failed ({out}.log)"}
@@ -240,7 +251,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="8 new tokens, 1 repeat, 64-token long prompt: a dry run")
     p.add_argument("--systems", default="pytorch,seqport,genai,ctranslate2", help="comma-separated")
     variants = ", ".join(SEQPORT_VARIANTS)
-    p.add_argument("--seqport-variants", default=",".join(SEQPORT_VARIANTS), help=f"from: {variants}")
+    p.add_argument("--seqport-variants", default="fp32,fused,int8,int4", help=f"from: {variants}")
     p.add_argument("--genai-variants", default=",".join(GENAI_VARIANTS), help="from: fp32, int4")
     p.add_argument(
         "--long-systems",
