@@ -241,7 +241,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes of the throughput runs")
     p.add_argument("--new-tokens", type=int, default=64, help="exactly this many new tokens per row")
     p.add_argument("--input-tokens", type=int, default=32, help="prompt ids per row (English text)")
-    p.add_argument("--agreement-new", type=int, default=32, help="greedy tokens per agreement prompt")
+    p.add_argument("--agreement-new", type=int, default=32, help="greedy tokens per agreement prompt (0: none)")
     p.add_argument("--long", default="512,2048", help="long-context prompt lengths ('' for none)")
     p.add_argument("--long-new", type=int, default=128, help="new tokens after a long prompt")
     p.add_argument("--long-repeats", type=int, default=2, help="measured rounds of a long-context run")
@@ -258,6 +258,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         default="seqport:fused,seqport:fused-pre,genai:fp32,seqport:int4,seqport:int4-pre,genai:int4",
     )
     p.add_argument("--out", type=Path, default=HERE / "results", help="where smollm2.{json,md} go")
+    p.add_argument("--name", default="smollm2", help="results file stem: OUT/NAME.json and OUT/NAME.md")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "smollm2", help="HF folder and models (reused)")
     p.add_argument("--genai-python", default=str(ROOT / ".venv-genai" / "bin" / "python"), help="GenAI's venv")
     p.add_argument("--setup-genai-venv", type=Path, nargs="?", const=ROOT / ".venv-genai", metavar="DIR")
@@ -265,7 +266,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per run")
     p.add_argument("--render", type=Path, metavar="JSON", help="only rewrite smollm2.md from a smollm2.json")
     args = p.parse_args(argv)
-    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     args.long = [int(n) for n in args.long.split(",") if n]
     args.systems = args.systems.split(",")
     args.seqport_variants = [v for v in args.seqport_variants.split(",") if "seqport" in args.systems]
@@ -299,7 +300,7 @@ def measure_all(args: argparse.Namespace, available: dict, meta: dict) -> list[d
             "new_tokens": args.new_tokens,
             "warmup": args.warmup,
             "repeats": args.repeats,
-            "agreement_prompts": prompts if batch == args.batch_sizes[0] else [],
+            "agreement_prompts": prompts if batch == args.batch_sizes[0] and args.agreement_new else [],
         }
         done = run_group(args, available, _names(args, available), group, meta)
         add_agreement(done)
@@ -321,8 +322,8 @@ def measure_all(args: argparse.Namespace, available: dict, meta: dict) -> list[d
 def _write(args: argparse.Namespace, meta: dict, records: list[dict]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     document = {"schema": SCHEMA, "meta": meta, "records": records}
-    (args.out / "smollm2.json").write_text(json.dumps(document, indent=1) + "\n")
-    (args.out / "smollm2.md").write_text(markdown(meta, records))
+    (args.out / f"{args.name}.json").write_text(json.dumps(document, indent=1) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(meta, records))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     records = measure_all(args, available, meta)
     meta["load_average_end"] = os.getloadavg()
     _write(args, meta, records)
-    print((args.out / "smollm2.md").read_text())
+    print((args.out / f"{args.name}.md").read_text())
     return 0
 
 
