@@ -105,7 +105,7 @@ def targets(records: list[dict], batches: list[int]) -> list[str]:
         which = low["variant"] if low else "none agrees enough"
         lines.append(f"| {label} | {b} | {which} | {_verdict(ratio, 1.0, True)} |")
     longest = max((r["input_tokens"] for r in records if r["kind"] == "long"), default=None)
-    for family, theirs in PAIRS:
+    for family, theirs in PAIRS if longest is not None else ():
         rows = _ok(records, kind="long", system="seqport", input_tokens=longest)
         ours = [r for r in rows if family(r["variant"])]
         seq = min(ours, key=lambda r: r["generate_ms"]["p50"], default=None)
