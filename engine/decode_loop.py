@@ -53,7 +53,9 @@ def decode_steps(
             yield decision
             if decision is None:
                 return
-            if len(decision.rows) != cache.batch or np.any(decision.rows != np.arange(cache.batch)):
+            if not decision.same_rows and (
+                len(decision.rows) != cache.batch or np.any(decision.rows != np.arange(cache.batch))
+            ):
                 cache.take(decision.rows)  # finished rows leave; beams follow their parent
             tokens = decision.tokens[:, None]  # (N', 1)
     finally:

@@ -29,10 +29,13 @@ Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 @dataclass(frozen=True)
 class StepDecision:
     """tokens: int64 (N',) next input per surviving row; rows: int64 (N',) the row each one
-    continues (indices into the current rows: used to reorder/select the KV cache)."""
+    continues (indices into the current rows: used to reorder/select the KV cache);
+    same_rows: True when rows is 0..N-1 (every row goes on in place), which spares the loop
+    a comparison every step."""
 
     tokens: np.ndarray
     rows: np.ndarray
+    same_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,16 +63,22 @@ class Search(Protocol):
     def finalize(self) -> list[GenerationResult]: ...
 
 
-def log_softmax_at(logits: np.ndarray, ids: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
+def log_softmax_at(
+    logits: np.ndarray, ids: np.ndarray, top: np.ndarray | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """log softmax(logits)[row, ids[row]] for float (N, V) logits, without the full (N, V) array
     (one temporary, exponentiated in place: this runs on every row of every step).
 
     Args:
         top: each row's max (N,) when the caller knows it (greedy: the chosen logit), saving a pass.
+        out: a scratch array of the logits' shape and dtype to use as that temporary (a search
+            reuses one across steps: at (8, 49152) float32 a fresh one is 1.5 MB of new pages
+            every step); ignored when it does not fit.
     """
     chosen = logits[np.arange(len(ids)), ids]  # (N,)
     top = logits.max(axis=-1) if top is None else top
-    shifted = logits - top[:, None]  # (N, V)
+    fits = out is not None and out.shape == logits.shape and out.dtype == logits.dtype
+    shifted = np.subtract(logits, top[:, None], out=out if fits else None)  # (N, V)
     lse = np.log(np.exp(shifted, out=shifted).sum(axis=-1)) + top  # (N,)
     return chosen - lse
 
@@ -104,15 +113,22 @@ class TokenSearch:
         self._eos, self._max_new, self._samples = set(eos), max_new_tokens, samples
         self._processors, self._choose, self._stops = processors, choose, stops
         self._active = np.arange(rows)  # row id of each active row; input = row id // samples
+        self._sources: np.ndarray | None = None  # row_sources(), made again when rows leave
         self._history = first_tokens[self._active // samples]  # (N, T0 + step)
         self._ids: list[list[int]] = [[] for _ in range(rows)]
         self._logprobs: list[list[float]] = [[] for _ in range(rows)]
         self._finish = ["length"] * rows
         self._step = 0
+        self._rows = np.arange(rows, dtype=np.int64)  # 0..N-1, reused while every row goes on
+        self._scratch: np.ndarray | None = None  # log_softmax_at's (N, V) temporary, reused
         self.emitted: list[Emitted] = []  # what the last update chose, for streaming
 
     def row_sources(self) -> np.ndarray:
-        return self._active // self._samples
+        """int64 (N,) the input each active row serves; the same array object while no row
+        leaves (callers compare by identity first)."""
+        if self._sources is None:
+            self._sources = self._active // self._samples
+        return self._sources
 
     def update(self, logits: np.ndarray) -> StepDecision | None:
         next_ids, logprobs = self._select(logits)  # (N,), (N,)
@@ -122,12 +138,15 @@ class TokenSearch:
         reasons = [self._record(r, t, lp) for r, t, lp in zip(active, tokens, scores)]
         samples = self._samples
         self.emitted = [Emitted(r // samples, t, lp, why) for r, t, lp, why in zip(active, tokens, scores, reasons)]
-        history = np.concatenate([self._history, next_ids[:, None]], axis=1)
-        if all(why is None for why in reasons):  # every row goes on: no gathers
+        # the history only feeds processors: without any, it stays the first tokens (no per-step copy)
+        history = np.concatenate([self._history, next_ids[:, None]], axis=1) if self._processors else self._history
+        if reasons.count(None) == len(reasons):  # every row goes on: no gathers
             self._history = history
-            return StepDecision(next_ids.astype(np.int64, copy=False), np.arange(len(active), dtype=np.int64))
+            if len(self._rows) != len(active):
+                self._rows = np.arange(len(active), dtype=np.int64)
+            return StepDecision(next_ids.astype(np.int64, copy=False), self._rows, same_rows=True)
         rows = np.array([row for row, why in enumerate(reasons) if why is None], dtype=np.int64)
-        self._active = self._active[rows]
+        self._active, self._sources = self._active[rows], None
         self._history = history[rows]
         return StepDecision(next_ids[rows].astype(np.int64), rows) if len(rows) else None
 
@@ -141,9 +160,12 @@ class TokenSearch:
             next_ids = greedy(scores)
             best = scores[np.arange(len(next_ids)), next_ids]  # the argmax is the row's max (NaN if any)
             if not self._processors:  # scores are the raw logits: their max is already at hand
-                check_finite_logits(logits, step, sources, top=best)
-            check_some_token_allowed(best, step, sources)
-            return next_ids, log_softmax_at(scores, next_ids, top=best).astype(np.float64)
+                check_finite_logits(logits, step, sources, top=best)  # finite: no row is all -inf
+            else:
+                check_some_token_allowed(best, step, sources)
+            if self._scratch is None or self._scratch.shape != scores.shape or self._scratch.dtype != scores.dtype:
+                self._scratch = np.empty_like(scores)  # (N, V), reused while the rows stay
+            return next_ids, log_softmax_at(scores, next_ids, top=best, out=self._scratch).astype(np.float64)
         scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
         check_some_token_allowed(scores.max(axis=-1), step, sources)
         next_ids = self._choose(scores, self._active)  # (N,)

@@ -90,14 +90,18 @@ class _Seq2SeqStep(DecoderStep):
         self._sources = np.arange(mask.shape[0])
         self._mask, self._cross = placement.upload(mask, "encoder_attention_mask"), cross
         self._checked: dict | None = None  # the cross K/V dict the last step's feeds check passed
-        self._checked_cross = frozenset(cross)
+        # once a step's feeds passed the check, the next steps' engine-made values need none while
+        # the rows stay (same cross K/V and mask objects; new tokens (N, 1) int64 from the search)
+        self._checked_cross = frozenset(cross) | {"encoder_attention_mask", "input_ids", "logits_positions"}
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
-        if len(sources) != len(self._sources) or np.any(sources != self._sources):
-            self._sources = sources  # rows left or beams regrouped: re-select encoder outputs once
-            self._mask = self._placement.upload(self._all_mask[sources], "encoder_attention_mask")
-            names = list(self._all_cross)
-            self._cross = dict(zip(names, self._placement.take([self._all_cross[n] for n in names], sources)))
+        if sources is not self._sources:  # greedy search hands the same array while no row leaves
+            if len(sources) != len(self._sources) or np.any(sources != self._sources):
+                # rows left or beams regrouped: re-select encoder outputs once
+                self._mask = self._placement.upload(self._all_mask[sources], "encoder_attention_mask")
+                names = list(self._all_cross)
+                self._cross = dict(zip(names, self._placement.take([self._all_cross[n] for n in names], sources)))
+            self._sources = sources
         values = {
             "input_ids": self._placement.upload(tokens, "input_ids"),
             "encoder_attention_mask": self._mask,

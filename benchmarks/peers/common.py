@@ -26,6 +26,8 @@ import numpy as np
 
 #: generate(batch_ids, n) -> new-token count per input; each call must produce exactly n per input.
 Generate = Callable[[list[list[int]], int], list[int]]
+#: greedy_ids(prompt_ids, n) -> the n new ids of one prompt (batch 1), for the agreement column.
+GreedyIds = Callable[[list[int], int], list[int]]
 
 
 def read_plan() -> dict[str, Any]:
@@ -113,14 +115,21 @@ def measure(generate: Generate, plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(
-    load: Callable[[], Generate], plan: dict[str, Any], names: Sequence[str], import_s: float | None = None
+    load: Callable[[], Generate | tuple[Generate, GreedyIds]],
+    plan: dict[str, Any],
+    names: Sequence[str],
+    import_s: float | None = None,
 ) -> None:
     """Load (timed), measure, emit one record with import and load times, peak RSS and versions.
 
+    `load` returns generate, or (generate, greedy_ids): with plan["agreement_prompts"] (lists of
+    ids) the record also carries `agreement_ids`, each prompt's plan["agreement_new"] greedy ids
+    at batch 1, taken after the timed rounds (benchmarks/smollm2.py compares them).
     `import_s`: seconds the runner spent importing its system's modules before calling this.
     """
     start = time.perf_counter()
-    generate = load()
+    loaded = load()
+    generate, greedy_ids = loaded if isinstance(loaded, tuple) else (loaded, None)
     load_s = time.perf_counter() - start
     record = {
         "import_s": None if import_s is None else round(import_s, 3),
@@ -129,4 +138,6 @@ def run(
     }
     record.update(measure(generate, plan))
     record.update(peak_rss_mb=peak_rss_mb(), versions=versions(*names))
+    if plan.get("agreement_prompts") and greedy_ids is not None:
+        record["agreement_ids"] = [greedy_ids(p, plan["agreement_new"]) for p in plan["agreement_prompts"]]
     emit(record)

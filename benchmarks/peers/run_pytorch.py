@@ -43,7 +43,21 @@ def main() -> None:
             prefix = 1 if seq2seq else ids.shape[1]  # decoder start token / prompt
             return [out.shape[1] - prefix] * out.shape[0]
 
-        return generate
+        def greedy_ids(prompt: list[int], n: int) -> list[int]:
+            ids = torch.tensor([prompt])  # (1, P)
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    pad_token_id=plan["pad_id"],
+                )
+            return out[0, (1 if seq2seq else ids.shape[1]) :].tolist()
+
+        return generate, greedy_ids
 
     run(load, plan, ("torch", "transformers", "numpy"), import_s)
 

@@ -29,7 +29,12 @@ def main() -> None:
             config = sp.GenerationConfig(max_new_tokens=n, min_new_tokens=n)
             return [len(r.ids) + (r.finish_reason == "eos") for r in model.generate_ids(inputs, config)]
 
-        return generate
+        def greedy_ids(prompt: list[int], n: int) -> list[int]:
+            config = sp.GenerationConfig(max_new_tokens=n, min_new_tokens=n)
+            result = model.generate_ids([prompt], config)[0]
+            return list(result.ids) + [model.manifest.special_ids.eos[0]] * (result.finish_reason == "eos")
+
+        return generate, greedy_ids
 
     run(load, plan, ("seqport", "numpy", "onnxruntime", "tokenizers"), import_s)
 

@@ -1,0 +1,160 @@
+"""smollm2.md from the records benchmarks/smollm2.py collected (stdlib only), and the CPU's flags.
+
+Targets (issue #16), ratios within one sitting:
+- fp32: seqport's best fp32 export ≥ 1.1× GenAI fp32 tokens/s at every batch; peak RSS ≤ GenAI's.
+- low-bit: seqport's best low-bit export whose agreement ≥ GenAI int4's, ≥ 1.0× GenAI int4.
+- long context (longest prompt): TTFT ≤ 1.0× GenAI's, decode tokens/s ≥ 1.0× GenAI's, per precision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+def _fp32(variant: str) -> bool:
+    """seqport variant names: "int8" and "int4[-...]" are low-bit, every other one is fp32."""
+    return not variant.startswith("int")
+
+
+#: long context: which seqport variants (the fastest counts) against which GenAI variant
+PAIRS = ((_fp32, "fp32"), (lambda v: v.startswith("int4"), "int4"))
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of the vector/matrix extensions that decide CPU kernels /proc/cpuinfo lists."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text(errors="replace") if info.is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {flag: flag in flags for flag in FLAGS}
+
+
+def _ok(records: list[dict], **match: Any) -> list[dict]:
+    return [r for r in records if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items())]
+
+
+def _one(records: list[dict], **match: Any) -> dict | None:
+    found = _ok(records, **match)
+    return found[0] if found else None
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _throughput(records: list[dict], batches: list[int]) -> list[str]:
+    head = " | ".join(f"tokens/s b{b} | ms/step b{b} | peak RSS MB b{b}" for b in batches)
+    lines = [f"| system | variant | {head} | agreement |", "|---" * (3 + 3 * len(batches)) + "|"]
+    names = dict.fromkeys((r["system"], r["variant"]) for r in records if r["kind"] == "throughput")
+    for system, variant in names:
+        cells, agreement = [], None
+        for b in batches:
+            r = _one(records, kind="throughput", system=system, variant=variant, batch=b)
+            cells += [_num(r and r["tokens_per_s"]), _num(r and r["ms_per_step"], 2)]
+            cells.append(_num(r and r["peak_rss_mb"], 0))
+            agreement = agreement if r is None or "agreement" not in r else r["agreement"]
+        why = next((r["note"] for r in records if (r["system"], r["variant"]) == (system, variant) and r["note"]), "")
+        tail = f" ({why[:80]})" if why else ""
+        lines.append(f"| {system} | {variant}{tail} | {' | '.join(cells)} | {_num(agreement, 3)} |")
+    return lines
+
+
+def _long(records: list[dict]) -> list[str]:
+    lines = ["| prompt | system | variant | TTFT ms | decode tokens/s | peak RSS MB |", "|---|---|---|---|---|---|"]
+    for r in (r for r in records if r["kind"] == "long"):
+        if r["status"] != "ok":
+            why = f"{r['status']}: {r['note'][:80]}"
+            lines.append(f"| {r['input_tokens']} | {r['system']} | {r['variant']} | {why} | | |")
+            continue
+        decode = 1e3 / r["ms_per_step"] if r["ms_per_step"] else None
+        lines.append(
+            f"| {r['input_tokens']} | {r['system']} | {r['variant']} | {_num(r['first_token_ms']['p50'], 0)} "
+            f"| {_num(decode)} | {_num(r['peak_rss_mb'], 0)} |"
+        )
+    return lines
+
+
+def _verdict(ratio: float | None, target: float, higher: bool) -> str:
+    if ratio is None:
+        return "not measured"
+    met = ratio >= target if higher else ratio <= target
+    return f"{ratio:.2f}× ({'met' if met else 'missed'})"
+
+
+def targets(records: list[dict], batches: list[int]) -> list[str]:
+    """One line per target of issue #16 with the ratio and whether it is met."""
+    lines = ["| target | batch | seqport variant | result |", "|---|---|---|---|"]
+    genai_int4 = _ok(records, system="genai", variant="int4")
+    genai_agreement = next((r["agreement"] for r in genai_int4 if "agreement" in r), None)
+    low_ok = {
+        r["variant"]
+        for r in _ok(records, system="seqport", kind="throughput")
+        if not _fp32(r["variant"]) and genai_agreement is not None and r.get("agreement", -1) >= genai_agreement
+    }
+    for b in batches:
+        rows = _ok(records, kind="throughput", batch=b)
+        genai = {r["variant"]: r for r in rows if r["system"] == "genai"}
+        fp32 = max((r for r in rows if r["system"] == "seqport" and _fp32(r["variant"])), key=_speed, default=None)
+        ratio = fp32 and genai.get("fp32") and fp32["tokens_per_s"] / genai["fp32"]["tokens_per_s"]
+        lines.append(f"| fp32 ≥ 1.1× GenAI fp32 | {b} | {fp32 and fp32['variant']} | {_verdict(ratio, 1.1, True)} |")
+        rss = fp32 and genai.get("fp32") and fp32["peak_rss_mb"] / genai["fp32"]["peak_rss_mb"]
+        lines.append(f"| fp32 peak RSS ≤ GenAI fp32 | {b} | {fp32 and fp32['variant']} | {_verdict(rss, 1.0, False)} |")
+        low = max((r for r in rows if r["system"] == "seqport" and r["variant"] in low_ok), key=_speed, default=None)
+        ratio = low and genai.get("int4") and low["tokens_per_s"] / genai["int4"]["tokens_per_s"]
+        label = f"low-bit ≥ 1.0× GenAI int4, agreement ≥ GenAI int4's ({_num(genai_agreement, 3)})"
+        which = low["variant"] if low else "none agrees enough"
+        lines.append(f"| {label} | {b} | {which} | {_verdict(ratio, 1.0, True)} |")
+    longest = max((r["input_tokens"] for r in records if r["kind"] == "long"), default=None)
+    for family, theirs in PAIRS if longest is not None else ():
+        rows = _ok(records, kind="long", system="seqport", input_tokens=longest)
+        ours = [r for r in rows if family(r["variant"])]
+        seq = min(ours, key=lambda r: r["generate_ms"]["p50"], default=None)
+        gen = _one(records, kind="long", system="genai", variant=theirs, input_tokens=longest)
+        ours = seq["variant"] if seq else "–"
+        ttft = seq and gen and seq["first_token_ms"]["p50"] / gen["first_token_ms"]["p50"]
+        decode = seq and gen and gen["ms_per_step"] / seq["ms_per_step"]
+        lines.append(f"| {longest}-token TTFT ≤ 1.0× GenAI {theirs} | 1 | {ours} | {_verdict(ttft, 1.0, False)} |")
+        lines.append(f"| {longest}-token decode ≥ 1.0× GenAI {theirs} | 1 | {ours} | {_verdict(decode, 1.0, True)} |")
+    return lines
+
+
+def _speed(record: dict) -> float:
+    return record["tokens_per_s"]
+
+
+def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """The report: setting, throughput with agreement, long context, targets."""
+    batches = sorted({r["batch"] for r in records if r["kind"] == "throughput"})
+    flags = ", ".join(f for f, on in meta.get("cpu_flags", {}).items() if on) or "none of " + ", ".join(FLAGS)
+    settings = meta.get("settings", {})
+    prompts = next((len(r["agreement_ids"]) for r in records if "agreement_ids" in r), 0)
+    load = f"load average {meta.get('load_average')} at the start, {meta.get('load_average_end')} at the end"
+    lines = [
+        f"# {meta.get('model', 'SmolLM2')}: seqport vs onnxruntime-genai, PyTorch eager",
+        "",
+        f"Measured {meta.get('created', '?')} by benchmarks/smollm2.py on {meta.get('cpu', '?')} "
+        f"({meta.get('cpu_count', '?')} CPUs; flags: {flags}); {load}; "
+        f"read bandwidth {meta.get('bandwidth', {}).get('gbs')} GB/s. "
+        f"Greedy, {settings.get('threads')} threads, prompts cut from English text, exactly "
+        f"{settings.get('new_tokens')} new tokens after {settings.get('input_tokens')} prompt tokens; "
+        f"warm-up {settings.get('warmup')}, median of {settings.get('repeats')}. "
+        "Each run's load average is in smollm2.json.",
+        "",
+        f"Agreement: {prompts} English prompts, {settings.get('agreement_new')} greedy tokens each at batch 1; "
+        "the fraction of positions whose id equals PyTorch eager fp32's. seqport int8 is exported past its own "
+        "gate (peers/export_llm.py); "
+        f"the export gate's own (teacher-forced) agreement: {meta.get('export_agreement')}.",
+        "",
+        *_throughput(records, batches),
+        "",
+        f"Long context: one prompt, {settings.get('long_new')} new tokens, batch 1; TTFT = a 1-token generate call "
+        "(prefill + first token), decode = tokens/s of the steps after it.",
+        "",
+        *_long(records),
+        "",
+        "## Targets (issue #16)",
+        "",
+        *targets(records, batches),
+        "",
+    ]
+    return "\n".join(lines)

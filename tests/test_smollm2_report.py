@@ -1,0 +1,65 @@
+"""benchmarks/smollm2.py's arithmetic, on made-up records: the agreement column and the issue
+#16 target verdicts (which seqport variant counts, met or missed). No model runs, no timing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def modules():
+    sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import llm_report
+        import smollm2
+
+        yield smollm2, llm_report
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.path.remove(str(ROOT / "benchmarks" / "peers"))
+
+
+def _record(system, variant, batch, tokens_per_s, rss=500.0, kind="throughput", **extra):
+    record = {"system": system, "variant": variant, "batch": batch, "kind": kind, "status": "ok", "note": ""}
+    record.update(tokens_per_s=tokens_per_s, peak_rss_mb=rss, ms_per_step=1e3 * batch / tokens_per_s)
+    record.update(first_token_ms={"p50": 100.0}, generate_ms={"p50": 1000.0}, input_tokens=32, **extra)
+    return record
+
+
+def test_agreement_is_the_fraction_of_positions_equal_to_the_reference(modules):
+    smollm2, _ = modules
+    records = [
+        _record("pytorch", "eager", 1, 10.0, agreement_ids=[[1, 2, 3, 4], [5, 6]]),
+        _record("genai", "int4", 1, 50.0, agreement_ids=[[1, 2, 9, 9], [5, 6]]),
+        _record("seqport", "int4", 1, 60.0, agreement_ids=[[1, 2, 3, 4], [5, 0]]),
+    ]
+    smollm2.add_agreement(records)
+    assert [r["agreement"] for r in records] == [1.0, round(4 / 6, 4), round(5 / 6, 4)]
+
+
+def test_targets_pick_the_best_variant_and_say_met_or_missed(modules):
+    _, report = modules
+    records = [
+        _record("genai", "fp32", 1, 40.0, rss=800.0),
+        _record("genai", "int4", 1, 100.0, agreement=0.8),
+        _record("seqport", "fp32", 1, 40.0, rss=700.0),
+        _record("seqport", "fused", 1, 46.0, rss=900.0),
+        _record("seqport", "int8", 1, 200.0, agreement=0.5),  # faster, but agrees less than GenAI int4
+        _record("seqport", "int4", 1, 90.0, agreement=0.85),
+    ]
+    lines = "\n".join(report.targets(records, [1]))
+    assert "| fp32 ≥ 1.1× GenAI fp32 | 1 | fused | 1.15× (met) |" in lines
+    assert "| fp32 peak RSS ≤ GenAI fp32 | 1 | fused | 1.12× (missed) |" in lines
+    assert "| 1 | int4 | 0.90× (missed) |" in lines  # int8 does not count: its agreement is below GenAI's
+
+
+def test_cpu_flags_name_the_kernel_extensions(modules):
+    _, report = modules
+    flags = report.cpu_flags()
+    assert set(flags) == set(report.FLAGS) and all(isinstance(v, bool) for v in flags.values())
