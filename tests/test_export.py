@@ -126,6 +126,20 @@ def test_cli_export_fails_with_one_line_and_nonzero_exit(tmp_path, tiny_checkpoi
     err = capsys.readouterr().err
     assert err.startswith("seqport: error: exported components disagree with PyTorch")
     assert "Traceback" not in err
+    assert "--tolerance" in err  # the message names the option that would accept the figures
+
+
+def test_cli_export_tolerance_scales_the_gate(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """--tolerance reaches export_model: a gate 1e-12 tight fails at 1 and passes at 1e12."""
+    from seqport.cli.main import main
+    from seqport.engine.manifest import load_manifest
+    from seqport.export import validate
+
+    monkeypatch.setitem(validate.TOLERANCES, "float32", 1e-12)
+    monkeypatch.setitem(validate.RTOLERANCES, "float32", 0.0)
+    assert main(["export", str(tiny_checkpoint), str(tmp_path / "out"), "-q", "--tolerance", "1e12"]) == 0
+    assert load_manifest(tmp_path / "out").validation.scale == 1e12
+    assert "tolerance (atol + rtol" in capsys.readouterr().out
 
 
 def test_unsupported_model_type_lists_supported(tmp_path):
