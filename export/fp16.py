@@ -28,8 +28,8 @@ import onnx
 
 from seqport.engine.api import load
 from seqport.engine.errors import ExportError, ParityError
-from seqport.engine.manifest import Manifest, Quantization
-from seqport.export.quantize import MIN_AGREEMENT, NEW_TOKENS, SENTENCES, _figures, _fit, _stage, _with_files
+from seqport.engine.manifest import Manifest
+from seqport.export.quantize import MIN_AGREEMENT, SENTENCES, _figures, _fit, _stage, _with_files, gate_record
 from seqport.export.validate import TOLERANCES
 
 logger = logging.getLogger(__name__)
@@ -76,20 +76,7 @@ def fp16_artifact(folder: Path, manifest: Manifest, min_agreement: float = MIN_A
     worst = max((d for table in figures.max_abs_diff.values() for d in table.values()), default=0.0)
     if worst > TOLERANCES["float16"]:
         logger.info("fp16 logits differ from fp32 by up to %.4g (per-step tolerance %g)", worst, TOLERANCES["float16"])
-    record = Quantization(
-        method="fp16",
-        per_channel=False,
-        op_types=["*"],
-        quantized_nodes=nodes,
-        token_agreement=round(figures.token_agreement, 6),
-        min_agreement=min_agreement,
-        sequence_match=round(figures.sequence_match, 6),
-        candidates={"fp16": round(figures.token_agreement, 6)},
-        max_abs_diff=figures.max_abs_diff,
-        inputs=f"{len(SENTENCES)} fixed English sentences (seqport.export.quantize.SENTENCES), greedy, "
-        f"up to {NEW_TOKENS} new tokens",
-        bytes=sizes,
-    )
+    record = dataclasses.replace(gate_record("fp16", False, ["*"], nodes, figures, min_agreement), bytes=sizes)
     return dataclasses.replace(converted, quantization=record)
 
 

@@ -28,7 +28,16 @@ import onnx
 from seqport.engine.api import load
 from seqport.engine.errors import ExportError, ParityError
 from seqport.engine.manifest import Manifest, Quantization
-from seqport.export.quantize import MIN_AGREEMENT, NEW_TOKENS, SENTENCES, _figures, _fit, _prepared, _stage, _with_files
+from seqport.export.quantize import (
+    MIN_AGREEMENT,
+    SENTENCES,
+    _figures,
+    _fit,
+    _prepared,
+    _stage,
+    _with_files,
+    gate_record,
+)
 
 #: MatMulNBits' accuracy levels (onnxruntime ContribOperators.md): 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8.
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
@@ -121,20 +130,8 @@ def quantize_int4_artifact(
 
 
 def _record(options: Int4Options, figures, nodes: dict[str, int], min_agreement: float, sizes) -> Quantization:
-    return Quantization(
-        method=options.method,
-        per_channel=False,
-        op_types=["MatMul"],
-        quantized_nodes=nodes,
-        token_agreement=round(figures.token_agreement, 6),
-        min_agreement=min_agreement,
-        sequence_match=round(figures.sequence_match, 6),
-        candidates={"int4": round(figures.token_agreement, 6)},
-        max_abs_diff=figures.max_abs_diff,
-        inputs=f"{len(SENTENCES)} fixed English sentences (seqport.export.quantize.SENTENCES), greedy, "
-        f"up to {NEW_TOKENS} new tokens",
-        bytes=sizes,
-    )
+    record = gate_record(options.method, False, ["MatMul"], nodes, figures, min_agreement)
+    return dataclasses.replace(record, candidates={"int4": record.token_agreement}, bytes=sizes)
 
 
 def _int4_files(sources: dict[str, Path], manifest: Manifest, out: Path, options: Int4Options):

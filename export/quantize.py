@@ -104,20 +104,9 @@ def quantize_artifact(folder: Path, manifest: Manifest, min_agreement: float = M
             os.replace(path, folder / manifest.components[name].file)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    record = Quantization(
-        method="dynamic-int8",
-        per_channel=best.per_channel,
-        op_types=list(OP_TYPES),
-        quantized_nodes=best.nodes,
-        token_agreement=round(agreement, 6),
-        min_agreement=min_agreement,
-        sequence_match=round(best.figures.sequence_match, 6),
-        candidates={label: round(c.figures.token_agreement, 6) for label, c in tried.items()},
-        max_abs_diff=best.figures.max_abs_diff,
-        inputs=f"{len(SENTENCES)} fixed English sentences (seqport.export.quantize.SENTENCES), greedy, "
-        f"up to {NEW_TOKENS} new tokens",
-        bytes=sizes,
-    )
+    candidates = {label: c.figures.token_agreement for label, c in tried.items()}
+    record = gate_record("dynamic-int8", best.per_channel, list(OP_TYPES), best.nodes, best.figures, min_agreement)
+    record = dataclasses.replace(record, candidates={k: round(v, 6) for k, v in candidates.items()}, bytes=sizes)
     return dataclasses.replace(best.manifest, quantization=record)
 
 
@@ -305,3 +294,27 @@ def _teacher_forced(model, ids: list[int], target: list[int]) -> dict[str, np.nd
         logits_positions=np.arange(len(ids) - 1, length, dtype=np.int64),
     )
     return {"logits": model.run_decoder(values, model.new_cache(1, length))["logits"][0]}
+
+
+def gate_record(
+    method: str, per_channel: bool, op_types: list[str], nodes, figures, min_agreement: float
+) -> Quantization:
+    """The manifest's record of a reduced-precision export gated on greedy agreement with fp32
+    (int8 here, int4 in int4.py, fp16 in fp16.py): the gate's figures on SENTENCES.
+
+    `candidates` holds this method's own agreement and `bytes` is empty; callers replace them
+    when they tried several candidates or measured the files.
+    """
+    return Quantization(
+        method=method,
+        per_channel=per_channel,
+        op_types=op_types,
+        quantized_nodes=nodes,
+        token_agreement=round(figures.token_agreement, 6),
+        min_agreement=min_agreement,
+        sequence_match=round(figures.sequence_match, 6),
+        candidates={method: round(figures.token_agreement, 6)},
+        max_abs_diff=figures.max_abs_diff,
+        inputs=f"{len(SENTENCES)} fixed English sentences (seqport.export.quantize.SENTENCES), greedy, "
+        f"up to {NEW_TOKENS} new tokens",
+    )
