@@ -99,20 +99,44 @@ from seqport.export.pipeline import export_model
 export_model(sys.argv[1], sys.argv[2], progress=False, overwrite=True)
 """
 
+# The child wraps one pipeline function so that it stops itself (SIGSTOP) at the chosen point;
+# the parent sees it stopped and kills it there. No polling race: a fast machine cannot run past.
+_EXPORT_STOPPING_AT = """
+import os, signal, sys
+import seqport.export.pipeline as pipeline
+name, when = sys.argv[3], sys.argv[4]
+real = getattr(pipeline, name)
+def stop_there(*args, **kwargs):
+    if when == "before":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    result = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return result
+setattr(pipeline, name, stop_there)
+pipeline.export_model(sys.argv[1], sys.argv[2], progress=False, overwrite=True)
+"""
+
 
 def _staged(out: Path, name: str):
     return lambda: any((p / name).exists() for p in out.parent.glob(f".{out.name}.{TMP_MARK}-*"))
 
 
-def _kill_when(child: subprocess.Popen, reached, seconds: float = 300) -> bool:
-    """kill -9 `child` as soon as `reached()`; False if it ended or timed out first."""
+def _kill_when_stopped(child: subprocess.Popen, seconds: float = 300) -> bool:
+    """kill -9 `child` once it has stopped itself; False if it ended or timed out first."""
     end = time.monotonic() + seconds
-    while time.monotonic() < end and child.poll() is None and not reached():
+    while time.monotonic() < end:
+        pid, status = os.waitpid(child.pid, os.WUNTRACED | os.WNOHANG)
+        if pid and os.WIFSTOPPED(status):
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            return True
+        if pid:  # it ended before the point
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return False
         time.sleep(0.02)
-    hit = child.poll() is None and reached()
     child.send_signal(signal.SIGKILL)
     child.wait()
-    return hit
+    return False
 
 
 @pytest.mark.export
@@ -138,20 +162,21 @@ def test_kill_9_at_any_point_leaves_a_loadable_artifact(tmp_path, tiny_checkpoin
     pytest.importorskip("torch")
     out = Path(shutil.copytree(tiny_artifact, tmp_path / "artifact"))
     old_created = sp.load(out).manifest.provenance.created
-    points = [
-        ("staging created", lambda: any(out.parent.glob(f".{out.name}.{TMP_MARK}-*"))),
-        ("encoder written", _staged(out, "encoder.onnx")),
-        ("weights laid out", _staged(out, "shared.data")),
+    points = [  # (label, pipeline function, stop before/after it, what must exist when stopped)
+        ("staging created", "load_adapter", "before", lambda: any(out.parent.glob(f".{out.name}.{TMP_MARK}-*"))),
+        ("encoder written", "validate", "before", _staged(out, "encoder.onnx")),
+        ("weights laid out", "externalize_weights", "after", _staged(out, "shared.data")),
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    for label, reached in points:
+    for label, function, when, reached in points:
         child = subprocess.Popen(
-            [sys.executable, "-c", _EXPORT, str(tiny_checkpoint), str(out)],
+            [sys.executable, "-c", _EXPORT_STOPPING_AT, str(tiny_checkpoint), str(out), function, when],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        assert _kill_when(child, reached), f"the export ended or stalled before '{label}'"
+        assert _kill_when_stopped(child), f"the export ended or stalled before '{label}'"
+        assert reached(), f"stopped at '{label}' but the staging folder does not show it"
         model = sp.load(out)  # never a half-written artifact
         assert model.generate([[5, 6, 7, 1]], max_new_tokens=3)[0].sequences
     leftovers = list(out.parent.glob(f".{out.name}.seqport-*"))
