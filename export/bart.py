@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.attention_seq2seq import fused_attention, fused_self_attention
 from seqport.export.cache_slots import step_slots
 from seqport.export.hf_common import (
     attend,
@@ -43,6 +44,8 @@ class BartAdapter:
         cfg = model.config
         self.num_heads = cfg.decoder_attention_heads
         self.head_dim = cfg.d_model // cfg.decoder_attention_heads
+        #: "portable" or "fused" (export/attention_seq2seq.py); the exporter sets it while it traces.
+        self.attention = "portable"
 
     def spec(self) -> ModelSpec:
         cfg = self.model.config
@@ -105,6 +108,8 @@ class BartAdapter:
         for layer, layer_past, layer_cross in zip(stack.layers, past, cross):
 
             def self_attention(h, layer=layer, layer_past=layer_past):
+                if self.attention == "fused":
+                    return self._fused_step(layer.self_attn, h, layer_past, slots, self_bias, present)
                 k, v = slots.extend(layer_past, self._project_kv(layer.self_attn, h))  # (B, H, P+T or C, D)
                 present.append((k, v))
                 return self._attend(layer.self_attn, h, k, v, self_bias)
@@ -148,11 +153,23 @@ class BartAdapter:
         )
 
     def _attend(self, attention, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias) -> torch.Tensor:
+        if self.attention == "fused":  # k, v: projected (B, S, d) or cross K/V (B, H, S, D)
+            out = fused_attention(attention.q_proj(h), k, v, bias, attention.num_heads, attention.scaling)
+            return attention.out_proj(out)
         q = split_heads(attention.q_proj(h), attention.num_heads, attention.head_dim)  # (B, H, T, D)
         return attention.out_proj(attend(q, k, v, bias, attention.scaling))
 
     def _attend_self(self, attention, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        if self.attention == "fused":  # key/value as projected: no transposes
+            return self._attend(attention, h, attention.k_proj(h), attention.v_proj(h), bias)
         return self._attend(attention, h, *self._project_kv(attention, h), bias)
+
+    def _fused_step(self, attention, h: torch.Tensor, past: KV, slots, bias, present: list[KV]) -> torch.Tensor:
+        """The decoder's self-attention as one MultiHeadAttention over the cache; appends present K/V."""
+        q, k, v = attention.q_proj(h), attention.k_proj(h), attention.v_proj(h)  # (B, T, d)
+        out, kv = fused_self_attention(q, k, v, past, slots, bias, attention.num_heads, attention.scaling)
+        present.append(kv)
+        return attention.out_proj(out)
 
 
 def _feed_forward(layer, h: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from seqport.export import gguf
 from seqport.export.adapter import EncoderDecoderAdapter
 from seqport.export.atomic import atomic_folder
 from seqport.export.attention import check_attention
+from seqport.export.attention_seq2seq import check_seq2seq_attention
 from seqport.export.causal import export_decoder_only
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
@@ -90,8 +91,9 @@ def export_model(
             engine sizes one buffer per request and the decoder writes into it; see
             export/cache_slots.py and docs/manifest.md).
         overwrite: replace an existing artifact in `out` (once the new one is complete).
-        attention: "portable" (plain ONNX) or "fused" (onnxruntime's GroupQueryAttention,
-            decoder-only GPT-2/Llama/Mistral/Qwen2; export/attention.py).
+        attention: "portable" (plain ONNX) or "fused": onnxruntime's GroupQueryAttention for
+            decoder-only GPT-2/Llama/Mistral/Qwen2 (export/attention.py), MultiHeadAttention for
+            encoder-decoder families (export/attention_seq2seq.py).
         int4: block size, accuracy level and projection of --quantize int4 (default Int4Options()).
         tolerance: multiplies every validation tolerance (atol, rtol, near-tie margin, allowed
             top-k disagreement; export/validate.py): > 1 loosens, < 1 tightens.
@@ -256,8 +258,11 @@ def _export_inline(
     if isinstance(spec, EncoderSpec):
         return _export_encoder_only(adapter, spec, tokenizer, out, source, progress, scale)
     check_allocation(adapter, kv_cache)
-    check_attention(adapter, spec.head_dim, attention)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
+    if decoder_only:
+        check_attention(adapter, spec.head_dim, attention)
+    else:
+        check_seq2seq_attention(adapter, attention)
     if decoder_only and spec.states:
         raise ExportError("ModelSpec.states is supported for encoder-decoder adapters; a decoder-only one has K/V only")
     steps = ["decoder", "validate"] if decoder_only else ["encoder", "decoder", "validate"]
@@ -266,12 +271,12 @@ def _export_inline(
         for step in bar:
             bar.set_postfix_str(step)
             if step == "encoder":
-                components["encoder"] = export_encoder(adapter, spec, out)
+                components["encoder"] = export_encoder(adapter, spec, out, attention)
             elif step == "decoder":
                 if decoder_only:
                     components["decoder"] = export_decoder_only(adapter, spec, out, kv_cache, attention)
                 else:
-                    components["decoder"] = export_decoder(adapter, spec, out, kv_cache)
+                    components["decoder"] = export_decoder(adapter, spec, out, kv_cache, attention)
             else:
                 fixed = {
                     "num_kv_heads": spec.num_kv_heads,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqport.export.adapter import ModelSpec
-from seqport.export.models.transformer import Transformer
+from seqport.export.models.transformer import Attention, Transformer
 
 
 class TransformerAdapter:
@@ -23,6 +23,17 @@ class TransformerAdapter:
         self.decode_step = model.decode_step
         self.logits = model.logits
         self.empty_past = model.empty_past
+
+    @property
+    def attention(self) -> str:
+        """"portable" or "fused" (export/attention_seq2seq.py): the mode of every attention module."""
+        return next(m.mode for m in self.model.modules() if isinstance(m, Attention))
+
+    @attention.setter
+    def attention(self, mode: str) -> None:
+        for module in self.model.modules():
+            if isinstance(module, Attention):
+                module.mode = mode
 
     def spec(self) -> ModelSpec:
         cfg = self.model.config

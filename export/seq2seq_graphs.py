@@ -14,6 +14,8 @@ import torch
 from seqport.engine.errors import ExportError
 from seqport.engine.manifest import KV_ALLOCATIONS, Component, sha256_of
 from seqport.export.adapter import ModelSpec
+from seqport.export.attention import attention_mode
+from seqport.export.attention_seq2seq import TRANSLATIONS
 from seqport.export.cache_slots import preallocate
 from seqport.export.components import (
     DecoderComponent,
@@ -36,18 +38,29 @@ def example_sources(spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def export_encoder(adapter, spec: ModelSpec, folder: Path) -> Component:
+def export_encoder(adapter, spec: ModelSpec, folder: Path, attention: str = "portable") -> Component:
+    """The `encoder` graph, its attention "portable" or "fused" (export/attention_seq2seq.py)."""
     inputs, outputs = encoder_contract("float32")
     dyn = tuple(dynamic_axes(inputs[name]) for name in ("input_ids", "attention_mask"))
     path = folder / "encoder.onnx"
-    export_component(
-        EncoderComponent(adapter), example_sources(spec), dyn, inputs, outputs, spec.num_layers, path
-    )
+    with attention_mode(adapter, attention):
+        export_component(
+            EncoderComponent(adapter), example_sources(spec), dyn, inputs, outputs, spec.num_layers, path, TRANSLATIONS
+        )
     return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
 
 
-def export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "growing") -> Component:
+def export_decoder(
+    adapter, spec: ModelSpec, folder: Path, allocation: str = "growing", attention: str = "portable"
+) -> Component:
+    """The `decoder` step graph (growing or preallocated cache), its attention "portable" or
+    "fused" (export/attention_seq2seq.py; adapters with declared states have no fused path)."""
     if needs_state_path(adapter, spec):  # declared states or own positions: export/decoder_state.py
+        if attention != "portable":
+            raise ExportError(
+                "--attention fused: a decoder with declared states or its own positions has no fused "
+                "path; export with --attention portable"
+            )
         return export_state_decoder(adapter, spec, folder, allocation, example_sources(spec))
     row_positions = allocation == "growing" and getattr(adapter, "row_positions", False)
     inputs, outputs = decoder_contract("float32", allocation, row_positions)
@@ -72,7 +85,8 @@ def export_decoder(adapter, spec: ModelSpec, folder: Path, allocation: str = "gr
     dyn = tuple(dynamic_axes(inputs[name]) for name in inputs if "{i}" not in name)
     dyn += tuple([dynamic_axes(inputs[name])] * n for name in inputs if "{i}" in name)
     path = folder / "decoder.onnx"
-    export_component(component, args, dyn, inputs, outputs, n, path)
+    with attention_mode(adapter, attention):
+        export_component(component, args, dyn, inputs, outputs, n, path, TRANSLATIONS)
     return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
 
 

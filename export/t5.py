@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from seqport.export.adapter import KV, ModelSpec, tied_projection
+from seqport.export.attention_seq2seq import fused_attention, fused_self_attention
 from seqport.export.cache_slots import StepSlots, step_slots
 from seqport.export.hf_common import (
     attend,
@@ -39,6 +40,8 @@ class T5Adapter:
         cfg = model.config
         self.num_heads, self.head_dim = cfg.num_heads, cfg.d_kv
         self.output_scale = cfg.d_model**-0.5 if _scales_output(cfg) else 1.0
+        #: "portable" or "fused" (export/attention_seq2seq.py); the exporter sets it while it traces.
+        self.attention = "portable"
 
     def spec(self) -> ModelSpec:
         cfg = self.model.config
@@ -106,9 +109,7 @@ class T5Adapter:
         for block, layer_past, (cross_k, cross_v) in zip(stack.block, past, cross):
             x, kv = self._self_attention(block.layer[0], x, self_bias, slots, layer_past)
             present.append(kv)
-            sub = block.layer[1]
-            q = split_heads(sub.EncDecAttention.q(rms_norm(sub.layer_norm, x)), self.num_heads, self.head_dim)
-            x = x + sub.EncDecAttention.o(attend(q, cross_k, cross_v, cross_bias, 1.0))
+            x = self._cross_attention(block.layer[1], x, cross_k, cross_v, cross_bias)
             x = _feed_forward(block.layer[2], x)
         return rms_norm(stack.final_layer_norm, x), present
 
@@ -126,17 +127,35 @@ class T5Adapter:
             split_heads(attention.v(x), self.num_heads, self.head_dim),
         )
 
+    def _cross_attention(self, sub, x: torch.Tensor, cross_k, cross_v, bias: torch.Tensor) -> torch.Tensor:
+        """Pre-norm cross-attention block over the encoder's K/V (B, H, S, D), unscaled."""
+        attention, h = sub.EncDecAttention, rms_norm(sub.layer_norm, x)
+        if self.attention == "fused":
+            return x + attention.o(fused_attention(attention.q(h), cross_k, cross_v, bias, self.num_heads, 1.0))
+        q = split_heads(attention.q(h), self.num_heads, self.head_dim)
+        return x + attention.o(attend(q, cross_k, cross_v, bias, 1.0))
+
     def _self_attention(
         self, sub, x: torch.Tensor, bias: torch.Tensor, slots: StepSlots | None = None, past: KV | None = None
     ):
         """Pre-norm self-attention block; returns the residual output and this step's K/V."""
         attention = sub.SelfAttention
         h = rms_norm(sub.layer_norm, x)
+        if self.attention == "fused":  # the relative position bias rides in the node's attention_bias
+            return self._fused_self_attention(attention, x, h, bias, slots, past)
         k, v = self._project_kv(attention, h)
         if slots is not None and past is not None:
             k, v = slots.extend(past, (k, v))  # (B, H, P+T or C, D)
         q = split_heads(attention.q(h), self.num_heads, self.head_dim)
         return x + attention.o(attend(q, k, v, bias, 1.0)), (k, v)
+
+    def _fused_self_attention(self, attention, x, h, bias, slots: StepSlots | None, past: KV | None):
+        """`_self_attention` as one MultiHeadAttention node: over the cache (decoder) or not (encoder)."""
+        q, k, v = attention.q(h), attention.k(h), attention.v(h)  # (B, T, H*D)
+        if slots is None or past is None:
+            return x + attention.o(fused_attention(q, k, v, bias, self.num_heads, 1.0)), None
+        out, kv = fused_self_attention(q, k, v, past, slots, bias, self.num_heads, 1.0)
+        return x + attention.o(out), kv
 
     def _position_bias(self, attention, queries: torch.Tensor, key_len) -> torch.Tensor:
         """Learned relative position bias (1, H, T, K) for queries at positions (T,) against keys 0..K-1.

@@ -56,7 +56,7 @@ def continuous_unsupported(model: Any) -> str | None:
         )
     if m.kv.allocation != "growing":
         return "the artifact preallocates its KV buffers (export with a growing cache to batch continuously)"
-    if m.attention != "portable":
+    if m.attention != "portable" and m.architecture == "decoder-only":  # encoder-decoder: the bias masks rows
         return f"attention {m.attention!r} takes no left-padded rows (export with --attention portable)"
     if getattr(model, "placement", HOST) is not HOST:
         return "the model runs in the device loop (continuous batching runs on the host placement)"

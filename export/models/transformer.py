@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqport.export.attention_seq2seq import fused_attention, fused_self_attention
 from seqport.export.cache_slots import StepSlots, step_slots
 
 KV = tuple[torch.Tensor, torch.Tensor]  # key, value: (B, H, S, D)
@@ -88,6 +89,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+        #: "portable" or "fused" (export/attention_seq2seq.py); the exporter sets it while it traces.
+        self.mode = "portable"
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -97,11 +100,30 @@ class Attention(nn.Module):
         return self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor):
+        if self.mode == "fused":  # one MultiHeadAttention node (export/attention_seq2seq.py)
+            out = fused_attention(self.q_proj(x), k, v, bias, self.num_heads, self.head_dim**-0.5)
+            return self.out_proj(out)
         q = self.heads(self.q_proj(x))  # (B, H, T, D)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias  # (B, H, T, S)
         weights = self.dropout(scores.softmax(dim=-1))
         out = (weights @ v).transpose(1, 2)  # (B, T, H, D)
         return self.out_proj(out.reshape(x.shape[0], x.shape[1], -1))
+
+    def self_attend(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Self-attention without a cache (the encoder): x (B, S, d), bias (B, 1, 1, S)."""
+        if self.mode == "fused":  # key/value as projected (B, S, d): no transposes
+            return self(x, self.k_proj(x), self.v_proj(x), bias)
+        return self(x, *self.project_kv(x), bias)
+
+    def step(self, x: torch.Tensor, past: KV, slots: StepSlots, bias: torch.Tensor) -> tuple[torch.Tensor, KV]:
+        """Self-attention of new tokens x (B, T, d) over the cache `past` (B, H, P or C, D):
+        output (B, T, d) and present K/V (B, H, P+T or C, D)."""
+        if self.mode == "fused":
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, d)
+            out, kv = fused_self_attention(q, k, v, past, slots, bias, self.num_heads, self.head_dim**-0.5)
+            return self.out_proj(out), kv
+        k, v = slots.extend(past, self.project_kv(x))  # (B, H, P+T or C, D)
+        return self(x, k, v, bias), (k, v)
 
 
 class FeedForward(nn.Module):
@@ -138,10 +160,7 @@ class EncoderLayer(nn.Module):
         self.attn_block, self.ffn_block = Sublayer(cfg), Sublayer(cfg)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        def attend(h):
-            return self.self_attn(h, *self.self_attn.project_kv(h), bias)
-
-        return self.ffn_block(self.attn_block(x, attend), self.ffn)
+        return self.ffn_block(self.attn_block(x, lambda h: self.self_attn.self_attend(h, bias)), self.ffn)
 
 
 class DecoderLayer(nn.Module):
@@ -155,9 +174,9 @@ class DecoderLayer(nn.Module):
         present: list[KV] = []
 
         def attend_self(h):
-            k, v = slots.extend(past, self.self_attn.project_kv(h))  # (B, H, P+T or C, D)
-            present.append((k, v))
-            return self.self_attn(h, k, v, self_bias)
+            out, kv = self.self_attn.step(h, past, slots, self_bias)
+            present.append(kv)
+            return out
 
         x = self.self_block(x, attend_self)
         x = self.cross_block(x, lambda h: self.cross_attn(h, *cross, cross_bias))
