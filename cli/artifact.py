@@ -75,8 +75,10 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "--attention",
         choices=["portable", "fused"],
         default="portable",
-        help="portable: plain ONNX attention (any runtime); fused: onnxruntime's GroupQueryAttention and "
-        "RotaryEmbedding (GPT-2, Llama, Mistral, Qwen2; onnxruntime only; docs/runtimes.md)",
+        help="portable: plain ONNX attention (any runtime); fused: onnxruntime's contrib attention, "
+        "GroupQueryAttention and RotaryEmbedding for GPT-2, Llama, Mistral, Qwen2, MultiHeadAttention for the "
+        "encoder-decoder families (seqport-transformer, T5, mT5, BART, mBART, Marian); onnxruntime only; "
+        "docs/runtimes.md",
     )
     p.add_argument(
         "--dtype",
