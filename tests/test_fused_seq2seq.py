@@ -137,6 +137,16 @@ def test_fused_refusals_say_why():
     check_seq2seq_attention(OwnAdapter(), "portable")
 
 
+def test_fused_refused_for_declared_states(tmp_path):
+    from seqport.engine.manifest import StateSpec
+    from seqport.export.adapter import ModelSpec
+    from seqport.export.seq2seq_graphs import export_decoder
+
+    spec = ModelSpec("own", 10, 8, 1, 1, 1, 8, [2], states={"cell": StateSpec(["batch", 4])})
+    with pytest.raises(ExportError, match=r"declared states or its own positions has no fused path.*portable"):
+        export_decoder(object(), spec, tmp_path, attention="fused")
+
+
 def test_fused_encoder_decoder_batches_continuously():
     """The bias carries each row's masked past slots, so continuous batching serves a fused
     encoder-decoder artifact; a fused decoder-only one (GroupQueryAttention) stays refused."""
