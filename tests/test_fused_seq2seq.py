@@ -4,7 +4,7 @@ MultiHeadAttention against the portable graph.
 Rows: the tiny reference Transformer of the session's `fresh_export` (the bundled translator's
 architecture, pre-norm, 3 heads of 8; its portable artifact is shared with other tests), a tiny
 T5 (relative position bias in the node's attention_bias, unscaled softmax, head size 10) and a
-tiny BART (post-norm, 4 encoder heads and 2 decoder heads of 7).
+tiny BART (post-norm, 4 encoder heads of 7, 2 decoder heads of 14).
 Each is exported portable and fused from one checkpoint. Greedy generation through the engine
 on a padded batch of 3 must give the same ids from both, and teacher-forcing the portable
 result through both decoders must give every step's logits within 1e-4; the fused graphs must
