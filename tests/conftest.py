@@ -56,3 +56,13 @@ def fresh_export(tmp_path_factory) -> tuple[Path, Path]:
     checkpoint = write_tiny_checkpoint(root / "checkpoint", seed=1)
     export_model(checkpoint, root / "artifact", progress=False)
     return checkpoint, root / "artifact"
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """name -> test_hf_seq2seq's tiny HF encoder-decoder row, built and exported once per session
+    (shared by every test module that needs one)."""
+    pytest.importorskip("transformers")
+    from test_hf_seq2seq import exporter
+
+    return exporter(tmp_path_factory)

@@ -23,32 +23,31 @@ pytestmark = pytest.mark.export
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_hf_seq2seq import build_bart, build_t5, engine_logits  # noqa: E402
+from test_hf_seq2seq import engine_logits  # noqa: E402
 
 from seqport.engine.errors import ExportError  # noqa: E402
 
 ATOL, MAX_NEW = 1e-4, 9
-#: row -> (builder of a checkpoint folder, seed); "tiny" is conftest's fresh_export
-ROWS = {"tiny": (None, 0), "t5": (build_t5, 9), "bart": (build_bart, 1)}
+#: rows: "tiny" is conftest's fresh_export; "t5" and "bart" are test_hf_seq2seq's session exports
+ROWS = ("bart", "t5", "tiny")
 
 
-@pytest.fixture(scope="module", params=sorted(ROWS))
+@pytest.fixture(scope="module", params=ROWS)
 def pair(request, tmp_path_factory):
-    """(row, portable engine model, fused engine model) from one checkpoint."""
+    """(row, portable engine model, fused engine model) from one checkpoint; the portable
+    artifact is the one other tests already exported in this session."""
     import seqport.engine as sp
     from seqport.export.pipeline import export_model
 
-    build, seed = ROWS[request.param]
     root = tmp_path_factory.mktemp(f"fused-{request.param}")
-    if build is None:
+    if request.param == "tiny":
         source, portable = request.getfixturevalue("fresh_export")
+        portable_model = sp.load(portable)
     else:
-        source, portable = root / "checkpoint", root / "portable"
-        source.mkdir()
-        build(source, seed)
-        export_model(source, portable, progress=False)
+        exported = request.getfixturevalue("exported")(request.param)
+        source, portable_model = exported.hf, exported.engine
     export_model(source, root / "fused", progress=False, attention="fused")
-    return request.param, sp.load(portable), sp.load(root / "fused")
+    return request.param, portable_model, sp.load(root / "fused")
 
 
 def _sources(model) -> tuple[np.ndarray, np.ndarray]:

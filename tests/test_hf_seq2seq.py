@@ -251,9 +251,8 @@ class Exported:
     model: object  # transformers model, as export loaded it
 
 
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory) -> Callable[[str], Exported]:
-    """Build and export each row once per session, on first use."""
+def exporter(tmp_path_factory) -> Callable[[str], Exported]:
+    """Build and export each row once per session, on first use (conftest's `exported` fixture)."""
     import seqport.engine as sp
     from seqport.export.pipeline import export_model
 
