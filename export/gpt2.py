@@ -12,7 +12,7 @@ import torch
 
 from seqport.engine.errors import ExportError
 from seqport.export.adapter import KV, ModelSpec, tied_projection
-from seqport.export.attention import fused_attention
+from seqport.export.attention import attention_lengths, fused_attention
 from seqport.export.cache_slots import step_slots
 from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
 
@@ -64,13 +64,16 @@ class GPT2Adapter:
         slots = step_slots(past[0], input_ids.shape[1], cache_position)
         x = body.wte(input_ids) + body.wpe(position_ids)  # (B, T, d)
         bias = attention_bias(attention_mask, slots, x.dtype)  # (B, 1, T, P+T or C)
-        present = []
+        present, heads = [], (self.config.n_head, self.config.n_head)
+        lengths = attention_lengths(x, past[0][0], cache_position) if self.attention == "fused" else None
         for block, scaling, (past_k, past_v) in zip(body.h, self.scaling, past):
-            q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.config.n_embd, dim=2)  # 3 × (B, T, d)
-            if self.attention == "fused":  # one GroupQueryAttention with H_kv = H
-                heads = (self.config.n_head, self.config.n_head)
-                out, k, v = fused_attention(q, k, v, (past_k, past_v), bias, cache_position, heads, scaling)
+            qkv = block.attn.c_attn(block.ln_1(x))  # (B, T, 3d): Q|K|V packed
+            if self.attention == "fused":  # one GroupQueryAttention with H_kv = H, QKV packed
+                out, k, v = fused_attention(
+                    (qkv, None, None), (past_k, past_v), lengths, bias, None, cache_position, heads, scaling
+                )  # fmt: skip
             else:
+                q, k, v = qkv.split(self.config.n_embd, dim=2)  # 3 × (B, T, d)
                 q, k, v = (split_heads(t, self.head_dim) for t in (q, k, v))  # (B, H, T, D)
                 k, v = slots.extend((past_k, past_v), (k, v))  # (B, H, P+T or C, D)
                 out = attend(q, k, v, bias, scaling)  # (B, T, H*D)

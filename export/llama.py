@@ -8,15 +8,18 @@ LlamaDecoderLayer.forward, without the Cache object) so torch.export sees plain 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from seqport.engine.errors import ExportError
 from seqport.export.adapter import KV, ModelSpec, tied_projection
-from seqport.export.attention import fused_attention, rotary_embedding
+from seqport.export.attention import attention_lengths, fused_attention, rotary_embedding, rotary_in_attention
 from seqport.export.cache_slots import step_slots
 from seqport.export.causal import attend, attention_bias, eos_ids, generation_defaults, load_causal_lm, split_heads
+from seqport.export.contrib_ops import skip_rms_norm
 from seqport.export.hf_common import rms_norm
 
 ARCHITECTURE = "decoder-only"
@@ -96,28 +99,61 @@ class LlamaAdapter:
         body = self.model.model
         slots = step_slots(past[0], input_ids.shape[1], cache_position)
         x = body.embed_tokens(input_ids)  # (B, T, d)
-        cos, sin = self.rotary(position_ids)
         biases = {w: attention_bias(attention_mask, slots, x.dtype, w) for w in set(self.windows)}
+        if self.attention == "fused":
+            return self._fused_layers(x, position_ids, past, biases, slots)
+        cos, sin = self.rotary(position_ids)
         present = []
         for layer, window, (past_k, past_v) in zip(body.layers, self.windows, past):
             attn, h = layer.self_attn, rms_norm(layer.input_layernorm, x)
-            if self.attention == "fused":
-                out, k, v = self._fused_attention(attn, h, position_ids, (past_k, past_v), biases[window], slots)
-            else:
-                q, k, v = (split_heads(proj(h), self.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-                q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # (B, H|H_kv, T, D)
-                k, v = slots.extend((past_k, past_v), (k, v))  # (B, H_kv, P+T or C, D)
-                out = attend(q, k, v, biases[window], attn.scaling)  # (B, T, H*D)
+            q, k, v = (split_heads(proj(h), self.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # (B, H|H_kv, T, D)
+            k, v = slots.extend((past_k, past_v), (k, v))  # (B, H_kv, P+T or C, D)
+            out = attend(q, k, v, biases[window], attn.scaling)  # (B, T, H*D)
             present.append((k, v))
             x = x + attn.o_proj(out)
             x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
         return rms_norm(body.norm, x), present
 
-    def _fused_attention(self, attn, h, position_ids, past: KV, bias, slots) -> tuple[torch.Tensor, ...]:
-        """One RotaryEmbedding per Q and K, then one GroupQueryAttention over the cache."""
-        q, k = (rotary_embedding(proj(h), position_ids, *self.rope_tables()) for proj in (attn.q_proj, attn.k_proj))
-        heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
-        return fused_attention(q, k, attn.v_proj(h), past, bias, slots.cache_position, (heads, kv_heads), attn.scaling)
+    def _fused_layers(self, x, position_ids, past: list[KV], biases: dict, slots) -> tuple[torch.Tensor, list[KV]]:
+        """The fused graph's layers, laid out as onnxruntime-genai's builder does: one packed QKV
+        MatMul and one GroupQueryAttention (rotating Q and K itself) per layer, the residual adds
+        inside SkipSimplifiedLayerNormalization, the attention lengths computed once."""
+        body, heads = self.model.model, (self.config.num_attention_heads, self.config.num_key_value_heads)
+        lengths = attention_lengths(x, past[0][0], slots.cache_position)
+        h, present = rms_norm(body.layers[0].input_layernorm, x), []
+        next_norms = [layer.input_layernorm for layer in body.layers[1:]] + [body.norm]
+        for i, (layer, window, next_norm) in enumerate(zip(body.layers, self.windows, next_norms)):
+            attn = layer.self_attn
+            qkv, rope = self._packed_qkv(i, h, position_ids)
+            out, k, v = fused_attention(
+                qkv, past[i], lengths, biases[window], rope, slots.cache_position, heads, attn.scaling
+            )  # fmt: skip
+            present.append((k, v))
+            h, x = _skip_norm(attn.o_proj(out), x, layer.post_attention_layernorm)  # x: the new residual
+            h, x = _skip_norm(layer.mlp(h), x, next_norm)
+        return h, present
+
+    def _packed_qkv(self, i: int, h: torch.Tensor, position_ids: torch.Tensor) -> tuple[tuple, tuple | None]:
+        """Layer i's Q|K|V from one MatMul (B, T, (H + 2·H_kv)·D): packed for the node to rotate,
+        or split and rotated by RotaryEmbedding nodes where the node cannot (head size)."""
+        qkv, tables = self.model.seqport_packed_qkv[i](h), self.rope_tables()
+        if rotary_in_attention(self.head_dim):
+            return (qkv, None, None), (position_ids, *tables)
+        kv_width = self.config.num_key_value_heads * self.head_dim
+        q, k, v = qkv.split([qkv.shape[-1] - 2 * kv_width, kv_width, kv_width], dim=-1)
+        return (rotary_embedding(q, position_ids, *tables), rotary_embedding(k, position_ids, *tables), v), None
+
+    @contextlib.contextmanager
+    def fused_weights(self) -> Iterator[None]:
+        """While the fused graph is traced: each layer's q/k/v projections as one packed Linear
+        (`seqport_packed_qkv`, registered on the model so the exporter writes one weight)."""
+        packed = torch.nn.ModuleList(_pack(layer.self_attn) for layer in self.model.model.layers)
+        self.model.add_module("seqport_packed_qkv", packed)
+        try:
+            yield
+        finally:
+            del self.model.seqport_packed_qkv
 
     def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (max_positions, D/2) for every position, as `rotary` computes them."""
@@ -134,6 +170,23 @@ class LlamaAdapter:
     def empty_past(self, batch: int) -> list[KV]:
         zero = torch.zeros(batch, self.config.num_key_value_heads, 0, self.head_dim)  # (B, H_kv, 0, D)
         return [(zero, zero)] * self.config.num_hidden_layers
+
+
+def _pack(attn) -> torch.nn.Linear:
+    """q_proj, k_proj, v_proj (biases too: Qwen2) → one Linear d → (H + 2·H_kv)·D."""
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    weight = torch.cat([p.weight for p in projections])  # ((H + 2·H_kv)·D, d)
+    packed = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=attn.q_proj.bias is not None)
+    with torch.no_grad():
+        packed.weight.copy_(weight)
+        if packed.bias is not None:
+            packed.bias.copy_(torch.cat([p.bias for p in projections]))
+    return packed
+
+
+def _skip_norm(delta: torch.Tensor, residual: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(residual + delta), residual + delta): one SkipSimplifiedLayerNormalization."""
+    return skip_rms_norm(delta, residual, norm.weight, norm.variance_epsilon)
 
 
 def load(folder: Path) -> LlamaAdapter:

@@ -73,8 +73,10 @@ def test_fused_and_portable_give_the_same_greedy_ids(pair):
 
 
 def test_fused_graph_holds_group_query_attention(pair):
-    """Meta-check: one com.microsoft GroupQueryAttention per layer (and a RotaryEmbedding per Q
-    and K with RoPE), no Softmax left; the portable graph has none; the manifests say which."""
+    """Meta-check: one com.microsoft GroupQueryAttention per layer over one packed QKV MatMul,
+    sharing one set of length inputs, rotating Q and K itself (or a RotaryEmbedding per Q and K
+    where its kernel cannot), the residual adds inside SkipSimplifiedLayerNormalization; no
+    Softmax left; the portable graph has no contrib node; the manifests say which."""
     import onnx
 
     _, portable, fused = pair
@@ -85,10 +87,21 @@ def test_fused_graph_holds_group_query_attention(pair):
         ops[name] = Counter((node.domain, node.op_type) for node in graph.node)
         assert model.manifest.attention == name
     assert ops["fused"][("com.microsoft", "GroupQueryAttention")] == layers
-    rope = 0 if fused.manifest.family == "gpt2" else 2 * layers  # one per Q and K where the family uses RoPE
-    assert ops["fused"][("com.microsoft", "RotaryEmbedding")] == rope
+    gpt2, head_dim = fused.manifest.family == "gpt2", fused.manifest.kv.head_dim
+    # RoPE: inside the node where its kernel takes the head size (a multiple of 16), else one
+    # RotaryEmbedding per Q and K
+    rope_nodes = 0 if gpt2 or head_dim % 16 == 0 else 2 * layers
+    assert ops["fused"][("com.microsoft", "RotaryEmbedding")] == rope_nodes
     assert ops["fused"][("", "Softmax")] == 0 and ops["portable"][("", "Softmax")] == layers
     assert not any(domain for domain, _ in ops["portable"])
+    nodes = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert len({n.input[0] for n in nodes}) == layers and len({n.input[5] for n in nodes}) == 1, "lengths once"
+    rotary = {a.i for n in nodes for a in n.attribute if a.name == "do_rotary"}
+    assert rotary == {int(not gpt2 and not rope_nodes)}
+    if not gpt2:  # packed Q|K|V (the node's key/value inputs empty or rotated), residuals in the norms
+        assert all(n.input[1] == "" for n in nodes) or rope_nodes
+        assert ops["fused"][("com.microsoft", "SkipSimplifiedLayerNormalization")] == 2 * layers
+        assert ops["fused"][("", "MatMul")] + ops["fused"][("", "Gemm")] == 5 * layers + 1  # QKV, O, MLP ×3; head
 
 
 def _llama(**config):
@@ -119,7 +132,8 @@ def test_fused_attention_refusals_say_why(model, message):
         check_attention(adapter, adapter.spec().head_dim, "flash")
 
 
-@pytest.mark.parametrize("pair", ["llama", "mistral"], indirect=True)  # Mistral: the window cut with the buffer
+# Mistral: the window cut with the buffer; Qwen2 (head 16): rotary inside the node over the buffer
+@pytest.mark.parametrize("pair", ["llama", "mistral", "qwen2"], indirect=True)
 def test_fused_over_preallocated_buffers_equals_portable(pair, tmp_path):
     """--kv-cache preallocated --attention fused: the node shares past/present buffers (written
     in place through the engine's IOBinding); same greedy ids and per-step logits as portable."""

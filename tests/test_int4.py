@@ -58,9 +58,9 @@ def test_int4_llama_loads_generates_and_holds_matmulnbits(llama_int4):
         assert q.method == f"int4-blockwise block_size=16 accuracy_level=4 symmetric projection={kept}"
         assert 0.0 <= q.token_agreement <= 1.0 and q.candidates == {"int4": q.token_agreement}
         ops = _ops(folder / "decoder.onnx")
-        # per layer q, k, v, o, gate, up, down; plus the vocabulary projection when it is included
+        # per layer packed qkv, o, gate, up, down; plus the vocabulary projection when it is included
         layers = manifest.kv.num_layers
-        assert ops["MatMulNBits"] == q.quantized_nodes["decoder"] == 7 * layers + int(projection)
+        assert ops["MatMulNBits"] == q.quantized_nodes["decoder"] == 5 * layers + int(projection)
         assert ops["GroupQueryAttention"] == layers and manifest.attention == "fused"
         assert q.bytes["decoder"][1] < q.bytes["decoder"][0]
         (result,) = sp.load(folder).generate(["the small red house"], max_new_tokens=6, min_new_tokens=6)
