@@ -30,8 +30,8 @@ import torch
 from seqport.engine.errors import ExportError
 from seqport.engine.manifest import ATTENTION_MODES
 from seqport.export.adapter import KV
-from seqport.export.attention import _contrib_op
 from seqport.export.cache_slots import StepSlots
+from seqport.export.contrib_ops import contrib_op
 
 
 @torch.library.custom_op("seqport::multi_head_attention", mutates_args=())
@@ -144,11 +144,11 @@ def fused_self_attention(
 
 
 def _onnx_multi_head_attention(query, key, value, bias, num_heads, scale):
-    return _contrib_op("MultiHeadAttention", 1)(query, key, value, None, None, bias, num_heads=num_heads, scale=scale)
+    return contrib_op("MultiHeadAttention", 1)(query, key, value, None, None, bias, num_heads=num_heads, scale=scale)
 
 
 def _onnx_multi_head_attention_past(query, key, value, past_key, past_value, bias, num_heads, scale):
-    return _contrib_op("MultiHeadAttention", 3)(
+    return contrib_op("MultiHeadAttention", 3)(
         query, key, value, None, None, bias, past_key, past_value, num_heads=num_heads, scale=scale
     )
 
