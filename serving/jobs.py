@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from seqport.engine.config import GenerationConfig
 
@@ -56,9 +57,10 @@ class TokenEvent:
 class Job:
     """A request inside the scheduler: where its events go and whether anyone still wants them.
 
-    The worker thread calls `emit`/`finish`/`fail`; they hand items to the request's asyncio
-    queue on its event loop (call_soon_threadsafe). The queue holds TokenEvents, then None at the
-    end, or an exception.
+    The worker thread calls `emit`/`fail`; they hand items to the request's asyncio queue on its
+    event loop (call_soon_threadsafe), or, when the job has an `outbox`, `emit` collects them there
+    and the worker flushes the outbox once per decoder step. The queue holds TokenEvents, then
+    None at the end, or an exception.
     """
 
     request: GenerationRequest
@@ -68,6 +70,7 @@ class Job:
     cancelled: bool = False
     done: bool = False
     finished_choices: set = field(default_factory=set)
+    outbox: Outbox | None = None
 
     @property
     def live(self) -> bool:
@@ -76,12 +79,13 @@ class Job:
     def emit(self, event: TokenEvent) -> None:
         if not self.live:
             return
-        self._put(event)
+        put = self._put if self.outbox is None else self._post
+        put(event)
         if event.finish_reason is not None:
             self.finished_choices.add(event.choice)
             if len(self.finished_choices) >= self.request.config.num_return_sequences:
                 self.done = True
-                self._put(None)
+                put(None)
 
     def fail(self, error: BaseException) -> None:
         if self.done:
@@ -94,3 +98,38 @@ class Job:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
             self.cancelled = True
+
+    def _post(self, item: object) -> None:
+        assert self.outbox is not None
+        self.outbox.add(self, item)
+
+
+class Outbox:
+    """Events the worker produced during one decoder step, handed to each event loop in one
+    call_soon_threadsafe when the step ends.
+
+    Waking the event loop costs a thread handoff (a write to its self-pipe and the GIL changing
+    hands); doing it once per step instead of once per row and token keeps the worker from
+    queueing behind the event loop on a loaded CPU. Only the worker thread uses an outbox.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+
+    def add(self, job: Job, item: object) -> None:
+        self._items.setdefault(job.loop, []).append((job, item))
+
+    def flush(self) -> None:
+        """Hand every collected item to its queue (in the order they were added)."""
+        items, self._items = self._items, {}
+        for loop, pairs in items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, pairs)
+            except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
+                for job, _ in pairs:
+                    job.cancelled = True
+
+
+def _deliver(pairs: list[tuple[Job, Any]]) -> None:
+    for job, item in pairs:
+        job.queue.put_nowait(item)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import ConfigError, SeqportError
 from seqport.serving.batching import run_batch
-from seqport.serving.jobs import GenerationRequest, Job, TokenEvent
+from seqport.serving.jobs import GenerationRequest, Job, Outbox, TokenEvent
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class MicroBatchScheduler:
         self._jobs: dict[str, Job] = {}
         self._running: list[Job] = []
         self._closing = False
+        self._outbox = Outbox()  # the worker's events, handed to the event loop once per step
         self._thread = threading.Thread(target=self._work, name="seqport-scheduler", daemon=True)
         self._thread.start()
 
@@ -114,7 +115,7 @@ class MicroBatchScheduler:
         return sum(job.request.rows for job in list(self._running) if job.live)
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), self.kv_bytes(request))
+        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), self.kv_bytes(request), outbox=self._outbox)
         self._check_size(job)
         with self._cond:
             if self._closing:
@@ -199,6 +200,7 @@ class MicroBatchScheduler:
                 for job in batch:
                     job.fail(exc)
             finally:
+                self._outbox.flush()
                 with self._cond:
                     for job in batch:
                         self._jobs.pop(job.request.request_id, None)
