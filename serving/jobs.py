@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,28 +108,59 @@ class Job:
 
 class Outbox:
     """Events the worker produced during one decoder step, handed to each event loop in one
-    call_soon_threadsafe when the step ends.
+    call_soon_threadsafe when the step ends, by a small courier thread.
 
-    Waking the event loop costs a thread handoff (a write to its self-pipe and the GIL changing
-    hands); doing it once per step instead of once per row and token keeps the worker from
-    queueing behind the event loop on a loaded CPU. Only the worker thread uses an outbox.
+    Waking an event loop writes to its self-pipe, which releases the GIL; the loop thread then
+    takes it and runs its callbacks (every stream's SSE chunk) while the worker waits for it back
+    — up to the interpreter's switch interval, once per wake-up. So the worker never wakes the
+    loop itself: `flush` only hands the step's events to the courier thread, which gets the GIL
+    (and wakes the loop) while the worker is inside the runtime call that releases it, so the
+    loop's work overlaps the next decoder step. One wake-up per step, not per row and token.
+    Only the worker thread calls add and flush.
     """
 
     def __init__(self) -> None:
         self._items: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+        self._ready: deque[dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._courier = threading.Thread(target=self._deliver_all, name="seqport-outbox", daemon=True)
+        self._courier.start()
 
     def add(self, job: Job, item: object) -> None:
         self._items.setdefault(job.loop, []).append((job, item))
 
     def flush(self) -> None:
-        """Hand every collected item to its queue (in the order they were added)."""
+        """Hand every collected item to the courier (their order kept)."""
+        if not self._items:
+            return
         items, self._items = self._items, {}
-        for loop, pairs in items.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, pairs)
-            except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
-                for job, _ in pairs:
-                    job.cancelled = True
+        with self._wake:
+            self._ready.append(items)
+            self._wake.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is left, then stop the courier thread."""
+        self.flush()
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._courier.join(timeout)
+
+    def _deliver_all(self) -> None:
+        while True:
+            with self._wake:
+                while not self._ready and not self._closed:
+                    self._wake.wait()
+                if not self._ready:
+                    return
+                items = self._ready.popleft()
+            for loop, pairs in items.items():
+                try:
+                    loop.call_soon_threadsafe(_deliver, pairs)
+                except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
+                    for job, _ in pairs:
+                        job.cancelled = True
 
 
 def _deliver(pairs: list[tuple[Job, Any]]) -> None:

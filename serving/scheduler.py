@@ -163,6 +163,8 @@ class MicroBatchScheduler:
                 job.cancelled = True
                 job.fail(ShuttingDown("the server shut down while this request ran"))
             self._thread.join(grace_s)
+        if not self._thread.is_alive():
+            self._outbox.close(grace_s)  # the worker's last events go out, then its courier stops
 
     def kv_bytes(self, request: GenerationRequest) -> int:
         """Worst-case KV cache bytes of a request: self-attention K/V for prompt (decoder-only)
