@@ -255,12 +255,17 @@ def _group_key(request: GenerationRequest) -> GenerationConfig:
 
 def _lengths_fit(model: Any, batch: list[Job]) -> bool:
     """A decoder-only batch caps max_new_tokens by its longest prompt: every row must still get
-    its own limit."""
+    the tokens it gets alone — its own limit fits beside the longest prompt, or its prompt is
+    the longest (then alone it is capped the same way)."""
     if model.manifest.architecture != "decoder-only":
         return True
     longest = max(len(job.request.prompt_ids) for job in batch)
     room = model.manifest.max_positions - longest
-    return all(job.request.config.max_new_tokens + len(job.request.config.prefix_ids) <= room for job in batch)
+    return all(
+        job.request.config.max_new_tokens + len(job.request.config.prefix_ids) <= room
+        or len(job.request.prompt_ids) == longest
+        for job in batch
+    )
 
 
 def _itemsize(dtype: str) -> int:
