@@ -11,6 +11,7 @@ the generator input 0 of that call would use) and is updated on its own logits r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,12 +69,13 @@ class Row:
         return emitted.token, emitted.finish_reason
 
 
-def make_row(job: Job, config: GenerationConfig, first: list[int], eos: tuple[int, ...], tokenizer: object) -> Row:
-    """The row of a request whose decoder starts with `first` (checked options `config`)."""
-    stops = StopStrings(tokenizer.decode, config.stop) if config.stop else None  # type: ignore[attr-defined]
+def make_row(job: Job, config: GenerationConfig, first: list[int], eos: tuple[int, ...], tokenizer: Any) -> Row:
+    """The row of a request whose decoder starts with `first` (checked options `config`;
+    `tokenizer`: the model's TextTokenizer)."""
+    stops = StopStrings(tokenizer.decode, config.stop) if config.stop else None
     plain = not config.do_sample and config.num_beams == 1 and not build_processors(config, eos)
     search = None if plain else make_search(config, np.array([first], dtype=np.int64), eos, None, stops)
-    text = TextStream(tokenizer.backend, config.stop)  # type: ignore[attr-defined]
+    text = TextStream(tokenizer.backend, config.stop)
     return Row(job, text, search, frozenset(eos), config.max_new_tokens, stops)
 
 
