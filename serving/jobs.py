@@ -116,14 +116,22 @@ class Outbox:
     loop itself: `flush` only hands the step's events to the courier thread, which gets the GIL
     (and wakes the loop) while the worker is inside the runtime call that releases it, so the
     loop's work overlaps the next decoder step. One wake-up per step, not per row and token.
-    Only the worker thread calls add and flush.
+
+    Pacing: `flush` waits (GIL released) until the event loop has taken the previous step's
+    events, so the worker runs at most one step ahead of the loop. On a model whose step costs
+    less than writing its SSE chunks, a worker that ran ahead would hold the GIL the loop
+    needs to send what was already generated. Only the worker thread calls add and flush.
     """
+
+    PACE_TIMEOUT_S = 1.0  # a loop that stopped taking events (shut down) does not block the worker
 
     def __init__(self) -> None:
         self._items: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
         self._ready: deque[dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]] = deque()
         self._wake = threading.Condition()
         self._closed = False
+        self._unread = 0  # deliveries posted to an event loop that it has not run yet
+        self._read = threading.Condition()
         self._courier = threading.Thread(target=self._deliver_all, name="seqport-outbox", daemon=True)
         self._courier.start()
 
@@ -135,9 +143,17 @@ class Outbox:
         if not self._items:
             return
         items, self._items = self._items, {}
+        with self._read:
+            self._read.wait_for(lambda: self._unread == 0, self.PACE_TIMEOUT_S)
+            self._unread += len(items)
         with self._wake:
             self._ready.append(items)
             self._wake.notify()
+
+    def _taken(self) -> None:
+        with self._read:
+            self._unread = max(self._unread - 1, 0)
+            self._read.notify()
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is left, then stop the courier thread."""
@@ -157,12 +173,14 @@ class Outbox:
                 items = self._ready.popleft()
             for loop, pairs in items.items():
                 try:
-                    loop.call_soon_threadsafe(_deliver, pairs)
+                    loop.call_soon_threadsafe(self._deliver, pairs)
                 except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
                     for job, _ in pairs:
                         job.cancelled = True
+                    self._taken()
 
-
-def _deliver(pairs: list[tuple[Job, Any]]) -> None:
-    for job, item in pairs:
-        job.queue.put_nowait(item)
+    def _deliver(self, pairs: list[tuple[Job, Any]]) -> None:
+        """On the event loop: every item into its queue."""
+        for job, item in pairs:
+            job.queue.put_nowait(item)
+        self._taken()
