@@ -176,6 +176,14 @@ class CausalLMModel(GeneratingModel):
         logits = self.run_decoder(feeds, self.new_cache(len(targets), ids.shape[1]))["logits"]
         return target_logprobs(self.placement.fetch(logits, "logits"), targets, offset=0)  # logits (B, L, V)
 
+    def decoder_prompt(self, input_ids: Sequence[int], config: GenerationConfig) -> list[int]:
+        return [*input_ids, *config.prefix_ids]  # a forced prefix extends the prompt
+
+    @property
+    def pad_id(self) -> int:
+        """The id that left-pads shorter prompts: the pad id, else the first EOS id."""
+        return self._pad_id()
+
     def _pad_id(self) -> int:
         ids = self.manifest.special_ids
         return ids.pad if ids.pad is not None else ids.eos[0]

@@ -192,6 +192,32 @@ class GeneratingModel:
                 results[index] = result
         return results  # type: ignore[return-value]
 
+    def check_inputs(
+        self, batch: Sequence[Sequence[int]], config: GenerationConfig
+    ) -> tuple[list[list[int]], GenerationConfig]:
+        """Token-id inputs and options checked as `generate()` checks them (a server admitting
+        requests one by one uses it).
+
+        Returns:
+            The ids (truncated where config.truncate asks) and the options, max_new_tokens
+            capped to the positions left.
+
+        Raises:
+            InputError, ConfigError: as for `generate()`.
+        """
+        return self._checked(batch, config)
+
+    def decoder_prompt(self, input_ids: Sequence[int], config: GenerationConfig) -> list[int]:
+        """The first tokens the decoder takes for one checked input, as `generate()` feeds them:
+        the prompt and the forced prefix (decoder-only), or the decoder start and the forced
+        prefix (encoder-decoder)."""
+        raise NotImplementedError
+
+    @property
+    def pad_id(self) -> int:
+        """The id that pads shorter inputs of a batch (their mask hides it)."""
+        return self.manifest.special_ids.pad or 0
+
     def _checked(
         self, batch: Sequence[Sequence[int]], config: GenerationConfig
     ) -> tuple[list[list[int]], GenerationConfig]:

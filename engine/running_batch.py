@@ -17,27 +17,25 @@ import numpy as np
 from seqport.engine.kv_cache import KVCache
 
 
-def left_pad_slots(array: np.ndarray, width: int) -> np.ndarray:
-    """(B, H, P, D) → (B, H, width, D) with width - P zero slots in front (width >= P)."""
-    missing = width - array.shape[2]
-    if missing == 0:
-        return array
-    zeros = np.zeros((array.shape[0], array.shape[1], missing, array.shape[3]), dtype=array.dtype)
-    return np.concatenate([zeros, array], axis=2)
+def stack_rows(arrays: list[np.ndarray], axis: int, width: int, at_end: bool) -> np.ndarray:
+    """The rows of `arrays` one after the other in one zero-filled array whose `axis` is `width`
+    long; each array's values sit at the end of that axis (`at_end`: left padding) or at its
+    start (right padding). One allocation and one copy per array (np.pad + concatenate made two).
 
-
-def left_pad_mask(mask: np.ndarray, width: int) -> np.ndarray:
-    """int64 (B, P) → (B, width) with width - P leading zero columns."""
-    return np.pad(mask, ((0, 0), (width - mask.shape[1], 0)))
-
-
-def right_pad_source(array: np.ndarray, width: int) -> np.ndarray:
-    """An encoder value padded with zeros at the end of its source axis to `width`: the
-    encoder_attention_mask (B, S) on axis 1, cross K/V (B, H, S, D) on axis 2."""
-    axis = 1 if array.ndim == 2 else 2
-    pad = [(0, 0)] * array.ndim
-    pad[axis] = (0, width - array.shape[axis])
-    return np.pad(array, pad)
+    Args:
+        arrays: same shape except axis 0 and `axis` (each at most `width` long there).
+    """
+    shape = list(arrays[0].shape)
+    shape[0], shape[axis] = sum(a.shape[0] for a in arrays), width
+    out = np.zeros(shape, dtype=arrays[0].dtype)
+    row = 0
+    for array in arrays:
+        length = array.shape[axis]
+        index: list[slice] = [slice(row, row + array.shape[0])] + [slice(None)] * (array.ndim - 1)
+        index[axis] = slice(width - length, width) if at_end else slice(0, length)
+        out[tuple(index)] = array
+        row += array.shape[0]
+    return out
 
 
 def merge_encoder(held: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -47,7 +45,7 @@ def merge_encoder(held: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> di
     if not held:
         return dict(new)
     width = max(held["encoder_attention_mask"].shape[1], new["encoder_attention_mask"].shape[1])
-    return {name: np.concatenate([right_pad_source(held[name], width), right_pad_source(new[name], width)])
+    return {name: stack_rows([held[name], new[name]], 1 if held[name].ndim == 2 else 2, width, at_end=False)
             for name in held}
 
 
@@ -74,6 +72,7 @@ class RunningBatch:
         self.mask = np.zeros((0, 0), dtype=np.int64)  # (N, P): 1 where a slot holds a real token
         self.positions = np.zeros(0, dtype=np.int64)  # (N,): the next token's position id per row
         self.encoder: dict[str, np.ndarray] = {}  # encoder-decoder: encoder mask and cross K/V per row
+        self._stepped: np.ndarray | None = None  # (N, P+1) the mask step_inputs gave the step being run
 
     @property
     def rows(self) -> int:
@@ -91,13 +90,12 @@ class RunningBatch:
         """
         if cache.is_preallocated:
             raise ValueError("a preallocated KV cache cannot join a running batch; micro-batch this artifact")
+        self._stepped = None
         width = max(self.mask.shape[1], mask.shape[1])
-        keys = [np.concatenate([left_pad_slots(a, width), left_pad_slots(b, width)]) for a, b in
-                zip(self.cache.keys, cache.keys)]
-        values = [np.concatenate([left_pad_slots(a, width), left_pad_slots(b, width)]) for a, b in
-                  zip(self.cache.values, cache.values)]
-        self.cache = KVCache(keys, values)
-        self.mask = np.concatenate([left_pad_mask(self.mask, width), left_pad_mask(mask, width)])
+        keys = [stack_rows([a, b], 2, width, at_end=True) for a, b in zip(self.cache.keys, cache.keys)]
+        values = [stack_rows([a, b], 2, width, at_end=True) for a, b in zip(self.cache.values, cache.values)]
+        self.cache = KVCache(keys, values)  # (N + M, H, width, D)
+        self.mask = stack_rows([self.mask, mask], 1, width, at_end=True)  # (N + M, width)
         self.positions = np.concatenate([self.positions, mask.sum(axis=1)])
         if encoder:
             self.encoder = merge_encoder(self.encoder, encoder)
@@ -105,20 +103,26 @@ class RunningBatch:
     def step_inputs(self) -> dict[str, np.ndarray]:
         """attention_mask int64 (N, P+1) and position_ids int64 (N, 1) for one new token per row
         (and the encoder values of an encoder-decoder batch)."""
-        mask = np.concatenate([self.mask, np.ones((self.rows, 1), dtype=np.int64)], axis=1)
-        return {"attention_mask": mask, "position_ids": self.positions[:, None].copy(), **self.encoder}
+        self._stepped = self._grown_mask()
+        return {"attention_mask": self._stepped, "position_ids": self.positions[:, None].copy(), **self.encoder}
 
     def advanced(self) -> None:
-        """Record the step just run: one more real slot (the cache already grew) and position."""
-        self.mask = np.concatenate([self.mask, np.ones((self.rows, 1), dtype=np.int64)], axis=1)
+        """Record the step just run (after step_inputs): one more real slot (the cache already
+        grew) and position."""
+        stepped, self._stepped = self._stepped, None
+        self.mask = stepped if stepped is not None else self._grown_mask()  # (N, P+1)
         self.positions = self.positions + 1
         assert self.mask.shape[1] == self.cache.length, "mask and cache disagree on the past length"
+
+    def _grown_mask(self) -> np.ndarray:
+        return np.concatenate([self.mask, np.ones((self.rows, 1), dtype=np.int64)], axis=1)  # (N, P+1)
 
     def keep(self, rows: np.ndarray) -> None:
         """Keep rows `rows` (int64 (M,), in that order); then drop leading slots that are padding
         in every remaining row, so the past shrinks back when long rows leave."""
         if len(rows) == self.rows:
             return
+        self._stepped = None
         self.cache.take(rows)
         self.mask, self.positions = self.mask[rows], self.positions[rows]
         self.encoder = keep_encoder(self.encoder, rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from seqport.engine.config import GenerationConfig
@@ -30,6 +32,9 @@ class Seq2SeqModel(GeneratingModel):
         step = _Seq2SeqStep(self.run_decoder, self.placement, self._selection(config), mask, cross)
         step.takes_positions = "position_ids" in self.manifest.components["decoder"].inputs
         return first, step
+
+    def decoder_prompt(self, input_ids: Sequence[int], config: GenerationConfig) -> list[int]:
+        return [self._start_id(), *config.prefix_ids]  # the encoder takes input_ids
 
     @property
     def row_positions(self) -> bool:

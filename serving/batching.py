@@ -44,10 +44,14 @@ def _run_stream(model: Any, jobs: list[Job]) -> None:
     texts = [TextStream(model.tokenizer.backend, config.stop) for _ in jobs]
     counts = [0] * len(jobs)
     steps = model.stream([job.request.prompt_ids for job in jobs], config)
-    started = False
+    started, step_rows = False, set()
     try:
         for step in steps:
             started = True
+            if step.index in step_rows:  # the engine's next step began: hand the last one's events over
+                _flush(jobs)
+                step_rows.clear()
+            step_rows.add(step.index)
             job = jobs[step.index]
             if job.live:
                 counts[step.index] += 1
@@ -61,6 +65,14 @@ def _run_stream(model: Any, jobs: list[Job]) -> None:
         steps.close()
     for job in jobs:  # the engine ended a row without a finish (it never should): end it cleanly
         job.emit(TokenEvent(0, "", 0, "length"))
+    _flush(jobs)
+
+
+def _flush(jobs: list[Job]) -> None:
+    """Hand the events collected in the jobs' outbox (the scheduler's, shared) to their loops."""
+    outbox = jobs[0].outbox
+    if outbox is not None:
+        outbox.flush()
 
 
 def token_event(step: StepResult, count: int, limit: int, text: TextStream) -> TokenEvent:
@@ -76,3 +88,4 @@ def _run_generate(model: Any, job: Job) -> None:
     result = model.generate([job.request.prompt_ids], job.request.config)[0]
     for choice, sequence in enumerate(result.sequences):
         job.emit(TokenEvent(choice, sequence.text or "", len(sequence.ids), _OPENAI_REASONS[sequence.finish_reason]))
+    _flush([job])

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from seqport.engine.config import GenerationConfig
 
@@ -56,9 +59,10 @@ class TokenEvent:
 class Job:
     """A request inside the scheduler: where its events go and whether anyone still wants them.
 
-    The worker thread calls `emit`/`finish`/`fail`; they hand items to the request's asyncio
-    queue on its event loop (call_soon_threadsafe). The queue holds TokenEvents, then None at the
-    end, or an exception.
+    The worker thread calls `emit`/`fail`; they hand items to the request's asyncio queue on its
+    event loop (call_soon_threadsafe), or, when the job has an `outbox`, `emit` collects them there
+    and the worker flushes the outbox once per decoder step. The queue holds TokenEvents, then
+    None at the end, or an exception.
     """
 
     request: GenerationRequest
@@ -68,6 +72,7 @@ class Job:
     cancelled: bool = False
     done: bool = False
     finished_choices: set = field(default_factory=set)
+    outbox: Outbox | None = None
 
     @property
     def live(self) -> bool:
@@ -76,12 +81,13 @@ class Job:
     def emit(self, event: TokenEvent) -> None:
         if not self.live:
             return
-        self._put(event)
+        put = self._put if self.outbox is None else self._post
+        put(event)
         if event.finish_reason is not None:
             self.finished_choices.add(event.choice)
             if len(self.finished_choices) >= self.request.config.num_return_sequences:
                 self.done = True
-                self._put(None)
+                put(None)
 
     def fail(self, error: BaseException) -> None:
         if self.done:
@@ -94,3 +100,87 @@ class Job:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
             self.cancelled = True
+
+    def _post(self, item: object) -> None:
+        assert self.outbox is not None
+        self.outbox.add(self, item)
+
+
+class Outbox:
+    """Events the worker produced during one decoder step, handed to each event loop in one
+    call_soon_threadsafe when the step ends, by a small courier thread.
+
+    Waking an event loop writes to its self-pipe, which releases the GIL; the loop thread then
+    takes it and runs its callbacks (every stream's SSE chunk) while the worker waits for it back
+    — up to the interpreter's switch interval, once per wake-up. So the worker never wakes the
+    loop itself: `flush` only hands the step's events to the courier thread, which gets the GIL
+    (and wakes the loop) while the worker is inside the runtime call that releases it, so the
+    loop's work overlaps the next decoder step. One wake-up per step, not per row and token.
+
+    Pacing: `flush` waits (GIL released) until the event loop has taken the previous step's
+    events, so the worker runs at most one step ahead of the loop. On a model whose step costs
+    less than writing its SSE chunks, a worker that ran ahead would hold the GIL the loop
+    needs to send what was already generated. Only the worker thread calls add and flush.
+    """
+
+    PACE_TIMEOUT_S = 1.0  # a loop that stopped taking events (shut down) does not block the worker
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+        self._ready: deque[dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._unread = 0  # deliveries posted to an event loop that it has not run yet
+        self._read = threading.Condition()
+        self._courier = threading.Thread(target=self._deliver_all, name="seqport-outbox", daemon=True)
+        self._courier.start()
+
+    def add(self, job: Job, item: object) -> None:
+        self._items.setdefault(job.loop, []).append((job, item))
+
+    def flush(self) -> None:
+        """Hand every collected item to the courier (their order kept)."""
+        if not self._items:
+            return
+        items, self._items = self._items, {}
+        with self._read:
+            self._read.wait_for(lambda: self._unread == 0, self.PACE_TIMEOUT_S)
+            self._unread += len(items)
+        with self._wake:
+            self._ready.append(items)
+            self._wake.notify()
+
+    def _taken(self) -> None:
+        with self._read:
+            self._unread = max(self._unread - 1, 0)
+            self._read.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is left, then stop the courier thread."""
+        self.flush()
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._courier.join(timeout)
+
+    def _deliver_all(self) -> None:
+        while True:
+            with self._wake:
+                while not self._ready and not self._closed:
+                    self._wake.wait()
+                if not self._ready:
+                    return
+                items = self._ready.popleft()
+            for loop, pairs in items.items():
+                try:
+                    loop.call_soon_threadsafe(self._deliver, pairs)
+                except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
+                    for job, _ in pairs:
+                        job.cancelled = True
+                    self._taken()
+
+    def _deliver(self, pairs: list[tuple[Job, Any]]) -> None:
+        """On the event loop: every item into its queue."""
+        for job, item in pairs:
+            job.queue.put_nowait(item)
+        self._taken()

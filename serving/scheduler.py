@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import ConfigError, SeqportError
 from seqport.serving.batching import run_batch
-from seqport.serving.jobs import GenerationRequest, Job, TokenEvent
+from seqport.serving.jobs import GenerationRequest, Job, Outbox, TokenEvent
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class MicroBatchScheduler:
         self._jobs: dict[str, Job] = {}
         self._running: list[Job] = []
         self._closing = False
+        self._outbox = Outbox()  # the worker's events, handed to the event loop once per step
         self._thread = threading.Thread(target=self._work, name="seqport-scheduler", daemon=True)
         self._thread.start()
 
@@ -114,7 +115,7 @@ class MicroBatchScheduler:
         return sum(job.request.rows for job in list(self._running) if job.live)
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), self.kv_bytes(request))
+        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), self.kv_bytes(request), outbox=self._outbox)
         self._check_size(job)
         with self._cond:
             if self._closing:
@@ -162,6 +163,8 @@ class MicroBatchScheduler:
                 job.cancelled = True
                 job.fail(ShuttingDown("the server shut down while this request ran"))
             self._thread.join(grace_s)
+        if not self._thread.is_alive():
+            self._outbox.close(grace_s)  # the worker's last events go out, then its courier stops
 
     def kv_bytes(self, request: GenerationRequest) -> int:
         """Worst-case KV cache bytes of a request: self-attention K/V for prompt (decoder-only)
@@ -199,6 +202,7 @@ class MicroBatchScheduler:
                 for job in batch:
                     job.fail(exc)
             finally:
+                self._outbox.flush()
                 with self._cond:
                     for job in batch:
                         self._jobs.pop(job.request.request_id, None)
@@ -251,12 +255,17 @@ def _group_key(request: GenerationRequest) -> GenerationConfig:
 
 def _lengths_fit(model: Any, batch: list[Job]) -> bool:
     """A decoder-only batch caps max_new_tokens by its longest prompt: every row must still get
-    its own limit."""
+    the tokens it gets alone — its own limit fits beside the longest prompt, or its prompt is
+    the longest (then alone it is capped the same way)."""
     if model.manifest.architecture != "decoder-only":
         return True
     longest = max(len(job.request.prompt_ids) for job in batch)
     room = model.manifest.max_positions - longest
-    return all(job.request.config.max_new_tokens + len(job.request.config.prefix_ids) <= room for job in batch)
+    return all(
+        job.request.config.max_new_tokens + len(job.request.config.prefix_ids) <= room
+        or len(job.request.prompt_ids) == longest
+        for job in batch
+    )
 
 
 def _itemsize(dtype: str) -> int:

@@ -166,3 +166,21 @@ def test_a_bad_request_fails_alone_not_its_batch(model):
     scheduler.close(5)
     assert batches[0] == 2, "the two requests were not batched together"
     assert "".join(e.text for e in events) == model.generate([SENTENCES[0]], max_new_tokens=6)[0].text
+
+
+def test_a_decoder_only_batch_takes_rows_that_get_what_they_would_alone():
+    from types import SimpleNamespace
+
+    from seqport.engine.config import GenerationConfig
+    from seqport.serving.jobs import Job
+    from seqport.serving.scheduler import _lengths_fit
+
+    model = SimpleNamespace(manifest=SimpleNamespace(architecture="decoder-only", max_positions=20))
+
+    def job(prompt: int, max_new: int) -> Job:
+        request = GenerationRequest(f"r{prompt}-{max_new}", [5] * prompt, GenerationConfig(max_new_tokens=max_new))
+        return Job(request, None, None)  # type: ignore[arg-type]
+
+    assert _lengths_fit(model, [job(8, 30), job(3, 12)])  # the longest is capped alone too; 12 fits beside it
+    assert not _lengths_fit(model, [job(8, 30), job(3, 13)])  # 13 tokens alone, 12 beside the 8-token prompt
+    assert not _lengths_fit(model, [job(3, 30), job(8, 4)])  # 17 alone, 12 beside the longer prompt
