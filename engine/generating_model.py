@@ -69,6 +69,9 @@ class GeneratingModel:
         declared = manifest.components["decoder"].inputs if "decoder" in manifest.components else {}
         lockstep = ("position_ids", "attention_mask") if manifest.architecture == "encoder-decoder" else ()
         self._lockstep_names = tuple(name for name in lockstep if name in declared)  # _lockstep_rows makes them
+        # position_ids / all-ones masks of lockstep rows: read-only views made once per shape, shared
+        # by every request (engine/step_inputs.py); the buffers grow to the largest request
+        self.lockstep = LockstepInputs(rows=1, capacity=64)
         self._skips: dict[tuple[frozenset[str], tuple[str, ...]], frozenset[str]] = {}  # run_decoder's trusted sets
 
     def generate(
@@ -306,7 +309,7 @@ class GeneratingModel:
             return values
         rows, new = values["input_ids"].shape
         past = cache.length if cache is not None else int(values["past_key.0"].shape[2])
-        lockstep = LockstepInputs(rows, past + new)
+        lockstep = self.lockstep
         made = {"position_ids": lockstep.positions(rows, past, new), "attention_mask": lockstep.mask(rows, past + new)}
         return {**values, **{name: self.placement.upload(made[name], name) for name in missing}}
 

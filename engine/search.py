@@ -9,6 +9,7 @@ step); beam search is in beam.py.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,8 @@ from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
 from seqport.engine.sampling import greedy, sample
 from seqport.engine.stopping import StopStrings
+
+_INT64 = np.dtype(np.int64)
 
 #: (processed scores float (N, V), row ids int64 (N,)) → chosen token ids int64 (N,)
 Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -148,7 +151,8 @@ class TokenSearch:
 
     def update(self, logits: np.ndarray) -> StepDecision | None:
         next_ids, logprobs = self._select(logits)  # (N,), (N,)
-        next_ids = next_ids.astype(np.int64, copy=False)
+        if next_ids.dtype is not _INT64:
+            next_ids = next_ids.astype(np.int64)
         active = self._active
         self._step += 1
         self._log.append((active, next_ids, logprobs))
@@ -199,19 +203,20 @@ class TokenSearch:
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row
-        (the chosen score is the max): reused row index and (N, V) scratch, no other temporary."""
-        next_ids = greedy(scores)  # (N,)
-        if len(self._rows) != len(next_ids):
-            self._rows = np.arange(len(next_ids), dtype=np.int64)
-        best = scores[self._rows, next_ids]  # the argmax is the row's max (NaN if any)
-        if not self._processors:  # scores are the raw logits: their max is already at hand
-            check_finite_logits(logits, self._step + 1, self.row_sources(), top=best)  # no row all -inf
-        else:
-            check_some_token_allowed(best, self._step + 1, self.row_sources())
+        (the chosen score is the max). Few numpy calls on purpose: between two decoder calls the
+        CPU caches are cold and each call costs far more than its arithmetic (docs/benchmarks.md)."""
+        next_ids = scores.argmax(axis=-1)  # (N,) intp: int64 on 64-bit platforms
+        if next_ids.dtype is not _INT64:
+            next_ids = next_ids.astype(np.int64)
         if self._scratch is None or self._scratch.shape != scores.shape or self._scratch.dtype != scores.dtype:
             self._scratch = np.empty_like(scores)  # (N, V), reused while the rows stay
-        shifted = np.subtract(scores, best[:, None], out=self._scratch)  # (N, V)
-        return next_ids, -np.log(np.exp(shifted, out=shifted).sum(axis=-1), dtype=np.float64)
+        top = scores.max(axis=-1, keepdims=True)  # (N, 1): NaN where the row holds one, like its argmax
+        if not math.isfinite(top.sum()):  # one check for every row: NaN, +inf, or a row all -inf
+            if self._processors:
+                check_some_token_allowed(top[:, 0], self._step + 1, self.row_sources())
+            check_finite_logits(logits, self._step + 1, self.row_sources())  # raises, naming the row
+        shifted = np.subtract(scores, top, out=self._scratch)  # (N, V)
+        return next_ids, -np.log(np.exp(shifted, out=shifted).sum(axis=-1), dtype=np.float64)  # (N,)
 
     def finalize(self) -> list[GenerationResult]:
         """Per input its rows' sequences, highest score first (ties keep sample order)."""

@@ -31,7 +31,7 @@ class Seq2SeqModel(GeneratingModel):
         step = _Seq2SeqStep(self.run_decoder, self.placement, self._selection(config), mask, cross)
         declared = self.manifest.components["decoder"].inputs
         step.takes_positions, step.takes_mask = "position_ids" in declared, "attention_mask" in declared
-        step.capacity = first.shape[1] + config.max_new_tokens  # the most positions a step reaches
+        step.lockstep = self.lockstep
         return first, step
 
     @property
@@ -82,7 +82,7 @@ class _Seq2SeqStep(DecoderStep):
 
     takes_positions = False  # the decoder declares position_ids (B, T)
     takes_mask = False  # the decoder declares the self-attention attention_mask (B, P+T)
-    capacity = 0  # first tokens + max_new_tokens: sizes the lockstep buffers
+    lockstep: LockstepInputs | None = None  # the model's shared position/mask views
 
     def __init__(
         self,
@@ -102,7 +102,6 @@ class _Seq2SeqStep(DecoderStep):
         self._checked_cross = frozenset(cross) | {
             "encoder_attention_mask", "input_ids", "logits_positions", "position_ids", "attention_mask"
         }
-        self._lockstep: LockstepInputs | None = None  # made at the first step, when the row count is known
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
         if sources is not self._sources:  # greedy search hands the same array while no row leaves
@@ -127,16 +126,15 @@ class _Seq2SeqStep(DecoderStep):
     def _add_lockstep(self, values: dict[str, Value], shape: tuple[int, ...], past: int) -> None:
         """position_ids (N, T) = past + arange(T) and an all-ones attention_mask (N, P+T)."""
         rows, new = shape
-        if self._lockstep is None:
-            self._lockstep = LockstepInputs(rows, max(self.capacity, past + new))
+        if self.lockstep is None:  # a step built outside Seq2SeqModel._prepare
+            self.lockstep = LockstepInputs(rows, past + new)
         up = self._placement.upload
         if self.takes_positions:
-            values["position_ids"] = up(self._lockstep.positions(rows, past, new), "position_ids")
+            values["position_ids"] = up(self.lockstep.positions(rows, past, new), "position_ids")
         if self.takes_mask:
-            values["attention_mask"] = up(self._lockstep.mask(rows, past + new), "attention_mask")
+            values["attention_mask"] = up(self.lockstep.mask(rows, past + new), "attention_mask")
 
     def release(self) -> None:
         super().release()
-        self._lockstep = None
         self._all_cross, self._cross = {}, {}  # the encoder's K/V: the largest per-request buffers
 

@@ -32,18 +32,34 @@ class LockstepInputs:
         self._rows, self._capacity = rows, capacity
         self._ones = np.ones(rows * capacity, dtype=np.int64)  # (N0·C,) flat
         self._table = np.repeat(np.arange(capacity, dtype=np.int64)[:, None], rows, axis=1)  # (C, N0)
+        self._ones.flags.writeable = self._table.flags.writeable = False  # shared by every view handed out
+        self._views: dict[tuple[int, int, int], np.ndarray] = {}  # (kind, rows, size) → view, made once
 
     def mask(self, rows: int, length: int) -> np.ndarray:
-        """int64 (rows, length) of ones: a view, no copy."""
-        self._fit(rows, length)
-        return self._ones[: rows * length].reshape(rows, length)  # (N, P+T)
+        """int64 (rows, length) of ones: a read-only view, made once per shape."""
+        view = self._views.get((0, rows, length))
+        if view is None:
+            self._fit(rows, length)
+            view = self._keep((0, rows, length), self._ones[: rows * length].reshape(rows, length))  # (N, P+T)
+        return view
 
     def positions(self, rows: int, past: int, new: int) -> np.ndarray:
-        """int64 (rows, new): past + arange(new) in every row (a view for one new token)."""
-        self._fit(rows, past + new)
-        if new == 1:
-            return self._table[past : past + 1, :rows].T  # (N, 1) view, C-contiguous
-        return np.ascontiguousarray(self._table[past : past + new, :rows].T)  # (N, T): the prefill only
+        """int64 (rows, new): past + arange(new) in every row (a read-only view, made once per
+        shape, for one new token)."""
+        if new != 1:  # the prefill only: a copy
+            self._fit(rows, past + new)
+            return np.ascontiguousarray(self._table[past : past + new, :rows].T)  # (N, T)
+        view = self._views.get((1, rows, past))
+        if view is None:
+            self._fit(rows, past + 1)
+            view = self._keep((1, rows, past), self._table[past : past + 1, :rows].T)  # (N, 1), C-contiguous
+        return view
+
+    def _keep(self, key: tuple[int, int, int], view: np.ndarray) -> np.ndarray:
+        if len(self._views) >= 8192:  # many row counts × lengths: start over rather than grow without bound
+            self._views = {}
+        self._views[key] = view
+        return view
 
     def _fit(self, rows: int, length: int) -> None:
         if rows > self._rows or length > self._capacity:  # a caller past the planned size: grow once
