@@ -203,14 +203,17 @@ class TokenSearch:
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row
-        (the chosen score is the max). Few numpy calls on purpose: between two decoder calls the
-        CPU caches are cold and each call costs far more than its arithmetic (docs/benchmarks.md)."""
+        (the chosen score is the max, read at the argmax rather than by a second pass over (N, V)).
+        Few numpy calls on purpose: between two decoder calls the CPU caches are cold and each
+        call costs far more than its arithmetic (docs/benchmarks.md)."""
         next_ids = scores.argmax(axis=-1)  # (N,) intp: int64 on 64-bit platforms
         if next_ids.dtype is not _INT64:
             next_ids = next_ids.astype(np.int64)
         if self._scratch is None or self._scratch.shape != scores.shape or self._scratch.dtype != scores.dtype:
             self._scratch = np.empty_like(scores)  # (N, V), reused while the rows stay
-        top = scores.max(axis=-1, keepdims=True)  # (N, 1): NaN where the row holds one, like its argmax
+        if len(self._rows) != len(next_ids):
+            self._rows = np.arange(len(next_ids), dtype=np.int64)
+        top = scores[self._rows, next_ids][:, None]  # (N, 1) the row's max (NaN where it holds one, as argmax)
         if not math.isfinite(top.sum()):  # one check for every row: NaN, +inf, or a row all -inf
             if self._processors:
                 check_some_token_allowed(top[:, 0], self._step + 1, self.row_sources())
