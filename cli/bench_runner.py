@@ -11,7 +11,9 @@ Time stamps come from a thin proxy around each loaded component (`Runtime.run`):
 token is generate-start → end of the first decoder call (source encoding and prompt prefill
 included); a step is the time between the ends of two consecutive decoder calls (the engine's
 search, cache update and feed checks included). Engine overhead is the part of a step spent
-outside the decoder call: step − decoder call, reported in ms and as a share of the step.
+outside the decoder call: step − decoder call, reported in ms and as a share of the step;
+`engine_cpu_ms` is the same gap in the engine thread's CPU time (time.thread_time), which
+leaves out time the thread waited for a core (onnxruntime's workers, neighbours).
 
 Torch-free: the torch backend is only imported inside its worker, through the runtime registry.
 benchmarks/engine_overhead.py and benchmarks/kv_growth.py reuse TimedRuntime, step_timings,
@@ -142,10 +144,17 @@ def run_in_subprocess(plan: BenchPlan, timeout: float | None = None) -> dict[str
 
 
 class TimedRuntime:
-    """A loaded component that logs (component, start, end) of every call; same Runtime interface."""
+    """A loaded component that logs (component, start, end) of every call; same Runtime interface.
 
-    def __init__(self, runtime, name: str, log: list[tuple[str, float, float]]) -> None:
-        self._runtime, self._name, self._log = runtime, name, log
+    `cpu`, when given, gets the same entries in the calling thread's CPU time
+    (time.thread_time): a gap in it is work the engine's thread did, not time it waited for a
+    core held by onnxruntime's workers or a neighbour.
+    """
+
+    def __init__(
+        self, runtime, name: str, log: list[tuple[str, float, float]], cpu: list[tuple[str, float, float]] | None = None
+    ) -> None:
+        self._runtime, self._name, self._log, self._cpu = runtime, name, log, cpu
 
     @property
     def input_names(self) -> list[str]:
@@ -156,9 +165,11 @@ class TimedRuntime:
         return self._runtime.output_names
 
     def run(self, feeds: dict[str, np.ndarray], into: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         outputs = self._runtime.run(feeds, into=into) if into else self._runtime.run(feeds)
         self._log.append((self._name, start, time.perf_counter()))
+        if self._cpu is not None:
+            self._cpu.append((self._name, cpu_start, time.thread_time()))
         return outputs
 
 
@@ -206,16 +217,20 @@ def measure(plan: BenchPlan) -> dict[str, Any]:
     load_s = time.perf_counter() - started
     rss_after_load = peak_rss_mb()
     log: list[tuple[str, float, float]] = []
-    model.runtimes = {name: TimedRuntime(rt, name, log) for name, rt in model.runtimes.items()}
+    cpu: list[tuple[str, float, float]] = []
+    model.runtimes = {name: TimedRuntime(rt, name, log, cpu) for name, rt in model.runtimes.items()}
     inputs = synthetic_inputs(model.manifest, plan.batch, plan.input_length)
     texts = [model.tokenizer.decode(ids) for ids in inputs]
     config = exact_length_config(plan.new_tokens)
-    samples: dict[str, list[float]] = {"tokenize": [], "ttft": [], "step": [], "engine_overhead": [], "generate": []}
+    samples: dict[str, list[float]] = {
+        "tokenize": [], "ttft": [], "step": [], "engine_overhead": [], "engine_cpu": [], "generate": []
+    }
     for repeat in range(plan.warmup + plan.repeats):
         tick = time.perf_counter()
         model.input_ids(texts)
         tokenize = time.perf_counter() - tick
         log.clear()
+        cpu.clear()
         start = time.perf_counter()
         results = model.generate_ids(inputs, config)
         total = time.perf_counter() - start
@@ -226,6 +241,7 @@ def measure(plan: BenchPlan) -> dict[str, Any]:
             samples["ttft"].append(ends[0] - start)
             samples["step"].extend(steps)
             samples["engine_overhead"].extend(outside)
+            samples["engine_cpu"].extend(step_timings(cpu)[2])  # the same gaps in the thread's CPU time
             samples["generate"].append(total)
     record = record_context(plan, model.manifest)
     record.update({f"{k}_ms": _percentiles(v) for k, v in samples.items()})

@@ -11,7 +11,7 @@ import numpy as np
 
 from seqport.engine.device_array import DeviceArray
 from seqport.engine.errors import InputError
-from seqport.engine.manifest import Component, TensorSpec, expand_layers
+from seqport.engine.manifest import Component, expand_layers
 
 
 class Signature:
@@ -34,6 +34,8 @@ class Signature:
             logical: (np.dtype(spec.dtype), [(d, d if isinstance(d, int) else fixed.get(d)) for d in spec.shape])
             for logical, spec in self.inputs.items()
         }
+        self._names = tuple((logical, spec.name) for logical, spec in self.inputs.items())
+        self._unchecked: dict[frozenset[str], tuple[str, ...]] = {}  # trusted set → inputs still to check
 
     def feeds(self, values: dict[str, np.ndarray], trusted: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         """Map logical → graph names after checking every value.
@@ -46,6 +48,28 @@ class Signature:
         Raises:
             InputError: a missing or unknown input, a wrong dtype or rank, disagreeing dims.
         """
+        try:  # the usual call: every input given, no unknown one; only untrusted values checked
+            feeds = {name: values[logical] for logical, name in self._names}
+        except KeyError:
+            feeds = None
+        if feeds is None or len(feeds) != len(values):
+            return self._feeds_listing_problems(values, trusted)
+        sizes: dict[str, tuple[int, str]] = {}
+        problems = []
+        for logical in self._to_check(trusted):
+            value = values[logical]
+            problems += [f"missing input {logical!r}"] if value is None else self._check(logical, value, sizes)
+        if problems:
+            raise InputError("invalid feeds: " + "; ".join(problems))
+        return feeds
+
+    def _to_check(self, trusted: frozenset[str]) -> tuple[str, ...]:
+        unchecked = self._unchecked.get(trusted)
+        if unchecked is None:  # a handful of distinct trusted sets per model: kept
+            unchecked = self._unchecked[trusted] = tuple(k for k in self.inputs if k not in trusted)
+        return unchecked
+
+    def _feeds_listing_problems(self, values: dict[str, np.ndarray], trusted: frozenset[str]) -> dict[str, np.ndarray]:
         problems = [f"unknown input {k!r}" for k in values if k not in self.inputs]
         sizes: dict[str, tuple[int, str]] = {}
         feeds = {}
@@ -55,7 +79,7 @@ class Signature:
                 problems.append(f"missing input {logical!r}")
                 continue
             if logical not in trusted:
-                problems.extend(self._check(logical, spec, value, sizes))
+                problems.extend(self._check(logical, value, sizes))
             feeds[spec.name] = value
         if problems:
             raise InputError("invalid feeds: " + "; ".join(problems))
@@ -64,7 +88,8 @@ class Signature:
     def by_logical(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {self._graph_to_logical[name]: value for name, value in outputs.items()}
 
-    def _check(self, logical, spec: TensorSpec, value, sizes) -> list[str]:
+    def _check(self, logical: str, value, sizes: dict[str, tuple[int, str]]) -> list[str]:
+        spec = self.inputs[logical]
         if not isinstance(value, (np.ndarray, DeviceArray)):
             return [f"{logical}: expected a numpy array, got {type(value).__name__}"]
         dtype, axes = self._plans[logical]

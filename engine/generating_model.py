@@ -32,6 +32,7 @@ from seqport.engine.runtime import Runtime
 from seqport.engine.scoring import ScoreResult, check_targets
 from seqport.engine.search import Search
 from seqport.engine.state_cache import StateCache
+from seqport.engine.step_inputs import LockstepInputs
 from seqport.engine.stopping import StopStrings, cut_at_stop
 from seqport.engine.streaming import StepResult, TextStream
 from seqport.engine.tokenizer import TextTokenizer
@@ -65,6 +66,13 @@ class GeneratingModel:
         }
         self.default_config = GenerationConfig.from_defaults(manifest.generation)
         self.placement = placement
+        declared = manifest.components["decoder"].inputs if "decoder" in manifest.components else {}
+        lockstep = ("position_ids", "attention_mask") if manifest.architecture == "encoder-decoder" else ()
+        self._lockstep_names = tuple(name for name in lockstep if name in declared)  # _lockstep_rows makes them
+        # position_ids / all-ones masks of lockstep rows: read-only views made once per shape, shared
+        # by every request (engine/step_inputs.py); the buffers grow to the largest request
+        self.lockstep = LockstepInputs(rows=1, capacity=64)
+        self._skips: dict[tuple[frozenset[str], tuple[str, ...]], frozenset[str]] = {}  # run_decoder's trusted sets
 
     def generate(
         self,
@@ -293,34 +301,43 @@ class GeneratingModel:
         Raises:
             InputError: a feed is missing, unknown, or of the wrong dtype, rank or size.
         """
-        values = self._lockstep_rows(values, cache)
+        if self._lockstep_names:
+            values = self._lockstep_rows(values, cache)
         if cache is None:
             return self.run("decoder", values)
         new = values["input_ids"].shape[1]
         signature = self.signatures["decoder"]
         into = {signature.outputs[name].name: array for name, array in cache.outputs_into().items()}
         own = cache.feeds(new)  # made from the decoder's own outputs: not re-checked every step
-        skip = trusted | frozenset(own) if cache.length else frozenset()
+        skip = self._skip(trusted, own) if cache.length else frozenset()
         feeds = signature.feeds({**values, **own}, trusted=skip)
         outputs = signature.by_logical(self.placement.run("decoder", self.runtimes["decoder"], feeds, into))
         cache.update(outputs, new)
         return outputs
 
+    def _skip(self, trusted: frozenset[str], own: dict[str, np.ndarray]) -> frozenset[str]:
+        """`trusted` plus the cache's feed names, made once per distinct pair (not every step)."""
+        key = (trusted, tuple(own))
+        skip = self._skips.get(key)
+        if skip is None:
+            if len(self._skips) > 64:  # callers passing ever new trusted sets: keep it bounded
+                self._skips.clear()
+            skip = self._skips[key] = trusted | frozenset(own)
+        return skip
+
     def _lockstep_rows(self, values: dict[str, np.ndarray], cache: KVCache | None) -> dict[str, np.ndarray]:
         """`values` plus, for an encoder-decoder decoder that takes the optional position_ids
         (N, T) and attention_mask (N, P+T) and was not given them, those of rows all at the same
-        step: positions P..P+T-1, no masked slot (continuous batching gives its own)."""
-        declared = self.signatures["decoder"].inputs
-        missing = [n for n in ("position_ids", "attention_mask") if n in declared and n not in values]
-        if self.manifest.architecture != "encoder-decoder" or not missing:
+        step: positions P..P+T-1, no masked slot (continuous batching gives its own). The decode
+        loop's step passes both (engine/step_inputs.py), so this makes them only for direct calls."""
+        missing = [name for name in self._lockstep_names if name not in values]
+        if not missing:
             return values
         rows, new = values["input_ids"].shape
         past = cache.length if cache is not None else int(values["past_key.0"].shape[2])
-        lockstep = {
-            "position_ids": np.broadcast_to(np.arange(past, past + new, dtype=np.int64), (rows, new)).copy(),  # (N, T)
-            "attention_mask": np.ones((rows, past + new), dtype=np.int64),  # (N, P+T)
-        }
-        return {**values, **{name: self.placement.upload(lockstep[name], name) for name in missing}}
+        lockstep = self.lockstep
+        made = {"position_ids": lockstep.positions(rows, past, new), "attention_mask": lockstep.mask(rows, past + new)}
+        return {**values, **{name: self.placement.upload(made[name], name) for name in missing}}
 
     def _text(self, ids: list[int], finish_reason: str, config: GenerationConfig) -> str:
         text = self.tokenizer.decode(ids)

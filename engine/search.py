@@ -9,6 +9,7 @@ step); beam search is in beam.py.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,8 @@ from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
 from seqport.engine.sampling import greedy, sample
 from seqport.engine.stopping import StopStrings
+
+_INT64 = np.dtype(np.int64)
 
 #: (processed scores float (N, V), row ids int64 (N,)) → chosen token ids int64 (N,)
 Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -110,18 +113,34 @@ class TokenSearch:
         stops: StopStrings | None = None,
     ) -> None:
         rows = len(first_tokens) * samples
-        self._eos, self._max_new, self._samples = set(eos), max_new_tokens, samples
+        self._eos, self._max_new, self._samples = frozenset(eos), max_new_tokens, samples
         self._processors, self._choose, self._stops = processors, choose, stops
         self._active = np.arange(rows)  # row id of each active row; input = row id // samples
         self._sources: np.ndarray | None = None  # row_sources(), made again when rows leave
         self._history = first_tokens[self._active // samples]  # (N, T0 + step)
-        self._ids: list[list[int]] = [[] for _ in range(rows)]
-        self._logprobs: list[list[float]] = [[] for _ in range(rows)]
-        self._finish = ["length"] * rows
-        self._step = 0
+        # per step (active row ids (N,), chosen ids (N,), logprobs (N,)): one append per step;
+        # finalize() lays them out per row
+        self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._texts = [[] for _ in range(rows)] if stops else None  # each row's ids, for stop strings
+        self._finish: dict[int, str] = {}  # row id → "eos" / "stop" / "length" once it ended
+        self._step, self._total = 0, rows
         self._rows = np.arange(rows, dtype=np.int64)  # 0..N-1, reused while every row goes on
-        self._scratch: np.ndarray | None = None  # log_softmax_at's (N, V) temporary, reused
-        self.emitted: list[Emitted] = []  # what the last update chose, for streaming
+        self._scratch: np.ndarray | None = None  # the (N, V) log-softmax temporary, reused
+        self._last: tuple | None = None  # the last update's (active, ids, logprobs, reasons)
+
+    @property
+    def emitted(self) -> list[Emitted]:
+        """What the last update chose, one per row that took part (streaming reads it); made on
+        demand, so a plain generate() builds no per-row objects."""
+        if self._last is None:
+            return []
+        active, ids, logprobs, reasons = self._last
+        reasons = reasons or [None] * len(active)
+        samples = self._samples
+        return [
+            Emitted(r // samples, t, lp, why)
+            for r, t, lp, why in zip(active.tolist(), ids.tolist(), logprobs.tolist(), reasons)
+        ]
 
     def row_sources(self) -> np.ndarray:
         """int64 (N,) the input each active row serves; the same array object while no row
@@ -132,23 +151,43 @@ class TokenSearch:
 
     def update(self, logits: np.ndarray) -> StepDecision | None:
         next_ids, logprobs = self._select(logits)  # (N,), (N,)
+        if next_ids.dtype is not _INT64:
+            next_ids = next_ids.astype(np.int64)
+        active = self._active
         self._step += 1
-        # plain Python ints and floats once (tolist): per-element numpy scalars cost more than the rest
-        active, tokens, scores = self._active.tolist(), next_ids.tolist(), logprobs.tolist()
-        reasons = [self._record(r, t, lp) for r, t, lp in zip(active, tokens, scores)]
-        samples = self._samples
-        self.emitted = [Emitted(r // samples, t, lp, why) for r, t, lp, why in zip(active, tokens, scores, reasons)]
+        self._log.append((active, next_ids, logprobs))
+        reasons = self._reasons(active, next_ids)  # None: every row goes on
+        self._last = (active, next_ids, logprobs, reasons)
         # the history only feeds processors: without any, it stays the first tokens (no per-step copy)
         history = np.concatenate([self._history, next_ids[:, None]], axis=1) if self._processors else self._history
-        if reasons.count(None) == len(reasons):  # every row goes on: no gathers
+        if reasons is None:  # every row goes on: no gathers
             self._history = history
             if len(self._rows) != len(active):
                 self._rows = np.arange(len(active), dtype=np.int64)
-            return StepDecision(next_ids.astype(np.int64, copy=False), self._rows, same_rows=True)
+            return StepDecision(next_ids, self._rows, same_rows=True)
         rows = np.array([row for row, why in enumerate(reasons) if why is None], dtype=np.int64)
-        self._active, self._sources = self._active[rows], None
+        self._active, self._sources = active[rows], None
         self._history = history[rows]
-        return StepDecision(next_ids[rows].astype(np.int64), rows) if len(rows) else None
+        return StepDecision(next_ids[rows], rows) if len(rows) else None
+
+    def _reasons(self, active: np.ndarray, next_ids: np.ndarray) -> list[str | None] | None:
+        """Each row's finish reason at this step (None: it goes on), or None when every row goes
+        on: the common step costs one set test over the chosen ids, no loop over the rows."""
+        tokens = next_ids.tolist()
+        at_length = self._step >= self._max_new  # every active row has made `step` tokens
+        if self._texts is None and not at_length and self._eos.isdisjoint(tokens):
+            return None
+        reasons: list[str | None] = []
+        for row, token in zip(active.tolist(), tokens):
+            why = "eos" if token in self._eos else None
+            if why is None and self._texts is not None:
+                self._texts[row].append(token)
+                why = "stop" if self._stops is not None and self._stops.hit(self._texts[row]) else None
+            why = "length" if why is None and at_length else why
+            if why is not None:
+                self._finish[row] = why
+            reasons.append(why)
+        return None if reasons.count(None) == len(reasons) else reasons
 
     def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
@@ -156,44 +195,57 @@ class TokenSearch:
         if self._processors or self._choose is not greedy_chooser:
             check_finite_logits(logits, step, sources)
         if self._choose is greedy_chooser:  # argmax needs no float64 (N, V) copy; processors are pure
-            scores = proc.apply(self._processors, logits, self._history, self._step)
-            next_ids = greedy(scores)
-            best = scores[np.arange(len(next_ids)), next_ids]  # the argmax is the row's max (NaN if any)
-            if not self._processors:  # scores are the raw logits: their max is already at hand
-                check_finite_logits(logits, step, sources, top=best)  # finite: no row is all -inf
-            else:
-                check_some_token_allowed(best, step, sources)
-            if self._scratch is None or self._scratch.shape != scores.shape or self._scratch.dtype != scores.dtype:
-                self._scratch = np.empty_like(scores)  # (N, V), reused while the rows stay
-            return next_ids, log_softmax_at(scores, next_ids, top=best, out=self._scratch).astype(np.float64)
+            return self._greedy(proc.apply(self._processors, logits, self._history, self._step), logits)
         scores = proc.apply(self._processors, logits.astype(np.float64), self._history, self._step)
         check_some_token_allowed(scores.max(axis=-1), step, sources)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
 
-    def _record(self, row: int, token: int, logprob: float) -> str | None:
-        ids = self._ids[row]
-        ids.append(token)
-        self._logprobs[row].append(logprob)
-        if token in self._eos:
-            self._finish[row] = "eos"
-        elif self._stops is not None and self._stops.hit(ids):
-            self._finish[row] = "stop"
-        elif len(ids) < self._max_new:
-            return None
-        return self._finish[row]
+    def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row
+        (the chosen score is the max, read at the argmax rather than by a second pass over (N, V)).
+        Few numpy calls on purpose: between two decoder calls the CPU caches are cold and each
+        call costs far more than its arithmetic (docs/benchmarks.md)."""
+        next_ids = scores.argmax(axis=-1)  # (N,) intp: int64 on 64-bit platforms
+        if next_ids.dtype is not _INT64:
+            next_ids = next_ids.astype(np.int64)
+        if self._scratch is None or self._scratch.shape != scores.shape or self._scratch.dtype != scores.dtype:
+            self._scratch = np.empty_like(scores)  # (N, V), reused while the rows stay
+        if len(self._rows) != len(next_ids):
+            self._rows = np.arange(len(next_ids), dtype=np.int64)
+        top = scores[self._rows, next_ids][:, None]  # (N, 1) the row's max (NaN where it holds one, as argmax)
+        if not math.isfinite(top.sum()):  # one check for every row: NaN, +inf, or a row all -inf
+            if self._processors:
+                check_some_token_allowed(top[:, 0], self._step + 1, self.row_sources())
+            check_finite_logits(logits, self._step + 1, self.row_sources())  # raises, naming the row
+        shifted = np.subtract(scores, top, out=self._scratch)  # (N, V)
+        return next_ids, -np.log(np.exp(shifted, out=shifted).sum(axis=-1), dtype=np.float64)  # (N,)
 
     def finalize(self) -> list[GenerationResult]:
         """Per input its rows' sequences, highest score first (ties keep sample order)."""
-        hypotheses = [self._hypothesis(row) for row in range(len(self._ids))]
+        ids, logprobs = self._per_row()
+        hypotheses = [self._hypothesis(row, ids[row], logprobs[row]) for row in range(len(ids))]
         results = []
         for start in range(0, len(hypotheses), self._samples):
             group = hypotheses[start : start + self._samples]
             results.append(GenerationResult(sorted(group, key=lambda h: -h.score)))
         return results
 
-    def _hypothesis(self, row: int) -> Hypothesis:
-        ids, logprobs, finish = self._ids[row], self._logprobs[row], self._finish[row]
+    def _per_row(self) -> tuple[list[list[int]], list[list[float]]]:
+        """Each row's ids and logprobs, laid out from the step log (a row's steps are a prefix)."""
+        rows, steps = self._total, len(self._log)
+        tokens, scores = np.zeros((rows, steps), dtype=np.int64), np.zeros((rows, steps))  # (R, S)
+        lengths = np.zeros(rows, dtype=np.int64)  # (R,)
+        for step, (active, ids, logprobs) in enumerate(self._log):
+            tokens[active, step], scores[active, step], lengths[active] = ids, logprobs, step + 1
+        ends = lengths.tolist()
+        return (
+            [row[:end] for row, end in zip(tokens.tolist(), ends)],
+            [row[:end] for row, end in zip(scores.tolist(), ends)],
+        )
+
+    def _hypothesis(self, row: int, ids: list[int], logprobs: list[float]) -> Hypothesis:
+        finish = self._finish.get(row, "length")
         content = ids[:-1] if finish == "eos" else ids
         return Hypothesis(content, logprobs[: len(content)], float(sum(logprobs)), finish)
 

@@ -14,6 +14,7 @@ from seqport.engine.inputs import pad_batch
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.placement import Placement, Selection, Value
 from seqport.engine.scoring import ScoreResult, target_logprobs, teacher_forcing_inputs
+from seqport.engine.step_inputs import LockstepInputs
 
 
 class Seq2SeqModel(GeneratingModel):
@@ -30,7 +31,9 @@ class Seq2SeqModel(GeneratingModel):
         start = [self._start_id(), *config.prefix_ids]  # a forced target prefix follows the start token
         first = np.tile(np.array(start, dtype=np.int64), (len(batch), 1))  # (B, 1 + prefix)
         step = _Seq2SeqStep(self.run_decoder, self.placement, self._selection(config), mask, cross)
-        step.takes_positions = "position_ids" in self.manifest.components["decoder"].inputs
+        declared = self.manifest.components["decoder"].inputs
+        step.takes_positions, step.takes_mask = "position_ids" in declared, "attention_mask" in declared
+        step.lockstep = self.lockstep
         return first, step
 
     def decoder_prompt(self, input_ids: Sequence[int], config: GenerationConfig) -> list[int]:
@@ -78,9 +81,13 @@ def step_positions(past: int, shape: tuple[int, ...]) -> np.ndarray:
 
 class _Seq2SeqStep(DecoderStep):
     """Selects the encoder outputs of the active rows (once each time they change), runs the
-    decoder for the last position and stores the present K/V in the cache."""
+    decoder for the last position and stores the present K/V in the cache. A decoder declaring
+    position_ids (N, T) and attention_mask (N, P+T) gets views of per-request buffers
+    (engine/step_inputs.py): no array is allocated per step."""
 
     takes_positions = False  # the decoder declares position_ids (B, T)
+    takes_mask = False  # the decoder declares the self-attention attention_mask (B, P+T)
+    lockstep: LockstepInputs | None = None  # the model's shared position/mask views
 
     def __init__(
         self,
@@ -97,7 +104,9 @@ class _Seq2SeqStep(DecoderStep):
         self._checked: dict | None = None  # the cross K/V dict the last step's feeds check passed
         # once a step's feeds passed the check, the next steps' engine-made values need none while
         # the rows stay (same cross K/V and mask objects; new tokens (N, 1) int64 from the search)
-        self._checked_cross = frozenset(cross) | {"encoder_attention_mask", "input_ids", "logits_positions"}
+        self._checked_cross = frozenset(cross) | {
+            "encoder_attention_mask", "input_ids", "logits_positions", "position_ids", "attention_mask"
+        }
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
         if sources is not self._sources:  # greedy search hands the same array while no row leaves
@@ -112,12 +121,23 @@ class _Seq2SeqStep(DecoderStep):
             "encoder_attention_mask": self._mask,
             **self._cross,
         }
-        if self.takes_positions:  # a decoder declaring position_ids gets them: past length + arange(T)
-            values["position_ids"] = self._placement.upload(step_positions(cache.length, tokens.shape), "position_ids")
+        if self.takes_positions or self.takes_mask:
+            self._add_lockstep(values, tokens.shape, cache.length)
         trusted = self._checked_cross if self._cross is self._checked else frozenset()
         scores = self._decode(values, cache, trusted)  # (N, V) or Candidates
         self._checked = self._cross  # checked with this step's feeds: the same arrays need no re-check
         return scores
+
+    def _add_lockstep(self, values: dict[str, Value], shape: tuple[int, ...], past: int) -> None:
+        """position_ids (N, T) = past + arange(T) and an all-ones attention_mask (N, P+T)."""
+        rows, new = shape
+        if self.lockstep is None:  # a step built outside Seq2SeqModel._prepare
+            self.lockstep = LockstepInputs(rows, past + new)
+        up = self._placement.upload
+        if self.takes_positions:
+            values["position_ids"] = up(self.lockstep.positions(rows, past, new), "position_ids")
+        if self.takes_mask:
+            values["attention_mask"] = up(self.lockstep.mask(rows, past + new), "attention_mask")
 
     def release(self) -> None:
         super().release()
