@@ -38,7 +38,7 @@ def llama_int4(tmp_path_factory):
     folders = {}
     with pytest.MonkeyPatch.context() as patch:  # tiny random models miss the 0.9 gate (module docstring)
         patch.setattr(int4, "quantize_int4_artifact", functools.partial(int4.quantize_int4_artifact, min_agreement=0.0))
-        for projection in (True, False):
+        for projection in ("int4", "float"):
             folders[projection] = root / f"projection-{projection}"
             options = int4.Int4Options(block_size=16, projection=projection)
             export_model(
@@ -54,13 +54,13 @@ def test_int4_llama_loads_generates_and_holds_matmulnbits(llama_int4):
     for projection, folder in llama_int4.items():
         manifest = load_manifest(folder)
         q = manifest.quantization
-        kept = "int4" if projection else "float32"
-        assert q.method == f"int4-blockwise block_size=16 accuracy_level=4 symmetric projection={kept}"
+        kept = "int4" if projection == "int4" else "float32"
+        assert q.method == f"int4-blockwise block_size=16 accuracy_level=4 offset projection={kept}"
         assert 0.0 <= q.token_agreement <= 1.0 and q.candidates == {"int4": q.token_agreement}
         ops = _ops(folder / "decoder.onnx")
         # per layer q, k, v, o, gate, up, down; plus the vocabulary projection when it is included
         layers = manifest.kv.num_layers
-        assert ops["MatMulNBits"] == q.quantized_nodes["decoder"] == 7 * layers + int(projection)
+        assert ops["MatMulNBits"] == q.quantized_nodes["decoder"] == 7 * layers + int(projection == "int4")
         assert ops["GroupQueryAttention"] == layers and manifest.attention == "fused"
         assert q.bytes["decoder"][1] < q.bytes["decoder"][0]
         (result,) = sp.load(folder).generate(["the small red house"], max_new_tokens=6, min_new_tokens=6)
