@@ -1,13 +1,16 @@
 """`seqport export --quantize int4`: blockwise int4 weights (onnxruntime's MatMulNBits), gated.
 
-onnxruntime's MatMulNBitsQuantizer stores each constant MatMul weight (K, N) as 4-bit integers
-in blocks of `block_size` along K, with one float scale per block (and a zero point when
-asymmetric), and replaces the MatMul with com.microsoft.MatMulNBits, which dequantizes on the
-fly; `accuracy_level` picks the kernel's compute type (4: int8 activations, the fastest on CPUs
-with VNNI; 0: the kernel decides; 1 fp32). Activations stay float, so only weight reads shrink,
-which is what bounds a decode step at batch 1. The tied vocabulary projection is turned into
-a MatMul on its own transposed copy first (export/quantize.py), so it can take int4 too
-(`Int4Options.projection`), while the token Gather keeps reading the float table.
+Each constant MatMul weight (K, N) is stored as 4-bit codes in blocks of `block_size` along K
+with one float scale per block (export/blockwise.py), and the MatMul becomes onnxruntime's
+com.microsoft.MatMulNBits, which dequantizes on the fly (export/matmul_nbits.py); the default
+"offset" scheme keeps each block's exact minimum as a float offset added through block sums of
+the activation, so weights that already lie on a 4-bit grid (a GGUF's Q4_1) come back exactly.
+`accuracy_level` picks the kernel's compute type (4: int8 activations, the fastest on CPUs with
+VNNI; 0: the kernel decides; 1 fp32). Activations stay float, so only weight reads shrink, which
+is what bounds a decode step at batch 1. The tied vocabulary projection is turned into a MatMul
+on its own transposed copy first (export/quantize.py), so it can be quantized too
+(`Int4Options.projection`: int4, int8 blocks, or float), while the token Gather keeps reading
+the float table.
 
 The gate is int8's (export/quantize.py): greedy token agreement with the fp32 components on
 fixed English inputs, teacher-forced, at least MIN_AGREEMENT; the manifest's `quantization`
@@ -64,7 +67,7 @@ class Int4Options:
 
     block_size: int = 32
     accuracy_level: int = 4
-    projection: str = "int4"
+    projection: str = "int8"
     scheme: str = "offset"
 
     def __post_init__(self) -> None:

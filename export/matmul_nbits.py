@@ -37,6 +37,10 @@ class Plan:
 def rewrite(model: onnx.ModelProto, plan_of, block_size: int, accuracy_level: int) -> int:
     """Replace the MatMuls `plan_of(node, weight)` gives a Plan for (None: keep float) in place.
 
+    MatMuls that read the same activation under the same Plan (q, k and v; gate and up) become
+    one MatMulNBits on their weights side by side along N and a Split: one kernel call instead of
+    several. Blocks run along K within each column, so the codes are those of each weight alone.
+
     Args:
         model: a graph with inferred shapes (value_info), changed in place.
         plan_of: callable (node, weight float32 (K, N)) -> Plan | None.
@@ -44,34 +48,30 @@ def rewrite(model: onnx.ModelProto, plan_of, block_size: int, accuracy_level: in
         accuracy_level: MatMulNBits' accuracy_level attribute.
 
     Returns:
-        The number of MatMulNBits nodes written.
+        The number of MatMul nodes quantized.
     """
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
     ranks = _ranks(graph)
     sums: dict[str, str] = {}  # activation -> its block sums (one per activation and block size)
     count, used = 0, set()
-    for node in list(graph.node):
-        if node.op_type != "MatMul" or node.input[1] not in weights:
-            continue
-        init = weights[node.input[1]]
-        if len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT:
-            continue
-        weight = numpy_helper.to_array(init)
-        plan = plan_of(node, weight)
-        if plan is None:
-            continue
+    for members, plan in _groups(graph, weights, plan_of):
+        parts = [numpy_helper.to_array(weights[n.input[1]]) for n in members]
+        weight = np.concatenate(parts, axis=1)  # (K, N): the members' weights side by side
         scheme = plan.scheme
-        if scheme == "offset" and (weight.shape[0] % block_size or ranks.get(node.input[0]) is None):
+        if scheme == "offset" and (weight.shape[0] % block_size or ranks.get(members[0].input[0]) is None):
             scheme = "asymmetric"
         blocks = quantize(weight, plan.bits, block_size, scheme)
-        position = list(graph.node).index(node)
-        new_nodes = _replacement(graph, node, blocks, block_size, accuracy_level, ranks, sums)
-        graph.node.remove(node)
+        position = min(list(graph.node).index(n) for n in members)
+        new_nodes = _replacement(graph, members, blocks, [p.shape[1] for p in parts], (block_size, accuracy_level))
+        if blocks.offsets is not None:
+            new_nodes = _with_offsets(graph, new_nodes, blocks, block_size, ranks, sums)
+        used.update(n.input[1] for n in members)
+        for node in members:
+            graph.node.remove(node)
         for offset, new in enumerate(new_nodes):
             graph.node.insert(position + offset, new)
-        used.add(init.name)
-        count += 1
+        count += len(members)
     still_read = {name for n in graph.node for name in n.input}
     for name in used - still_read:
         graph.initializer.remove(weights[name])
@@ -80,30 +80,57 @@ def rewrite(model: onnx.ModelProto, plan_of, block_size: int, accuracy_level: in
     return count
 
 
-def _replacement(graph, node, blocks: Blocks, block_size: int, accuracy_level: int, ranks, sums) -> list:
-    """MatMulNBits for `node` (plus the offset term's nodes), its initializers added to `graph`."""
-    name = node.name or node.output[0]
+def _groups(graph, weights, plan_of) -> list[tuple[list, Plan]]:
+    """The MatMuls to quantize, grouped by (activation, K, Plan), in graph order."""
+    groups: dict[tuple, list] = {}
+    for node in graph.node:
+        init = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if init is None or len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        plan = plan_of(node, numpy_helper.to_array(init))
+        if plan is not None:
+            groups.setdefault((node.input[0], init.dims[0], plan), []).append(node)
+    return [(members, key[2]) for key, members in groups.items()]
+
+
+def _replacement(graph, members: list, blocks: Blocks, widths: list[int], settings: tuple[int, int]) -> list:
+    """[MatMulNBits, Split when several members] for `members`, initializers added to `graph`."""
+    first = members[0]
+    name = first.name or first.output[0]
     b, zero = packed(blocks)
-    k, n = blocks.k, blocks.scales.shape[0]
     tensors = {f"{name}.qweight": b, f"{name}.scales": blocks.scales.reshape(-1)}
     if zero is not None:
         tensors[f"{name}.zero_points"] = zero
     graph.initializer.extend(numpy_helper.from_array(v, k_) for k_, v in tensors.items())
-    product = node.output[0] if blocks.offsets is None else f"{name}.nbits"
-    inputs = [node.input[0], f"{name}.qweight", f"{name}.scales"] + list(tensors)[2:]
-    attrs = dict(K=k, N=n, bits=blocks.bits, block_size=block_size, accuracy_level=accuracy_level)
-    nodes = [helper.make_node("MatMulNBits", inputs, [product], name=name, domain=MS_DOMAIN, **attrs)]
-    if blocks.offsets is None:
-        return nodes
-    key = f"{node.input[0]}@{block_size}"
+    result = first.output[0] if len(members) == 1 else f"{name}.packed"
+    attrs = dict(K=blocks.k, N=sum(widths), bits=blocks.bits, block_size=settings[0], accuracy_level=settings[1])
+    inputs = [first.input[0], *tensors]
+    nodes = [helper.make_node("MatMulNBits", inputs, [result], name=name, domain=MS_DOMAIN, **attrs)]
+    if len(members) > 1:  # (..., sum N) -> each member's (..., N_i)
+        split = numpy_helper.from_array(np.asarray(widths, dtype=np.int64), f"{name}.split")
+        graph.initializer.append(split)
+        outputs = [m.output[0] for m in members]
+        nodes.append(helper.make_node("Split", [result, split.name], outputs, name=f"{name}.split", axis=-1))
+    return nodes
+
+
+def _with_offsets(graph, nodes: list, blocks: Blocks, block_size: int, ranks, sums) -> list:
+    """`nodes` with the offset term: MatMulNBits' output y becomes y + BlockSum(x) @ O."""
+    kernel = nodes[0]
+    source, name, result = kernel.input[0], kernel.name, kernel.output[0]
+    kernel.output[0] = f"{name}.nbits"
+    key = f"{source}@{block_size}"
+    added = []
     if key not in sums:
-        sums[key] = f"{node.input[0]}.blocksum{block_size}"
-        nodes = _block_sum(graph, node.input[0], sums[key], k // block_size, block_size, ranks) + nodes
+        sums[key] = f"{source}.blocksum{block_size}"
+        added = _block_sum(graph, source, sums[key], blocks.k // block_size, block_size, ranks)
     offsets = numpy_helper.from_array(np.ascontiguousarray(blocks.offsets.T), f"{name}.offsets")  # (nb, N)
     graph.initializer.append(offsets)
-    nodes.append(helper.make_node("MatMul", [sums[key], offsets.name], [f"{name}.offset"], name=f"{name}.offset"))
-    nodes.append(helper.make_node("Add", [product, f"{name}.offset"], [node.output[0]], name=f"{name}.add_offset"))
-    return nodes
+    terms = [
+        helper.make_node("MatMul", [sums[key], offsets.name], [f"{name}.offset"], name=f"{name}.offset"),
+        helper.make_node("Add", [kernel.output[0], f"{name}.offset"], [result], name=f"{name}.add_offset"),
+    ]
+    return [*added, kernel, *terms, *nodes[1:]]
 
 
 def _block_sum(graph, source: str, target: str, blocks: int, block_size: int, ranks) -> list:

@@ -56,7 +56,8 @@ def test_weights_off_any_grid_round_to_the_nearest_level():
 @pytest.mark.parametrize("scheme", ["offset", "asymmetric", "symmetric"])
 def test_matmulnbits_graph_computes_the_quantized_weight(scheme):
     """A MatMul on a (B, T, K) activation rewritten in place: onnxruntime's output equals x @ the
-    dequantized weight (accuracy level 0, fp32 compute); two MatMuls share the block sums."""
+    dequantized weight (accuracy level 0, fp32 compute); two MatMuls of one activation become
+    one MatMulNBits and a Split."""
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -71,7 +72,8 @@ def test_matmulnbits_graph_computes_the_quantized_weight(scheme):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert rewrite(model, lambda node, w: Plan(4, scheme), BLOCK, accuracy_level=0) == 2
     ops = [node.op_type for node in model.graph.node]
-    assert ops.count("MatMulNBits") == 2 and ops.count("ReduceSum") == int(scheme == "offset")
+    assert ops.count("MatMulNBits") == 1 and ops.count("Split") == 1
+    assert ops.count("ReduceSum") == int(scheme == "offset")
     assert "w" not in {init.name for init in model.graph.initializer}
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((3, 5, K)).astype(np.float32)

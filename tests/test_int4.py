@@ -58,9 +58,11 @@ def test_int4_llama_loads_generates_and_holds_matmulnbits(llama_int4):
         assert q.method == f"int4-blockwise block_size=16 accuracy_level=4 offset projection={kept}"
         assert 0.0 <= q.token_agreement <= 1.0 and q.candidates == {"int4": q.token_agreement}
         ops = _ops(folder / "decoder.onnx")
-        # per layer q, k, v, o, gate, up, down; plus the vocabulary projection when it is included
-        layers = manifest.kv.num_layers
-        assert ops["MatMulNBits"] == q.quantized_nodes["decoder"] == 7 * layers + int(projection == "int4")
+        # per layer q, k, v, o, gate, up, down; plus the vocabulary projection when it is included;
+        # MatMuls of one activation share a MatMulNBits: (q, k, v), o, (gate, up), down
+        layers, head = manifest.kv.num_layers, int(projection == "int4")
+        assert q.quantized_nodes["decoder"] == 7 * layers + head
+        assert ops["MatMulNBits"] == 4 * layers + head and ops["Split"] >= 2 * layers
         assert ops["GroupQueryAttention"] == layers and manifest.attention == "fused"
         assert q.bytes["decoder"][1] < q.bytes["decoder"][0]
         (result,) = sp.load(folder).generate(["the small red house"], max_new_tokens=6, min_new_tokens=6)
@@ -83,7 +85,10 @@ def test_int4_encoder_decoder_and_its_gate(tiny_artifact, tmp_path):
     manifest = quantize_int4_artifact(folder, load_manifest(folder), Int4Options(accuracy_level=0), min_agreement=0.0)
     manifest.save(folder)
     assert manifest.quantization.quantized_nodes == {"encoder": 18, "decoder": 24}
-    assert _ops(folder / "encoder.onnx")["MatMulNBits"] == 18
+    # MatMuls of one activation share a MatMulNBits: per encoder layer (q, k, v), o, fc1, fc2, and
+    # the cross-attention k and v of all three decoder layers read the encoder's output (6 -> 1)
+    assert _ops(folder / "encoder.onnx")["MatMulNBits"] == 2 * 4 + 1
+    assert _ops(folder / "decoder.onnx")["MatMulNBits"] == 3 * 6  # (q, k, v), o, cross q, cross o, fc1, fc2
     (result,) = sp.load(folder).generate([[10, 11, 12, 2]], max_new_tokens=4, min_new_tokens=4)
     assert len(result.ids) == 4
 
