@@ -110,7 +110,10 @@ def _symmetric(x: np.ndarray, bits: int, k: int) -> Blocks:
     levels = _levels(x, -signed, [mid, mid - 1])
     scale = np.where(signed != 0, -signed / levels, 1.0).astype(np.float32)
     codes = np.clip(np.rint(x / scale[..., None]) + mid, 0, (1 << bits) - 1)
-    return Blocks(codes.astype(np.uint8), scale, None, None, bits, k)
+    # the same default zero point, written out at 8 bits: onnxruntime's 8-bit kernels run faster
+    # with a zero_points input than without (measured on AVX-512, onnxruntime 1.32)
+    zero = np.full(scale.shape, mid, dtype=np.uint8) if bits == 8 else None
+    return Blocks(codes.astype(np.uint8), scale, zero, None, bits, k)
 
 
 def _levels(x: np.ndarray, unit: np.ndarray, candidates) -> np.ndarray:
