@@ -56,9 +56,13 @@ SEQPORT_EXPORTS = {
 }
 #: int4 variant -> (the fp32 variant it quantizes, flags of peers/quantize_llm.py: export/int4.py's step)
 SEQPORT_INT4 = {
-    "int4": ("fused", []),
-    "int4-asym": ("fused", ["--asymmetric"]),
+    "int4": ("fused", []),  # the export's defaults (export/int4.py Int4Options)
+    "int4-p4": ("fused", ["--projection", "int4"]),
+    "int4-p8": ("fused", ["--projection", "int8"]),
     "int4-pfloat": ("fused", ["--projection", "float"]),
+    "int4-acc0": ("fused", ["--accuracy-level", "0"]),
+    "int4-sym": ("fused", ["--scheme", "symmetric", "--projection", "int4"]),  # the scheme of GenAI's builder
+    "int4-asym": ("fused", ["--scheme", "asymmetric"]),
     "int4-pre": ("fused-pre", []),
 }
 SEQPORT_VARIANTS = [*SEQPORT_EXPORTS, *SEQPORT_INT4]

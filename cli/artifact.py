@@ -67,9 +67,18 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--int4-projection",
-        choices=["int4", "float"],
+        choices=["int4", "int8", "float"],
         default=None,
-        help="--quantize int4: quantize the vocabulary projection too (default) or keep it float32",
+        help="--quantize int4: the vocabulary projection in int4 like the layers, in int8 blocks, or kept "
+        "float32 (default int8)",
+    )
+    p.add_argument(
+        "--int4-scheme",
+        choices=["offset", "asymmetric", "symmetric"],
+        default=None,
+        help="--quantize int4: offset (min/max blocks with an exact float offset; weights already on a "
+        "4-bit grid, e.g. from a GGUF, come back exactly; default), asymmetric (integer zero points) or "
+        "symmetric (scales only)",
     )
     p.add_argument(
         "--attention",
@@ -144,7 +153,8 @@ def _int4_options(args: argparse.Namespace):
     given = {
         "block_size": args.block_size,
         "accuracy_level": args.accuracy_level,
-        "projection": None if args.int4_projection is None else args.int4_projection == "int4",
+        "projection": args.int4_projection,
+        "scheme": args.int4_scheme,
     }
     given = {key: value for key, value in given.items() if value is not None}
     if not given and args.quantize != "int4":

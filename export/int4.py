@@ -1,13 +1,16 @@
 """`seqport export --quantize int4`: blockwise int4 weights (onnxruntime's MatMulNBits), gated.
 
-onnxruntime's MatMulNBitsQuantizer stores each constant MatMul weight (K, N) as 4-bit integers
-in blocks of `block_size` along K, with one float scale per block (and a zero point when
-asymmetric), and replaces the MatMul with com.microsoft.MatMulNBits, which dequantizes on the
-fly; `accuracy_level` picks the kernel's compute type (4: int8 activations, the fastest on CPUs
-with VNNI; 0: the kernel decides; 1 fp32). Activations stay float, so only weight reads shrink,
-which is what bounds a decode step at batch 1. The tied vocabulary projection is turned into
-a MatMul on its own transposed copy first (export/quantize.py), so it can take int4 too
-(`Int4Options.projection`), while the token Gather keeps reading the float table.
+Each constant MatMul weight (K, N) is stored as 4-bit codes in blocks of `block_size` along K
+with one float scale per block (export/blockwise.py), and the MatMul becomes onnxruntime's
+com.microsoft.MatMulNBits, which dequantizes on the fly (export/matmul_nbits.py); the default
+"offset" scheme keeps each block's exact minimum as a float offset added through block sums of
+the activation, so weights that already lie on a 4-bit grid (a GGUF's Q4_1) come back exactly.
+`accuracy_level` picks the kernel's compute type (4: int8 activations, the fastest on CPUs with
+VNNI; 0: the kernel decides; 1 fp32). Activations stay float, so only weight reads shrink, which
+is what bounds a decode step at batch 1. The tied vocabulary projection is turned into a MatMul
+on its own transposed copy first (export/quantize.py), so it can be quantized too
+(`Int4Options.projection`: int4, int8 blocks, or float), while the token Gather keeps reading
+the float table.
 
 The gate is int8's (export/quantize.py): greedy token agreement with the fp32 components on
 fixed English inputs, teacher-forced, at least MIN_AGREEMENT; the manifest's `quantization`
@@ -20,7 +23,6 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -28,6 +30,8 @@ import onnx
 from seqport.engine.api import load
 from seqport.engine.errors import ExportError, ParityError
 from seqport.engine.manifest import Manifest, Quantization
+from seqport.export.blockwise import SCHEMES
+from seqport.export.matmul_nbits import Plan, rewrite
 from seqport.export.quantize import (
     MIN_AGREEMENT,
     SENTENCES,
@@ -41,6 +45,8 @@ from seqport.export.quantize import (
 
 #: MatMulNBits' accuracy levels (onnxruntime ContribOperators.md): 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8.
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+#: what the vocabulary projection becomes: 4-bit like the layers, 8-bit symmetric blocks, or float32
+PROJECTIONS = ("int4", "int8", "float")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,17 +56,19 @@ class Int4Options:
     Args:
         block_size: weights per scale along the input dimension, a power of 2 >= 16.
         accuracy_level: MatMulNBits compute type, one of ACCURACY_LEVELS (4: int8 activations).
-        projection: quantize the vocabulary projection too (False keeps it float32).
-        symmetric: scales only (True) or scales and zero points (False).
+        projection: the vocabulary projection in int4 (like the layers), int8 (symmetric blocks of
+            the same size) or float (kept float32); one of PROJECTIONS.
+        scheme: the 4-bit blocks, one of blockwise.SCHEMES: "offset" (min/max with an exact float
+            offset per block), "asymmetric" (integer zero points) or "symmetric" (scales only).
 
     Raises:
-        ExportError: a block size or accuracy level onnxruntime does not take.
+        ExportError: a block size, accuracy level, projection or scheme that is not supported.
     """
 
     block_size: int = 32
     accuracy_level: int = 4
-    projection: bool = True
-    symmetric: bool = True
+    projection: str = "int8"
+    scheme: str = "offset"
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,16 +76,19 @@ class Int4Options:
             problems.append(f"--block-size must be a power of 2 >= 16, got {self.block_size}")
         if self.accuracy_level not in ACCURACY_LEVELS:
             problems.append(f"--accuracy-level must be one of {ACCURACY_LEVELS}, got {self.accuracy_level}")
+        if self.projection not in PROJECTIONS:
+            problems.append(f"--int4-projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
+        if self.scheme not in SCHEMES:
+            problems.append(f"--int4-scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
         if problems:
             raise ExportError("; ".join(problems))
 
     @property
     def method(self) -> str:
         """The manifest's quantization.method, with every setting that changes the weights."""
-        kind = "symmetric" if self.symmetric else "asymmetric"
-        projection = "int4" if self.projection else "float32"
+        projection = "float32" if self.projection == "float" else self.projection
         return (
-            f"int4-blockwise block_size={self.block_size} accuracy_level={self.accuracy_level} {kind} "
+            f"int4-blockwise block_size={self.block_size} accuracy_level={self.accuracy_level} {self.scheme} "
             f"projection={projection}"
         )
 
@@ -135,35 +146,29 @@ def _record(options: Int4Options, figures, nodes: dict[str, int], min_agreement:
 
 
 def _int4_files(sources: dict[str, Path], manifest: Manifest, out: Path, options: Int4Options):
-    """Each prepared component quantized to MatMulNBits in `out`; per component, the node count."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
+    """Each prepared component with MatMulNBits in `out`; per component, the node count."""
     out.mkdir(parents=True)
     files, nodes = {}, {}
     for name, component in manifest.components.items():
         model, target = onnx.load(str(sources[name])), out / component.file
-        excluded = [] if options.projection else _projections(model, manifest.vocab_size)
         try:
-            quantizer = MatMulNBitsQuantizer(
-                model,
-                bits=4,
-                block_size=options.block_size,
-                is_symmetric=options.symmetric,
-                accuracy_level=options.accuracy_level or None,
-                nodes_to_exclude=excluded,
-                op_types_to_quantize=("MatMul",),
-            )
-            quantizer.process()
-            quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
-        except Exception as exc:  # the quantizer raises many types on graphs it cannot handle
-            raise ExportError(f"onnxruntime could not quantize {component.file} to int4: {exc}") from exc
-        ops = Counter(node.op_type for node in onnx.load(str(target), load_external_data=False).graph.node)
-        files[name], nodes[name] = target, ops["MatMulNBits"]
+            plan_of = _planner(options, manifest.vocab_size)
+            nodes[name] = rewrite(model, plan_of, options.block_size, options.accuracy_level)
+            onnx.save(model, str(target))
+        except ValueError as exc:
+            raise ExportError(f"could not quantize {component.file} to int4: {exc}") from exc
+        files[name] = target
     return files, nodes
 
 
-def _projections(model: onnx.ModelProto, vocab_size: int) -> list[str]:
-    """Names of the MatMuls whose constant weight is (d, V): the vocabulary projection."""
-    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
-    weights = {node.name: shapes.get(node.input[1], []) for node in model.graph.node if node.op_type == "MatMul"}
-    return [name for name, shape in weights.items() if len(shape) == 2 and shape[1] == vocab_size]
+def _planner(options: Int4Options, vocab_size: int):
+    """(node, weight (K, N)) -> Plan: the vocabulary projection (N == V) as options.projection
+    says, every other constant MatMul in 4-bit blocks of options.scheme."""
+    layers, projection = Plan(4, options.scheme), {"int4": Plan(4, options.scheme), "int8": Plan(8, "symmetric")}
+
+    def plan_of(node, weight) -> Plan | None:
+        if weight.shape[1] == vocab_size:
+            return projection.get(options.projection)
+        return layers
+
+    return plan_of

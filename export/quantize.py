@@ -227,6 +227,8 @@ def _stage(folder: Path, manifest: Manifest, out: Path, files: dict[str, Path]) 
     out.mkdir(parents=True, exist_ok=True)
     kept = [c for n, c in manifest.components.items() if n not in files]
     names = [c.file for c in kept] + [c.data.file for c in kept if c.data] + [manifest.tokenizer.file]
+    if manifest.tokenizer.chat_template:  # the engine's load reads it
+        names.append(manifest.tokenizer.chat_template)
     if manifest.shared_weights is not None:  # graphs of an externalized artifact point into it
         names.append(manifest.shared_weights.file)
     for name in names:

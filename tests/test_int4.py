@@ -38,7 +38,7 @@ def llama_int4(tmp_path_factory):
     folders = {}
     with pytest.MonkeyPatch.context() as patch:  # tiny random models miss the 0.9 gate (module docstring)
         patch.setattr(int4, "quantize_int4_artifact", functools.partial(int4.quantize_int4_artifact, min_agreement=0.0))
-        for projection in (True, False):
+        for projection in ("int4", "float"):
             folders[projection] = root / f"projection-{projection}"
             options = int4.Int4Options(block_size=16, projection=projection)
             export_model(
@@ -54,13 +54,15 @@ def test_int4_llama_loads_generates_and_holds_matmulnbits(llama_int4):
     for projection, folder in llama_int4.items():
         manifest = load_manifest(folder)
         q = manifest.quantization
-        kept = "int4" if projection else "float32"
-        assert q.method == f"int4-blockwise block_size=16 accuracy_level=4 symmetric projection={kept}"
+        kept = "int4" if projection == "int4" else "float32"
+        assert q.method == f"int4-blockwise block_size=16 accuracy_level=4 offset projection={kept}"
         assert 0.0 <= q.token_agreement <= 1.0 and q.candidates == {"int4": q.token_agreement}
         ops = _ops(folder / "decoder.onnx")
-        # per layer packed qkv, o, gate, up, down; plus the vocabulary projection when it is included
-        layers = manifest.kv.num_layers
-        assert ops["MatMulNBits"] == q.quantized_nodes["decoder"] == 5 * layers + int(projection)
+        # per layer packed qkv, o, gate, up, down; plus the vocabulary projection when it is included;
+        # MatMuls of one activation share a MatMulNBits: qkv, o, (gate, up), down
+        layers, head = manifest.kv.num_layers, int(projection == "int4")
+        assert q.quantized_nodes["decoder"] == 5 * layers + head
+        assert ops["MatMulNBits"] == 4 * layers + head and ops["Split"] >= layers
         assert ops["GroupQueryAttention"] == layers and manifest.attention == "fused"
         assert q.bytes["decoder"][1] < q.bytes["decoder"][0]
         (result,) = sp.load(folder).generate(["the small red house"], max_new_tokens=6, min_new_tokens=6)
@@ -83,7 +85,10 @@ def test_int4_encoder_decoder_and_its_gate(tiny_artifact, tmp_path):
     manifest = quantize_int4_artifact(folder, load_manifest(folder), Int4Options(accuracy_level=0), min_agreement=0.0)
     manifest.save(folder)
     assert manifest.quantization.quantized_nodes == {"encoder": 18, "decoder": 24}
-    assert _ops(folder / "encoder.onnx")["MatMulNBits"] == 18
+    # MatMuls of one activation share a MatMulNBits: per encoder layer (q, k, v), o, fc1, fc2, and
+    # the cross-attention k and v of all three decoder layers read the encoder's output (6 -> 1)
+    assert _ops(folder / "encoder.onnx")["MatMulNBits"] == 2 * 4 + 1
+    assert _ops(folder / "decoder.onnx")["MatMulNBits"] == 3 * 6  # (q, k, v), o, cross q, cross o, fc1, fc2
     (result,) = sp.load(folder).generate([[10, 11, 12, 2]], max_new_tokens=4, min_new_tokens=4)
     assert len(result.ids) == 4
 

@@ -1,7 +1,7 @@
 """int4 variants of an exported fp32 artifact without exporting again, for the LLM benchmark.
 
     python benchmarks/peers/quantize_llm.py FP32_ARTIFACT OUT [--block-size 32] [--accuracy-level 4]
-        [--projection int4|float] [--asymmetric]
+        [--projection int4|int8|float] [--scheme offset|asymmetric|symmetric]
 
 Copies the artifact, then runs the same step `seqport export --quantize int4` runs after its
 fp32 export (export/int4.py: MatMulNBits, agreement measured against the fp32 components) and
@@ -20,7 +20,8 @@ from pathlib import Path
 import onnx
 
 from seqport.engine.manifest import load_manifest, sha256_of
-from seqport.export.int4 import Int4Options, quantize_int4_artifact
+from seqport.export.blockwise import SCHEMES
+from seqport.export.int4 import PROJECTIONS, Int4Options, quantize_int4_artifact
 from seqport.export.pipeline import _finish
 
 
@@ -40,15 +41,15 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("source")
     p.add_argument("out")
-    p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--accuracy-level", type=int, default=4)
-    p.add_argument("--projection", choices=["int4", "float"], default="int4")
-    p.add_argument("--asymmetric", action="store_true")
+    p.add_argument("--block-size", type=int, default=Int4Options.block_size)
+    p.add_argument("--accuracy-level", type=int, default=Int4Options.accuracy_level)
+    p.add_argument("--projection", choices=list(PROJECTIONS), default=Int4Options.projection)
+    p.add_argument("--scheme", choices=list(SCHEMES), default=Int4Options.scheme)
     args = p.parse_args()
     args.source, args.out = Path(args.source), Path(args.out)
     shutil.rmtree(args.out, ignore_errors=True)
     shutil.copytree(args.source, args.out)
-    options = Int4Options(args.block_size, args.accuracy_level, args.projection == "int4", not args.asymmetric)
+    options = Int4Options(args.block_size, args.accuracy_level, args.projection, args.scheme)
     manifest = quantize_int4_artifact(args.out, _inline(args.out), options, min_agreement=0.0)
     manifest = _finish(args.out, manifest)
     print(f"{options.method}: token agreement {manifest.quantization.token_agreement}")
