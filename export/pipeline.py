@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -37,6 +38,7 @@ from seqport.export.causal import export_decoder_only
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
+from seqport.export.memory import release_weights
 from seqport.export.onnx_export import OPSET, inline_weights
 from seqport.export.seq2seq_graphs import check_allocation, export_decoder, export_encoder
 from seqport.export.text_check import real_text_check
@@ -127,6 +129,7 @@ def export_model(
             kv_cache=kv_cache,
             attention=attention,
             tolerance=tolerance,
+            release=not optimize,  # nothing after validation needs PyTorch but --optimize's re-validation
         )
         manifest = _finish(target, _post_process(adapter, target, manifest, optimize, quantize, dtype, int4))
     return manifest
@@ -244,9 +247,12 @@ def _export_inline(
     kv_cache: str,
     attention: str = "portable",
     tolerance: float = 1.0,
+    release: bool = False,
 ) -> Manifest:
     """export_adapter without the weights layout: inline components, validated, manifest saved
-    (the post-processing steps rewrite these files with onnx.load/save)."""
+    (the post-processing steps rewrite these files with onnx.load/save). `release`: a
+    decoder-only adapter's PyTorch weights are let go once PyTorch's side of validation is
+    done (export_model's own model, when nothing later needs it; never a caller's adapter)."""
     tokenizer, out = Path(tokenizer), Path(out)
     source = source if source is not None else f"{type(adapter).__module__}.{type(adapter).__qualname__}"
     if not tokenizer.is_file():
@@ -288,6 +294,7 @@ def _export_inline(
                         attention=attention,
                         text_check=real_text_check(tokenizer, True, attention),
                         scale=scale,
+                        release=functools.partial(release_weights, adapter) if release else None,
                     )
                 else:
                     validation = validate(

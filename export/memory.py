@@ -1,0 +1,30 @@
+"""Letting go of PyTorch's copy of the weights once export no longer needs it.
+
+An export holds the weights twice at most: PyTorch's (the model) and onnxruntime's (the
+validation session). Validation runs PyTorch's side first, then releases the model, then loads
+the graph in onnxruntime (export/validate.py validate_decoder_only), so the two copies are
+never in memory together.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def release_weights(adapter) -> None:
+    """Let the PyTorch weights of the adapter's `model` go (moved to the meta device), and hand
+    the freed pages back to the system where the C library can (glibc's malloc_trim)."""
+    model = getattr(adapter, "model", None)
+    if isinstance(model, torch.nn.Module):
+        model.to("meta")
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        logger.debug("no glibc malloc_trim here: freed pages stay with the allocator")
