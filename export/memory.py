@@ -18,11 +18,20 @@ logger = logging.getLogger(__name__)
 
 
 def release_weights(adapter) -> None:
-    """Let the PyTorch weights of the adapter's `model` go (moved to the meta device), and hand
-    the freed pages back to the system where the C library can (glibc's malloc_trim)."""
+    """Free the PyTorch weights of the adapter's `model` (each parameter and buffer emptied:
+    the model cannot run afterwards) and hand the freed pages back to the system where the C
+    library can (glibc's malloc_trim). Only for a model nothing else uses: export_model's own.
+
+    Not every byte goes: after torch.onnx export, tensors that alias some parameters' storage
+    stay referenced from inside torch (not from Python objects this code can reach).
+    """
     model = getattr(adapter, "model", None)
     if isinstance(model, torch.nn.Module):
-        model.to("meta")
+        # torch.onnx keeps parts of the ONNX graph alive after export, and its initializers
+        # hold the parameter objects themselves: empty each one in place, which all holders see
+        with torch.no_grad():
+            for tensor in (*model.parameters(), *model.buffers()):
+                tensor.data = torch.empty(0, dtype=tensor.dtype)
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

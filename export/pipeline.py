@@ -118,8 +118,10 @@ def export_model(
         raise ExportError(f"--kv-cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
     with atomic_folder(out, overwrite) as target, tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
         folder = gguf.stage(Path(source), Path(staging, "source"))  # a .gguf file: a folder linking it
+        # a GGUF's tokenizer first: rebuilding it takes memory that should not add to the weights'
+        tokenizer = _gguf_tokenizer(folder, Path(staging))
         adapter = load_adapter(folder, family, task)
-        tokenizer = _tokenizer_file(adapter, folder, Path(staging))
+        tokenizer = tokenizer or _tokenizer_file(adapter, folder, Path(staging))
         manifest = _export_inline(
             adapter,
             tokenizer,
@@ -184,12 +186,17 @@ def _finish(out: Path, manifest: Manifest) -> Manifest:
     return manifest
 
 
+def _gguf_tokenizer(source: Path, staging: Path) -> Path | None:
+    """The tokenizer.json rebuilt from a GGUF folder's metadata into `staging`, else None."""
+    if not (source / TOKENIZER_FILE).is_file() and gguf.gguf_file(source) is not None:
+        return staging / gguf.write_tokenizer_files(source, staging)
+    return None
+
+
 def _tokenizer_file(adapter, source: Path, staging: Path) -> Path:
     """source/tokenizer.json, else one the adapter converts from the folder's slow-tokenizer
     files (spiece.model, source.spm + vocab.json, ...) into `staging`: the engine reads only
     tokenizer.json."""
-    if not (source / TOKENIZER_FILE).is_file() and gguf.gguf_file(source) is not None:
-        return staging / gguf.write_tokenizer_files(source, staging)
     if (source / TOKENIZER_FILE).is_file() or not hasattr(adapter, "write_tokenizer"):
         return source / TOKENIZER_FILE
     return staging / adapter.write_tokenizer(staging)

@@ -67,7 +67,8 @@ def test_tensor_by_tensor_load_equals_transformers(tmp_path, monkeypatch):
     _write_tiny_llama(tmp_path / "tiny.gguf")
     monkeypatch.setattr(seqport_gguf, "CHUNK_ROWS", 5)  # several chunks, the last one short
     ours = seqport_gguf.load_model(tmp_path, "AutoModelForCausalLM", torch.float32)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32)
+    auto = transformers.AutoModelForCausalLM
+    theirs = auto.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32)
     mine, ref = ours.state_dict(), theirs.state_dict()
     assert mine.keys() == ref.keys()
     assert [k for k in ref if mine[k].dtype != ref[k].dtype or not torch.equal(mine[k], ref[k])] == []
