@@ -5,17 +5,30 @@ holds exactly one. transformers (`from_pretrained(folder, gguf_file=...)`, which
 `gguf` and `accelerate` packages) reads the config, dequantizes the weights to float32 and
 rebuilds the tokenizer (with its chat template and special tokens) from the GGUF metadata; the
 family adapters then export that model like any other.
+
+The weights are loaded tensor by tensor (`load_model`): transformers' own GGUF loading
+dequantizes every tensor into a dict and then loads it into the model, which peaks at about
+twice the float32 weights; here the file is memory-mapped, each tensor dequantized in row
+chunks, with transformers' name mapping and tensor processing (e.g. the Llama q/k
+permutation), and the model takes the tensors as they are (one float32 copy).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from seqport.engine.errors import ArtifactError, ExportError
 
 logger = logging.getLogger(__name__)
 SUFFIX = ".gguf"
+#: rows dequantized at once: bounds the float64/int temporaries of gguf's numpy dequantizers.
+CHUNK_ROWS = 2048
 _NEEDS = "exporting a GGUF file needs transformers, gguf and accelerate: pip install 'seqport[gguf]'"
 
 
@@ -98,3 +111,78 @@ def write_tokenizer_files(folder: Path, out: Path) -> str:
     if not (out / "tokenizer.json").is_file():
         raise ArtifactError(f"{type(tokenizer).__name__} wrote no tokenizer.json: the engine reads tokenizer.json only")
     return "tokenizer.json"
+
+
+def load_model(folder: Path, auto_class: str, dtype: Any):
+    """The model of `folder`'s GGUF file, its weights dequantized tensor by tensor to `dtype`.
+
+    Raises:
+        ExportError: the file lacks a weight the model has.
+    """
+    import torch
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+    path = folder / pretrained_kwargs(folder)["gguf_file"]
+    config = transformers.AutoConfig.from_pretrained(str(folder), gguf_file=path.name)
+    cls = getattr(transformers, auto_class)._model_mapping[type(config)]
+    arch, tensors = _raw_tensors(path)
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config.to_dict())
+    with torch.device("meta"):
+        names = get_gguf_hf_weights_map(cls(config), processor)
+    state: dict[str, torch.Tensor] = {}
+    extra = {"tensor_key_mapping": names, "parsed_parameters": {"tensors": state}}  # as transformers passes them
+    for name, ggml_type, raw in tensors:
+        result = processor.process(weights=_dequantize(raw, ggml_type), name=name, **extra)
+        if result.name in names:
+            state[names[result.name]] = torch.from_numpy(_owned(result.weights)).to(dtype)
+    model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
+    del state
+    if any(p.is_meta for p in model.parameters()):
+        raise ExportError(f"{path} lacks weights {cls.__name__} needs: it cannot be exported")
+    return model
+
+
+def _raw_tensors(path: Path) -> tuple[str, Iterator[tuple[str, int, np.ndarray]]]:
+    """The file's architecture, and its tensors as (GGUF name, ggml type, stored data (..., row
+    bytes)), each memory-mapped only while it is read (its pages leave with the map)."""
+    try:
+        from transformers.integrations.gguf.reader import GgufHeader
+    except ImportError:  # older transformers: gguf's reader, which parses all the metadata up front
+        from gguf import GGUFReader
+        from transformers.modeling_gguf_pytorch_utils import read_field
+
+        reader = GGUFReader(str(path))
+        return read_field(reader, "general.architecture")[0], ((t.name, t.tensor_type, t.data) for t in reader.tensors)
+    header = GgufHeader.from_file(str(path))
+
+    def mapped() -> Iterator[tuple[str, int, np.ndarray]]:
+        for info in header.tensors:
+            raw = np.memmap(path, np.uint8, "r", offset=header.data_start + info.offset, shape=(info.nbytes,))
+            rows = math.prod(info.shape[:-1])
+            yield info.name, info.ggml_type, raw.reshape(*info.shape[:-1], info.nbytes // rows)
+
+    return header.architecture, mapped()
+
+
+def _dequantize(data: np.ndarray, ggml_type: int) -> np.ndarray:
+    """One GGUF tensor's stored data (..., row bytes) as float32 (..., row), CHUNK_ROWS rows at a time."""
+    from gguf import GGMLQuantizationType, dequantize
+
+    qtype = GGMLQuantizationType(ggml_type)
+    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+        return dequantize(data, qtype)
+    rows = data.reshape(-1, data.shape[-1])
+    first = dequantize(rows[:1], qtype)
+    out = np.empty((rows.shape[0], first.shape[-1]), dtype=np.float32)
+    for start in range(0, rows.shape[0], CHUNK_ROWS):
+        out[start : start + CHUNK_ROWS] = dequantize(rows[start : start + CHUNK_ROWS], qtype)
+    return out.reshape(*data.shape[:-1], first.shape[-1])
+
+
+def _owned(weights: np.ndarray) -> np.ndarray:
+    """`weights` itself when it is a writable C-contiguous float32 array, else a copy that is
+    (a memory-mapped F32 tensor is read-only; a transposed one is a view)."""
+    if weights.flags.c_contiguous and weights.flags.writeable and weights.dtype == np.float32:
+        return weights
+    return np.array(weights, dtype=np.float32, order="C")

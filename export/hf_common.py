@@ -83,11 +83,13 @@ def load_hf_model(folder: Path, model_types: tuple[str, ...], auto_class: str = 
     except ImportError:
         raise ExportError("exporting a HuggingFace model needs transformers: pip install 'seqport[hf]'") from None
     check_transformers_version(transformers.__version__)
-    from seqport.export.gguf import pretrained_kwargs
+    from seqport.export import gguf
 
-    kwargs = pretrained_kwargs(folder)
     try:
-        model = getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32, **kwargs)
+        if gguf.pretrained_kwargs(folder):  # tensor by tensor: one float32 copy (export/gguf.py)
+            model = gguf.load_model(folder, auto_class, torch.float32)
+        else:
+            model = getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"transformers could not load {folder}: {first}") from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -38,6 +39,7 @@ from seqport.export.causal import export_decoder_only
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
+from seqport.export.memory import release_weights
 from seqport.export.onnx_export import OPSET, inline_weights
 from seqport.export.seq2seq_graphs import check_allocation, export_decoder, export_encoder
 from seqport.export.text_check import real_text_check
@@ -118,8 +120,10 @@ def export_model(
         raise ExportError(f"--kv-cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
     with atomic_folder(out, overwrite) as target, tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
         folder = gguf.stage(Path(source), Path(staging, "source"))  # a .gguf file: a folder linking it
+        # a GGUF's tokenizer first: rebuilding it takes memory that should not add to the weights'
+        tokenizer = _gguf_tokenizer(folder, Path(staging))
         adapter = load_adapter(folder, family, task)
-        tokenizer = _tokenizer_file(adapter, folder, Path(staging))
+        tokenizer = tokenizer or _tokenizer_file(adapter, folder, Path(staging))
         manifest = _export_inline(
             adapter,
             tokenizer,
@@ -129,6 +133,7 @@ def export_model(
             kv_cache=kv_cache,
             attention=attention,
             tolerance=tolerance,
+            release=not optimize,  # nothing after validation needs PyTorch but --optimize's re-validation
         )
         manifest = _finish(target, _post_process(adapter, target, manifest, optimize, quantize, dtype, int4))
     return manifest
@@ -183,12 +188,17 @@ def _finish(out: Path, manifest: Manifest) -> Manifest:
     return manifest
 
 
+def _gguf_tokenizer(source: Path, staging: Path) -> Path | None:
+    """The tokenizer.json rebuilt from a GGUF folder's metadata into `staging`, else None."""
+    if not (source / TOKENIZER_FILE).is_file() and gguf.gguf_file(source) is not None:
+        return staging / gguf.write_tokenizer_files(source, staging)
+    return None
+
+
 def _tokenizer_file(adapter, source: Path, staging: Path) -> Path:
     """source/tokenizer.json, else one the adapter converts from the folder's slow-tokenizer
     files (spiece.model, source.spm + vocab.json, ...) into `staging`: the engine reads only
     tokenizer.json."""
-    if not (source / TOKENIZER_FILE).is_file() and gguf.gguf_file(source) is not None:
-        return staging / gguf.write_tokenizer_files(source, staging)
     if (source / TOKENIZER_FILE).is_file() or not hasattr(adapter, "write_tokenizer"):
         return source / TOKENIZER_FILE
     return staging / adapter.write_tokenizer(staging)
@@ -246,9 +256,12 @@ def _export_inline(
     kv_cache: str,
     attention: str = "portable",
     tolerance: float = 1.0,
+    release: bool = False,
 ) -> Manifest:
     """export_adapter without the weights layout: inline components, validated, manifest saved
-    (the post-processing steps rewrite these files with onnx.load/save)."""
+    (the post-processing steps rewrite these files with onnx.load/save). `release`: a
+    decoder-only adapter's PyTorch weights are let go once PyTorch's side of validation is
+    done (export_model's own model, when nothing later needs it; never a caller's adapter)."""
     tokenizer, out = Path(tokenizer), Path(out)
     source = source if source is not None else f"{type(adapter).__module__}.{type(adapter).__qualname__}"
     if not tokenizer.is_file():
@@ -293,6 +306,7 @@ def _export_inline(
                         attention=attention,
                         text_check=real_text_check(tokenizer, True, attention),
                         scale=scale,
+                        release=functools.partial(release_weights, adapter) if release else None,
                     )
                 else:
                     validation = validate(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,19 +132,70 @@ def real_text_check(tokenizer: Path | None, decoder_only: bool, attention: str =
     if tokenizer is None:
         return None
     if decoder_only:
-        return functools.partial(_decoder_only_check, tokenizer, attention == "fused")
+        return DecoderOnlyTextCheck(tokenizer, attention == "fused")
     return functools.partial(_seq2seq_check, tokenizer)
-
-
-def _decoder_only_check(tokenizer, in_place, adapter, signature, runtime, allocation, recorder) -> TextCheck:
-    return check_decoder_only(adapter, tokenizer, signature, runtime, allocation, recorder, in_place)
 
 
 def _seq2seq_check(tokenizer, adapter, signatures, runtimes, allocation, recorder) -> TextCheck:
     return check_seq2seq(adapter, tokenizer, signatures, runtimes, allocation, recorder)
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class DecoderOnlyTextCheck:
+    """The decoder-only real-text check in two halves, so that PyTorch's weights can be let go
+    before onnxruntime loads its own (export/validate.py validate_decoder_only): `reference`
+    decodes greedily in PyTorch, `compare` replays those steps in onnxruntime on its own cache.
+    onnxruntime follows PyTorch's ids, which are the shared ids as long as the two agree; at
+    the first step where they part, the prompt ends (as a near tie or a failure)."""
+
+    tokenizer: Path
+    in_place: bool = False  # a fused graph writes its buffers in place: present bound to past
+
+    def __call__(self, adapter, signature, runtime, allocation: str, recorder) -> TextCheck:
+        return self.compare(self.reference(adapter), signature, runtime, allocation, recorder)
+
+    @torch.inference_mode()
+    def reference(self, adapter) -> list[tuple[str, list[dict[str, np.ndarray]]]]:
+        """Per sentence: its STEPS steps in PyTorch, each the step's feeds and `ref` logits (K, V)."""
+        spec = adapter.spec()
+        prompts = encode_sentences(self.tokenizer, spec.vocab_size, max(1, spec.max_positions - STEPS))
+        empty = _kv_values("past", adapter.empty_past(1))
+        decoded = []
+        for sentence, ids in prompts:
+            tokens, past, steps = torch.tensor([ids]), adapter.empty_past(1), []  # tokens (1, T)
+            for step in range(STEPS):
+                length = len(ids) + step
+                positions = torch.arange(length - tokens.shape[1], length)[None]  # (1, T)
+                keep = torch.arange(tokens.shape[1]) if step == 0 else torch.tensor([0])  # prompt: every position
+                mask = torch.ones(1, length, dtype=torch.long)
+                hidden, past = adapter.decode_step(tokens, mask, positions, past)
+                ref = adapter.logits(hidden.index_select(1, keep)).float().numpy()[0]
+                steps.append({"input_ids": tokens.numpy(), "attention_mask": mask.numpy(), "position_ids":
+                              positions.numpy(), "logits_positions": keep.numpy(), "ref": ref})  # fmt: skip
+                tokens = torch.tensor([[int(np.argmax(ref[-1]))]])
+            steps[0].update(empty)  # onnxruntime's first step starts from the empty cache
+            decoded.append((sentence, steps))
+        return decoded
+
+    def compare(self, references, signature, runtime, allocation: str, recorder) -> TextCheck:
+        """Replay `reference`'s steps in onnxruntime; failures go to `recorder` (export/validate.py)."""
+        tally = _Tally(recorder)
+        for n, (sentence, steps) in enumerate(references):
+            label, ort_past = f"prompt {n} {sentence[:24]!r}", {}
+            for step, record in enumerate(steps):
+                values = {name: value for name, value in record.items() if name != "ref"} | ort_past
+                new = values["input_ids"].shape[1]
+                case = Case(1, values["attention_mask"].shape[1] - new, new, all_logits=step == 0)
+                out = run_decoder(signature, runtime, values, case, allocation, recorder, in_place=self.in_place)
+                ort_past = _present_as_past(out)
+                tally.logits(f"{label} step {step}", out["logits"][0], record["ref"])
+                if tally.next_tokens(f"{label} step {step}", out["logits"][0][-1], record["ref"][-1]) is None:
+                    break
+            else:
+                tally.equal += 1
+        return tally.result([sentence for sentence, _ in references])
+
+
 def check_decoder_only(
     adapter, tokenizer: Path, signature, runtime, allocation: str, recorder, in_place: bool = False
 ) -> TextCheck:
@@ -151,33 +203,7 @@ def check_decoder_only(
 
     Failures go to `recorder` (export/validate.py), which raises them with the other figures.
     """
-    spec = adapter.spec()
-    prompts = encode_sentences(tokenizer, spec.vocab_size, max(1, spec.max_positions - STEPS))
-    tally = _Tally(recorder)
-    for n, (sentence, ids) in enumerate(prompts):
-        label = f"prompt {n} {sentence[:24]!r}"
-        tokens = torch.tensor([ids])  # (1, T)
-        past, ort_past, logits_at = adapter.empty_past(1), _kv_values("past", adapter.empty_past(1)), tokens.shape[1]
-        for step in range(STEPS):
-            length = len(ids) + step
-            mask = torch.ones(1, length, dtype=torch.long)
-            positions = torch.arange(length - tokens.shape[1], length)[None]  # (1, T)
-            keep = torch.arange(logits_at) if step == 0 else torch.tensor([0])  # prompt: every position
-            hidden, past = adapter.decode_step(tokens, mask, positions, past)
-            ref = adapter.logits(hidden.index_select(1, keep)).float().numpy()[0]  # (K, V)
-            values = {"input_ids": tokens.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
-            values.update(logits_positions=keep.numpy(), **ort_past)
-            case = Case(1, length - tokens.shape[1], tokens.shape[1], all_logits=step == 0)
-            out = run_decoder(signature, runtime, values, case, allocation, recorder, in_place=in_place)
-            ort_past = _present_as_past(out)
-            tally.logits(f"{label} step {step}", out["logits"][0], ref)
-            chosen = tally.next_tokens(f"{label} step {step}", out["logits"][0][-1], ref[-1])
-            if chosen is None:
-                break
-            tokens = torch.tensor([[chosen]])
-        else:
-            tally.equal += 1
-    return tally.result([sentence for sentence, _ in prompts])
+    return DecoderOnlyTextCheck(tokenizer, in_place)(adapter, signature, runtime, allocation, recorder)
 
 
 @torch.inference_mode()

@@ -282,49 +282,65 @@ def validate_decoder_only(
     options: RuntimeOptions | None = None,
     allocation: str = "growing",
     attention: str = "portable",
-    text_check: Callable | None = None,
+    text_check=None,
     scale: float = 1.0,
+    release: Callable[[], None] | None = None,
 ) -> Validation:
     """Run a decoder-only model's `decoder` in PyTorch and onnxruntime on DECODER_ONLY_CASES
     (a preallocated graph against PyTorch's growing cache, as in `validate`; a fused graph
     against the adapter's portable attention), then greedy decoding of real prompts
-    (`text_check`, as in `validate`, given the decoder's signature and runtime; `scale` as there).
+    (`text_check`: export/text_check.DecoderOnlyTextCheck; `scale` as in `validate`).
+
+    PyTorch runs first, every case and the text check's decoding, then `release` (if given)
+    lets the PyTorch weights go, and only then does onnxruntime load the graph's. (After
+    torch.onnx export, torch itself still holds most parameters' storage: on SmolLM2 the
+    release frees ~0.1 of the 0.54 GB; see docs/real-models.md.)
 
     Raises:
         ParityError: naming the output, case and figures of every failure.
     """
     spec = adapter.spec()
+    gen = torch.Generator().manual_seed(1234)
+    references = [_decoder_only_reference(adapter, spec, case, gen) for case in DECODER_ONLY_CASES]
+    text_references = text_check.reference(adapter) if text_check is not None else None
+    if release is not None:
+        release()
     signature = Signature(components["decoder"], spec.num_layers, fixed)
     runtime = open_runtime(folder / components["decoder"].file, options or RuntimeOptions())
-    recorder = _Recorder(scale)
-    gen = torch.Generator().manual_seed(1234)
-    labels = []
-    for case in DECODER_ONLY_CASES:
-        ids, mask = _left_padded(spec, case.batch, case.past + case.new, gen)
-        positions = positions_from_mask(mask)
-        past = adapter.empty_past(case.batch)
-        if case.past:
-            prefix = slice(0, case.past)
-            _, past = adapter.decode_step(ids[:, prefix], mask[:, prefix], positions[:, prefix], past)
-        new = slice(case.past, None)
-        keep = torch.arange(case.new) if case.all_logits else torch.tensor([case.new - 1])
-        hidden, present = adapter.decode_step(ids[:, new], mask, positions[:, new], past)
-        theirs = {"logits": adapter.logits(hidden.index_select(1, keep)).float().numpy()}
-        theirs.update(_kv_values("present", present))
-        values = {"input_ids": ids[:, new].numpy(), "attention_mask": mask.numpy()}
-        values.update({"position_ids": positions[:, new].numpy(), "logits_positions": keep.numpy()})
-        values.update(_kv_values("past", past))
+    recorder, labels = _Recorder(scale), []
+    for case, (values, theirs) in zip(DECODER_ONLY_CASES, references):
         ours = _run_decoder(signature, runtime, values, case, allocation, recorder, in_place=attention == "fused")
         if allocation == "preallocated" or attention == "fused":  # a left-pad query attends to nothing:
-            blank_pads(ours, theirs, mask.numpy(), case.past + keep.numpy())  # its output is unspecified
+            keep = values["logits_positions"]  # its output is unspecified
+            blank_pads(ours, theirs, values["attention_mask"], case.past + keep)
         labels.append(case.label + (" left-padded" if case.batch > 1 else ""))
         recorder.compare("decoder", labels[-1], ours, theirs, signature)
     raise_failures(recorder, "exported decoder outputs")
     text = None
     if text_check is not None:
-        text = text_check(adapter, signature, runtime, allocation, recorder)
+        text = text_check.compare(text_references, signature, runtime, allocation, recorder)
         raise_failures(recorder, "exported decoder outputs")
     return validation_record(recorder.worst, labels, scale, text)
+
+
+@torch.inference_mode()
+def _decoder_only_reference(adapter, spec: ModelSpec, case: Case, gen: torch.Generator) -> tuple[dict, dict]:
+    """One case in PyTorch: the decoder's feeds (logical names) and PyTorch's outputs."""
+    ids, mask = _left_padded(spec, case.batch, case.past + case.new, gen)
+    positions = positions_from_mask(mask)
+    past = adapter.empty_past(case.batch)
+    if case.past:
+        prefix = slice(0, case.past)
+        _, past = adapter.decode_step(ids[:, prefix], mask[:, prefix], positions[:, prefix], past)
+    new = slice(case.past, None)
+    keep = torch.arange(case.new) if case.all_logits else torch.tensor([case.new - 1])
+    hidden, present = adapter.decode_step(ids[:, new], mask, positions[:, new], past)
+    theirs = {"logits": adapter.logits(hidden.index_select(1, keep)).float().numpy()}
+    theirs.update(_kv_values("present", present))
+    values = {"input_ids": ids[:, new].numpy(), "attention_mask": mask.numpy()}
+    values.update({"position_ids": positions[:, new].numpy(), "logits_positions": keep.numpy()})
+    values.update(_kv_values("past", past))
+    return values, theirs
 
 
 def _left_padded(spec: ModelSpec, batch: int, length: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
