@@ -63,6 +63,7 @@ SEQPORT_INT4 = {
     "int4-acc0": ("fused", ["--accuracy-level", "0"]),
     "int4-sym": ("fused", ["--scheme", "symmetric", "--projection", "int4"]),  # the scheme of GenAI's builder
     "int4-asym": ("fused", ["--scheme", "asymmetric"]),
+    "int4-sym-p8": ("fused", ["--scheme", "symmetric"]),  # symmetric blocks, the 8-bit projection
     "int4-pre": ("fused-pre", []),
 }
 SEQPORT_VARIANTS = [*SEQPORT_EXPORTS, *SEQPORT_INT4]
