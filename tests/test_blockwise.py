@@ -59,6 +59,7 @@ def test_matmulnbits_graph_computes_the_quantized_weight(scheme):
     dequantized weight (accuracy level 0, fp32 compute); two MatMuls of one activation become
     one MatMulNBits and a Split."""
     ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")  # the export extra: the runtime-only CI environment has no onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from seqport.export.matmul_nbits import Plan, rewrite
