@@ -18,6 +18,7 @@ from seqport.cli.generate import (
     generation_overrides,
     load_generating,
 )
+from seqport.cli.runtime_args import add_runtime_options
 from seqport.engine.errors import ConfigError, SeqportError
 
 HELP = "/reset: forget the conversation · /exit or Ctrl-D: quit"
@@ -34,8 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("artifact", help="decoder-only artifact folder written by `seqport export`")
     add_generation_flags(p)
     add_chat_options(p)
-    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
+    add_runtime_options(p)
     p.set_defaults(run=run)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from seqport.cli.runtime_args import add_runtime_options, load_with_runtime_options
 from seqport.cli.textio import add_io_options, chunks, input_lines, output_stream, parse_jsonl, progress_bar
 from seqport.engine.errors import SeqportError
 
@@ -22,8 +23,7 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--truncate", action="store_true", help="cut inputs longer than the model's maximum instead of failing"
     )
-    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
+    add_runtime_options(p)
     add_io_options(p)
 
 
@@ -66,9 +66,7 @@ def _texts(args: argparse.Namespace, verb: str) -> list[str]:
 
 
 def _encoder_model(args: argparse.Namespace, verb: str):
-    from seqport.engine.api import load
     from seqport.engine.manifest import load_manifest
-    from seqport.engine.runtime import RuntimeOptions
 
     kind = load_manifest(args.artifact).architecture  # before any session is built
     if kind != "encoder-only":
@@ -77,7 +75,7 @@ def _encoder_model(args: argparse.Namespace, verb: str):
             f"{args.artifact} is {article} {kind} artifact, which generates text; `seqport {verb}` needs an "
             "encoder-only one (use `seqport generate` with this one)"
         )
-    return load(args.artifact, provider=args.provider, options=RuntimeOptions(intra_op_threads=args.threads))
+    return load_with_runtime_options(args)
 
 
 def _mapped(args: argparse.Namespace, texts: list[str], run) -> list:

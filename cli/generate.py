@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from seqport.cli.runtime_args import add_runtime_options, load_with_runtime_options
 from seqport.cli.textio import add_io_options, chunks, input_lines, output_stream, parse_jsonl, progress_bar
 from seqport.engine.errors import InputError, SeqportError
 
@@ -89,8 +90,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ids", action="append", type=_id_list, metavar="IDS", help="an input as token ids (repeatable)")
     add_generation_flags(p)
     p.add_argument("--stream", action="store_true", help="print each output as its tokens arrive")
-    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
+    add_runtime_options(p)
     p.add_argument(
         "--json",
         action="store_true",
@@ -201,9 +201,7 @@ def load_generating(args: argparse.Namespace, verb: str):
     Raises:
         SeqportError: an encoder-only artifact (names embed/classify), or as load() raises.
     """
-    from seqport.engine.api import load
     from seqport.engine.manifest import load_manifest
-    from seqport.engine.runtime import RuntimeOptions
 
     kind = load_manifest(args.artifact).architecture
     if kind == "encoder-only":
@@ -211,7 +209,7 @@ def load_generating(args: argparse.Namespace, verb: str):
             f"{args.artifact} is an encoder-only artifact, which does not generate text; `seqport {verb}` needs a "
             "decoder-only or encoder-decoder one (use `seqport embed` or `seqport classify` with this one)"
         )
-    return load(args.artifact, provider=args.provider, options=RuntimeOptions(intra_op_threads=args.threads))
+    return load_with_runtime_options(args)
 
 
 def chat_template_option(args: argparse.Namespace) -> str | None:

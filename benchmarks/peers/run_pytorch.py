@@ -28,10 +28,10 @@ def main() -> None:
         auto = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForCausalLM
         model = auto.from_pretrained(plan["hf"]).eval()
 
-        def generate(inputs: list[list[int]], n: int) -> list[int]:
-            ids = torch.tensor(inputs)  # (B, L): same length rows, no padding
+        def greedy(ids, n: int):
+            """transformers greedy search, exactly n new tokens, every row unpadded."""
             with torch.inference_mode():
-                out = model.generate(
+                return model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     do_sample=False,
@@ -40,22 +40,16 @@ def main() -> None:
                     min_new_tokens=n,
                     pad_token_id=plan["pad_id"],
                 )
+
+        def generate(inputs: list[list[int]], n: int) -> list[int]:
+            ids = torch.tensor(inputs)  # (B, L): same length rows, no padding
+            out = greedy(ids, n)
             prefix = 1 if seq2seq else ids.shape[1]  # decoder start token / prompt
             return [out.shape[1] - prefix] * out.shape[0]
 
         def greedy_ids(prompt: list[int], n: int) -> list[int]:
             ids = torch.tensor([prompt])  # (1, P)
-            with torch.inference_mode():
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=False,
-                    num_beams=1,
-                    max_new_tokens=n,
-                    min_new_tokens=n,
-                    pad_token_id=plan["pad_id"],
-                )
-            return out[0, (1 if seq2seq else ids.shape[1]) :].tolist()
+            return greedy(ids, n)[0, (1 if seq2seq else ids.shape[1]) :].tolist()
 
         return generate, greedy_ids
 

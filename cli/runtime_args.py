@@ -1,0 +1,21 @@
+"""The `--provider` / `--threads` options of the commands that load an artifact, and the load
+that honours them (generate, chat, embed, classify share both)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """--provider and --threads, as every artifact-loading command spells them."""
+    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
+
+
+def load_with_runtime_options(args: argparse.Namespace) -> Any:
+    """`seqport.engine.load(args.artifact)` on args.provider with args.threads intra-op threads."""
+    from seqport.engine.api import load
+    from seqport.engine.runtime import RuntimeOptions
+
+    return load(args.artifact, provider=args.provider, options=RuntimeOptions(intra_op_threads=args.threads))
