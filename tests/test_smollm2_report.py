@@ -63,3 +63,17 @@ def test_cpu_flags_name_the_kernel_extensions(modules):
     _, report = modules
     flags = report.cpu_flags()
     assert set(flags) == set(report.FLAGS) and all(isinstance(v, bool) for v in flags.values())
+
+
+def test_compare_models_smollm2_runs_the_llm_benchmark_with_the_shared_settings(modules, monkeypatch, tmp_path):
+    smollm2, _ = modules
+    import compare
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(smollm2, "main", lambda argv: seen.append(argv) or 0)
+    status = compare.main(["--models", "smollm2", "--batch-sizes", "1,8", "--threads", "2", "--out", str(tmp_path),
+                           "--smollm2-args", "--genai-python /venv/bin/python --long ''"])
+    assert status == 0 and len(seen) == 1
+    argv = seen[0]
+    assert argv[argv.index("--batch-sizes") + 1] == "1,8" and argv[argv.index("--out") + 1] == str(tmp_path)
+    assert argv[-4:] == ["--genai-python", "/venv/bin/python", "--long", ""]
