@@ -1,7 +1,7 @@
 """`seqport serve` under load: continuous batching vs sequential requests vs static micro-batching (issue #14).
 
     python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads 0]
-        [--time-limit 240] [--out benchmarks/results] [--label NAME]
+        [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
 sends the same requests (seeded prompts of 2-8 words, greedy, max_tokens drawn from 4-64,
@@ -11,6 +11,12 @@ clients to the micro-batching server (`--scheduler micro`). Reports requests/s, 
 p50/p99 time to first token and end-to-end latency, with the CPU kind and the load average
 (the machine may be shared), in OUT/serve_load[-LABEL].json and .md. Loopback only; every run
 is bounded by --requests and --time-limit.
+
+Each HTTP run also records the CPU time the server process and the client process spent per
+request (Linux /proc; what a shared machine changes least). The "engine only" runs then drive
+both schedulers in this process with the same requests and N concurrent consumers, without HTTP,
+and count the model's decoder and encoder calls and their rows: the requests/s a scheduler
+reaches when the HTTP side costs nothing, an upper bound for the HTTP runs' ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import httpx
 import numpy as np
 from batch_scale import cpu_kind
+from serve_engine_only import engine_only
 
 WORDS = "the house is small where dog cat tea home cold big red blue one two we go today".split()
 
@@ -67,6 +74,16 @@ def start_server(artifact: str | None, scheduler: str, clients: int, threads: in
             time.sleep(0.2)
     server.kill()
     raise RuntimeError("the server did not start in 600 s")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (None off Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def one_request(client: httpx.AsyncClient, url: str, request: dict[str, Any]) -> dict[str, float]:
@@ -112,8 +129,12 @@ def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: l
     server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads)
     try:
         asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit))  # warm-up
+        server_cpu, client_cpu = process_cpu_s(server.pid), time.process_time()
         result = asyncio.run(drive(url, requests, clients, args.time_limit))
-        result["scheduler_log"] = ""
+        server_used = process_cpu_s(server.pid)
+        if server_cpu is not None and server_used is not None:
+            result["server_cpu_ms_per_request"] = 1000 * (server_used - server_cpu) / result["requests"]
+        result["client_cpu_ms_per_request"] = 1000 * (time.process_time() - client_cpu) / result["requests"]
     finally:
         server.terminate()
         try:
@@ -127,11 +148,30 @@ def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: l
 
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
-    head = "| run | clients | req/s | tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms |\n"
-    head += "|---|---|---|---|---|---|---|---|\n"
+    head = "| run | clients | req/s | tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | "
+    head += "server / client CPU ms per request |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
     rows = [
         f"| {name} | {r['clients']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_p50_ms']:.0f} | "
-        f"{r['ttft_p99_ms']:.0f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} |"
+        f"{r['ttft_p99_ms']:.0f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} | "
+        f"{r.get('server_cpu_ms_per_request', float('nan')):.1f} / {r['client_cpu_ms_per_request']:.1f} |"
+        for name, r in runs.items()
+    ]
+    return head + "\n".join(rows) + "\n"
+
+
+def engine_table(runs: dict[str, dict[str, Any]]) -> str:
+    """The in-process runs without HTTP (serve_engine_only.py); "" when skipped."""
+    if not runs:
+        return ""
+    head = "Engine only (no HTTP, same requests, in-process consumers):\n\n"
+    head += "| scheduler | clients | req/s | CPU ms per request | TTFT p50 ms | decoder calls per request | "
+    head += "rows per decoder call | encoder calls per request | rows per encoder call |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
+    rows = [
+        f"| {name} | {r['clients']} | {r['requests_per_s']:.1f} | {r['cpu_ms_per_request']:.1f} | "
+        f"{r['ttft_p50_ms']:.1f} | {r['decoder_calls_per_request']:.2f} | {r['decoder_rows_per_call']:.1f} | "
+        f"{r['encoder_calls_per_request']:.2f} | {r['encoder_rows_per_call']:.1f} |"
         for name, r in runs.items()
     ]
     return head + "\n".join(rows) + "\n"
@@ -146,6 +186,7 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=240.0, help="seconds per run at most")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--label", default="", help="suffix of the result files (serve_load-LABEL.json)")
+    parser.add_argument("--no-engine-only", action="store_true", help="skip the in-process runs without HTTP")
     args = parser.parse_args()
     requests = make_requests(min(args.requests, 256))
     load_before = os.getloadavg()
@@ -160,11 +201,19 @@ def main() -> None:
         "continuous_vs_micro_rps": cont["requests_per_s"] / micro["requests_per_s"],
         "ttft_p50_vs_idle": cont["ttft_p50_ms"] / seq["ttft_p50_ms"],
     }
+    engine = {} if args.no_engine_only else engine_only(args.artifact, requests, args.clients, args.threads)
+    if engine:
+        ratios["engine_only_continuous_vs_micro_rps"] = (
+            engine["continuous"]["requests_per_s"] / engine["micro"]["requests_per_s"]
+        )
+        ratios["engine_only_ttft_p50_vs_idle"] = (
+            engine["continuous"]["ttft_p50_ms"] / engine["idle (continuous, 1 consumer)"]["ttft_p50_ms"]
+        )
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "artifact": args.artifact or "bundled translator", "cpu": cpu_kind(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "runs": runs, "ratios": ratios,
+        "runs": runs, "engine_only": engine, "ratios": ratios,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "serve_load" + (f"-{args.label}" if args.label else "")
@@ -173,7 +222,8 @@ def main() -> None:
     flags = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of the listed"
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
     md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after.\n\n"
-    md += table(runs) + "\n" + "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items()) + "\n"
+    md += table(runs) + "\n" + engine_table(engine) + "\n" + "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items())
+    md += "\n"
     (args.out / f"{stem}.md").write_text(md, encoding="utf-8")
     print(md)
 
