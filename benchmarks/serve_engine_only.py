@@ -88,9 +88,11 @@ def run_scheduler(model: Any, kind: str, requests: list[GenerationRequest], clie
     }  # fmt: skip
 
 
-def engine_only(artifact: str | None, bodies: list[dict[str, Any]], clients: int, threads: int) -> dict[str, Any]:
+def engine_only(
+    artifact: str | None, bodies: list[dict[str, Any]], clients: int, threads: int, spinning: bool = False
+) -> dict[str, Any]:
     """Continuous and micro-batching figures (and idle TTFT: one consumer) without HTTP."""
-    options = RuntimeOptions(intra_op_threads=threads, allow_spinning=False)
+    options = RuntimeOptions(intra_op_threads=threads, allow_spinning=spinning)
     model = sp.load(artifact or bundled_translator(), options=options)
     requests = _requests(model, bodies)
     runs = {kind: run_scheduler(model, kind, requests, clients) for kind in ("continuous", "micro")}
