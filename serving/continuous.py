@@ -267,9 +267,9 @@ class ContinuousScheduler(MicroBatchScheduler):
     ) -> int:
         """Encoder-decoder rows with an empty past (every slot masked) whose decoder start token
         the step that follows at once decodes at position 0 with the running rows. Measured
-        against a decoder call of their own (the first token a step earlier): the same time to
-        first token (that step runs right after the admission), a decoder call fewer per
-        admission, so more requests/s (docs/serving.md)."""
+        against a decoder call of their own (the first token before the step of all rows): a
+        decoder call fewer per admission, 12 % less CPU per request, for first tokens 1-2 ms
+        later under 16 clients (docs/serving.md)."""
         new = [self._row(start) for start in starts]
         for row, start in zip(new, starts):
             row.token = start.first[0]
