@@ -1,7 +1,8 @@
 """`seqport serve` under load: continuous batching vs sequential requests vs static micro-batching (issue #14).
 
     python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads 0]
-        [--time-limit 240] [--out benchmarks/results] [--label NAME]
+        [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
+        [--ort-spinning]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
 sends the same requests (seeded prompts of 2-8 words, greedy, max_tokens drawn from 4-64,
@@ -11,6 +12,16 @@ clients to the micro-batching server (`--scheduler micro`). Reports requests/s, 
 p50/p99 time to first token and end-to-end latency, with the CPU kind and the load average
 (the machine may be shared), in OUT/serve_load[-LABEL].json and .md. Loopback only; every run
 is bounded by --requests and --time-limit.
+
+Each HTTP run also records the CPU time the server process and the client process spent per
+request (Linux /proc; what a shared machine changes least). The "engine only" runs then drive
+both schedulers in this process with the same requests and N concurrent consumers, without HTTP,
+and count the model's decoder and encoder calls and their rows: the requests/s a scheduler
+reaches when the HTTP side costs nothing, an upper bound for the HTTP runs' ratio.
+
+--repeat R runs every mode R times, alternating (a shared machine's load then hits each mode
+alike), and reports the median of the rounds' ratios; --ort-spinning runs the servers as they
+ran before spinning was turned off, for a comparison in one sitting.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from typing import Any
 import httpx
 import numpy as np
 from batch_scale import cpu_kind
+from serve_engine_only import engine_only
 
 WORDS = "the house is small where dog cat tea home cold big red blue one two we go today".split()
 
@@ -49,11 +61,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(artifact: str | None, scheduler: str, clients: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    artifact: str | None, scheduler: str, clients: int, threads: int, spinning: bool = False
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "seqport.serving", *([artifact] if artifact else []), "--port", str(port),
                "--scheduler", scheduler, "--max-batch-rows", str(clients), "--max-queue", "1024",
-               "--threads", str(threads), "--model-name", "m"]
+               "--threads", str(threads), "--model-name", "m", *(["--ort-spinning"] if spinning else [])]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -67,6 +81,16 @@ def start_server(artifact: str | None, scheduler: str, clients: int, threads: in
             time.sleep(0.2)
     server.kill()
     raise RuntimeError("the server did not start in 600 s")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (None off Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def one_request(client: httpx.AsyncClient, url: str, request: dict[str, Any]) -> dict[str, float]:
@@ -109,11 +133,15 @@ async def drive(url: str, requests: list[dict[str, Any]], clients: int, time_lim
 
 
 def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: list[dict]) -> dict[str, Any]:
-    server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads)
+    server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads, args.ort_spinning)
     try:
         asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit))  # warm-up
+        server_cpu, client_cpu = process_cpu_s(server.pid), time.process_time()
         result = asyncio.run(drive(url, requests, clients, args.time_limit))
-        result["scheduler_log"] = ""
+        server_used = process_cpu_s(server.pid)
+        if server_cpu is not None and server_used is not None:
+            result["server_cpu_ms_per_request"] = 1000 * (server_used - server_cpu) / result["requests"]
+        result["client_cpu_ms_per_request"] = 1000 * (time.process_time() - client_cpu) / result["requests"]
     finally:
         server.terminate()
         try:
@@ -127,14 +155,58 @@ def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: l
 
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
-    head = "| run | clients | req/s | tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms |\n"
-    head += "|---|---|---|---|---|---|---|---|\n"
+    head = "| run | clients | req/s | tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | "
+    head += "server / client CPU ms per request |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
     rows = [
         f"| {name} | {r['clients']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_p50_ms']:.0f} | "
-        f"{r['ttft_p99_ms']:.0f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} |"
+        f"{r['ttft_p99_ms']:.0f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} | "
+        f"{r.get('server_cpu_ms_per_request', float('nan')):.1f} / {r['client_cpu_ms_per_request']:.1f} |"
         for name, r in runs.items()
     ]
     return head + "\n".join(rows) + "\n"
+
+
+def engine_table(runs: dict[str, dict[str, Any]]) -> str:
+    """The in-process runs without HTTP (serve_engine_only.py); "" when skipped."""
+    if not runs:
+        return ""
+    head = "Engine only (no HTTP, same requests, in-process consumers):\n\n"
+    head += "| scheduler | clients | req/s | CPU ms per request | TTFT p50 ms | decoder calls per request | "
+    head += "rows per decoder call | encoder calls per request | rows per encoder call |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
+    rows = [
+        f"| {name} | {r['clients']} | {r['requests_per_s']:.1f} | {r['cpu_ms_per_request']:.1f} | "
+        f"{r['ttft_p50_ms']:.1f} | {r['decoder_calls_per_request']:.2f} | {r['decoder_rows_per_call']:.1f} | "
+        f"{r['encoder_calls_per_request']:.2f} | {r['encoder_rows_per_call']:.1f} |"
+        for name, r in runs.items()
+    ]
+    return head + "\n".join(rows) + "\n"
+
+
+def round_ratios(runs: dict[str, dict[str, Any]], engine: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The issue's ratios for one round (and the engine-only ones when it ran)."""
+    seq, cont, micro = runs.values()
+    ratios = {
+        "continuous_vs_sequential_rps": cont["requests_per_s"] / seq["requests_per_s"],
+        "continuous_vs_micro_rps": cont["requests_per_s"] / micro["requests_per_s"],
+        "ttft_p50_vs_idle": cont["ttft_p50_ms"] / seq["ttft_p50_ms"],
+    }
+    if engine:
+        ratios["engine_only_continuous_vs_micro_rps"] = (
+            engine["continuous"]["requests_per_s"] / engine["micro"]["requests_per_s"]
+        )
+        ratios["engine_only_ttft_p50_vs_idle"] = (
+            engine["continuous"]["ttft_p50_ms"] / engine["idle (continuous, 1 consumer)"]["ttft_p50_ms"]
+        )
+    return ratios
+
+
+def _labelled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One round's runs as they are; several rounds' runs named "NAME (round K)"."""
+    if len(rounds) <= 1:
+        return rounds[0] if rounds else {}
+    return {f"{name} (round {k})": run for k, runs in enumerate(rounds, 1) for name, run in runs.items()}
 
 
 def main() -> None:
@@ -146,25 +218,30 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=240.0, help="seconds per run at most")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--label", default="", help="suffix of the result files (serve_load-LABEL.json)")
+    parser.add_argument("--no-engine-only", action="store_true", help="skip the in-process runs without HTTP")
+    parser.add_argument("--ort-spinning", action="store_true", help="servers (and engine-only runs) spin, as before")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode, alternating; ratios: median")
     args = parser.parse_args()
     requests = make_requests(min(args.requests, 256))
     load_before = os.getloadavg()
-    runs = {
-        "sequential (continuous server)": run_mode(args, "continuous", 1, requests),
-        "continuous batching": run_mode(args, "continuous", args.clients, requests),
-        "static micro-batching": run_mode(args, "micro", args.clients, requests),
-    }
-    seq, cont, micro = runs.values()
-    ratios = {
-        "continuous_vs_sequential_rps": cont["requests_per_s"] / seq["requests_per_s"],
-        "continuous_vs_micro_rps": cont["requests_per_s"] / micro["requests_per_s"],
-        "ttft_p50_vs_idle": cont["ttft_p50_ms"] / seq["ttft_p50_ms"],
-    }
+    rounds, engines = [], []
+    for _ in range(args.repeat):  # the modes alternate, so a shared machine's load hits each alike
+        rounds.append({
+            "sequential (continuous server)": run_mode(args, "continuous", 1, requests),
+            "continuous batching": run_mode(args, "continuous", args.clients, requests),
+            "static micro-batching": run_mode(args, "micro", args.clients, requests),
+        })  # fmt: skip
+        if not args.no_engine_only:
+            engines.append(engine_only(args.artifact, requests, args.clients, args.threads, args.ort_spinning))
+    per_round = [round_ratios(runs, engine) for runs, engine in zip(rounds, engines or [{}] * len(rounds))]
+    ratios = {key: float(np.median([r[key] for r in per_round])) for key in per_round[0]}
+    runs = _labelled(rounds)
+    engine = _labelled(engines)
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "artifact": args.artifact or "bundled translator", "cpu": cpu_kind(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "runs": runs, "ratios": ratios,
+        "runs": runs, "engine_only": engine, "ratios": ratios, "ratios_per_round": per_round,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "serve_load" + (f"-{args.label}" if args.label else "")
@@ -173,7 +250,9 @@ def main() -> None:
     flags = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of the listed"
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
     md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after.\n\n"
-    md += table(runs) + "\n" + "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items()) + "\n"
+    md += table(runs) + "\n" + engine_table(engine) + "\n" + ("median of the rounds: " if args.repeat > 1 else "")
+    md += "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items())
+    md += "\n"
     (args.out / f"{stem}.md").write_text(md, encoding="utf-8")
     print(md)
 

@@ -8,6 +8,11 @@ real token, so a row computes what it would alone (Orca, Yu et al. OSDI 2022: it
 scheduling). An encoder-decoder batch also holds each row's cross K/V and encoder mask, the
 source axis right-padded to the longest source. Host numpy only; a preallocated cache is not
 merged (its artifact micro-batches).
+
+A row that leaves can also be *vacated* instead of removed: its slot stays in the arrays, fully
+masked and at position 0 (a step computes it and nobody reads it), until a new row is *placed*
+into it in place. That spares the running rows the two copies of the whole cache that a removal
+(take) and an append (a new allocation) each make.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class RunningBatch:
         self.mask = np.zeros((0, 0), dtype=np.int64)  # (N, P): 1 where a slot holds a real token
         self.positions = np.zeros(0, dtype=np.int64)  # (N,): the next token's position id per row
         self.encoder: dict[str, np.ndarray] = {}  # encoder-decoder: encoder mask and cross K/V per row
+        self.free = np.zeros(0, dtype=bool)  # (N,): vacated slots, masked, waiting for a new row
         self._stepped: np.ndarray | None = None  # (N, P+1) the mask step_inputs gave the step being run
 
     @property
@@ -97,8 +103,52 @@ class RunningBatch:
         self.cache = KVCache(keys, values)  # (N + M, H, width, D)
         self.mask = stack_rows([self.mask, mask], 1, width, at_end=True)  # (N + M, width)
         self.positions = np.concatenate([self.positions, mask.sum(axis=1)])
+        self.free = np.concatenate([self.free, np.zeros(len(mask), dtype=bool)])
         if encoder:
             self.encoder = merge_encoder(self.encoder, encoder)
+
+    def vacate(self, rows: np.ndarray) -> None:
+        """Free the slots `rows` (int64 (M,)) without moving any other row: their mask is zeroed
+        and their position held at 0 from now on, then leading columns padded in every row are
+        trimmed (views, no copy)."""
+        if not len(rows):
+            return
+        self._stepped = None
+        self.free[rows] = True
+        self.mask[rows] = 0
+        self.positions[rows] = 0
+        self._trim()
+
+    def place(
+        self, slots: np.ndarray, cache: KVCache, mask: np.ndarray, encoder: dict[str, np.ndarray] | None = None
+    ) -> bool:
+        """Write rows prefilled on their own into the free slots `slots` (int64 (M,)), in place:
+        `cache` (M, H, L, D) growing, `mask` int64 (M, L), `encoder` as for admit.
+
+        Returns:
+            False, with nothing changed, when they do not fit without growing the arrays (L longer
+            than the running past, or a source longer than the held ones): admit them instead.
+        """
+        past, length = self.mask.shape[1], mask.shape[1]
+        width = self.encoder["encoder_attention_mask"].shape[1] if self.encoder else 0
+        if cache.is_preallocated or length > past or (encoder and encoder["encoder_attention_mask"].shape[1] > width):
+            return False
+        assert self.free[slots].all(), "place() writes only into vacated slots"
+        self._stepped = None
+        for held, new in zip(self.cache.keys + self.cache.values, cache.keys + cache.values):
+            held[slots, :, past - length :] = new  # (M, H, L, D) at the end of the past axis
+        self.mask[slots] = 0
+        self.mask[slots, past - length :] = mask
+        self.positions[slots] = mask.sum(axis=1)
+        for name, value in (encoder or {}).items():
+            held = self.encoder[name]
+            held[slots] = 0
+            if value.ndim == 2:
+                held[slots, : value.shape[1]] = value  # (M, S) encoder mask
+            else:
+                held[slots, :, : value.shape[2]] = value  # (M, H, S, D) cross K/V
+        self.free[slots] = False
+        return True
 
     def step_inputs(self) -> dict[str, np.ndarray]:
         """attention_mask int64 (N, P+1) and position_ids int64 (N, 1) for one new token per row
@@ -112,6 +162,9 @@ class RunningBatch:
         stepped, self._stepped = self._stepped, None
         self.mask = stepped if stepped is not None else self._grown_mask()  # (N, P+1)
         self.positions = self.positions + 1
+        if self.free.any():  # a vacated slot's step wrote nothing that counts
+            self.mask[self.free, -1] = 0
+            self.positions[self.free] = 0
         assert self.mask.shape[1] == self.cache.length, "mask and cache disagree on the past length"
 
     def _grown_mask(self) -> np.ndarray:
@@ -124,8 +177,11 @@ class RunningBatch:
             return
         self._stepped = None
         self.cache.take(rows)
-        self.mask, self.positions = self.mask[rows], self.positions[rows]
+        self.mask, self.positions, self.free = self.mask[rows], self.positions[rows], self.free[rows]
         self.encoder = keep_encoder(self.encoder, rows)
+        self._trim()
+
+    def _trim(self) -> None:
         used = np.flatnonzero(self.mask.any(axis=0))
         first = int(used[0]) if len(used) else self.mask.shape[1]
         if first:

@@ -87,6 +87,9 @@ class RuntimeOptions:
         inter_op_threads: threads across independent operators; 0 lets the backend decide.
         graph_optimization: "disable", "basic", "extended" or "all".
         enable_mem_arena: keep onnxruntime's CPU memory arena (faster, holds memory).
+        allow_spinning: let the intra-op threads spin while they wait for work (onnxruntime's
+            default: the lowest latency of one call, at the cost of a busy core). A server turns it
+            off so that its event loop and clients get those cores (docs/serving.md).
         optimized_model_dir: where onnxruntime saves each optimized graph; the next load of the
             same file (same provider, level and onnxruntime) reads the saved graph with
             optimization disabled, so it is fast. None disables the cache.
@@ -117,6 +120,7 @@ class RuntimeOptions:
     inter_op_threads: int = 0
     graph_optimization: str = "all"
     enable_mem_arena: bool = True
+    allow_spinning: bool = True
     optimized_model_dir: str | None = None
     provider_options: dict[str, str] = field(default_factory=dict)
     io_binding: bool = False

@@ -102,6 +102,8 @@ def session_options(options: RuntimeOptions, level: str | None = None) -> ort.Se
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.enable_cpu_mem_arena = options.enable_mem_arena
+    if not options.allow_spinning:  # idle intra-op threads sleep instead of holding a core
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3  # errors only: warnings about unused initializers are noise
     return so
 

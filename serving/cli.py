@@ -26,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let onnxruntime's idle intra-op threads spin (its default; off in the server, whose event "
+                   "loop and clients need those cores)")
     p.add_argument("--model-name", default=None, help="the name clients pass as `model` (default: folder name)")
     p.add_argument("--max-batch-rows", type=int, default=8, help="most decoder rows decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="most waiting requests; more get 429")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if getattr(args, "ray", None) is not None:
         return _run_on_ray(args, options)
-    runtime = RuntimeOptions(intra_op_threads=args.threads)
+    runtime = RuntimeOptions(intra_op_threads=args.threads, allow_spinning=args.ort_spinning)
     run_server(args.artifact, args.host, args.port, provider=args.provider, runtime=runtime, options=options)
     return 0
 

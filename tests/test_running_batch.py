@@ -85,3 +85,40 @@ def test_encoder_values_are_right_padded_and_trimmed_when_the_longest_source_lea
     batch.keep(np.array([0, 2]))
     assert batch.encoder["encoder_attention_mask"].shape == (2, 6)
     assert np.all(batch.encoder["cross_key.0"][1] == 3.0) and batch.encoder["cross_value.1"].shape == (2, HEADS, 6, DIM)
+
+
+def test_a_vacated_slot_is_masked_held_at_position_0_and_refilled_in_place():
+    batch = RunningBatch(LAYERS, HEADS, DIM)
+    for length, fill in ((6, 1.0), (3, 2.0), (4, 3.0)):
+        batch.admit(*_prefilled(length, fill), _encoded(length + 1, fill))
+    keys = batch.cache.keys[0]
+    batch.vacate(np.array([0]))  # the longest row leaves: its 2 leading-only columns are trimmed
+    assert batch.free.tolist() == [True, False, False] and batch.cache.length == 4
+    assert batch.mask.tolist() == [[0, 0, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]] and batch.positions.tolist() == [0, 3, 4]
+    assert np.shares_memory(batch.cache.keys[0], keys), "vacate copies nothing"
+    batch.step_inputs()
+    grown = {f"present_{kind}.{i}": np.concatenate([a, a[:, :, :1]], axis=2)  # what a step returns
+             for kind, arrays in (("key", batch.cache.keys), ("value", batch.cache.values))
+             for i, a in enumerate(arrays)}  # fmt: skip
+    batch.cache.update(grown)
+    batch.advanced()
+    assert batch.mask[0].tolist() == [0] * 5 and batch.positions.tolist() == [0, 4, 5]  # its step counts nothing
+    cache, mask = _prefilled(2, 9.0)
+    assert batch.place(np.array([0]), cache, mask, _encoded(5, 9.0))
+    assert batch.free.tolist() == [False] * 3 and batch.positions.tolist() == [2, 4, 5]
+    assert batch.mask[0].tolist() == [0, 0, 0, 1, 1]
+    assert np.all(batch.cache.keys[1][0, :, 3:] == 10.0) and np.all(batch.cache.values[1][0, :, 3:] == -10.0)
+    assert np.all(batch.cache.keys[0][2] == 3.0) and np.all(batch.cache.values[0][2] == -3.0)  # others kept
+    assert batch.encoder["encoder_attention_mask"][0].tolist() == [1] * 5 + [0] * 2
+    assert np.all(batch.encoder["cross_key.0"][0, :, :5] == 9.0) and np.all(batch.encoder["cross_key.0"][0, :, 5:] == 0)
+
+
+def test_place_refuses_rows_that_need_a_larger_array():
+    batch = RunningBatch(LAYERS, HEADS, DIM)
+    batch.admit(*_prefilled(3, 1.0), _encoded(4, 1.0))
+    batch.admit(*_prefilled(3, 2.0), _encoded(4, 2.0))
+    batch.vacate(np.array([1]))
+    before = batch.mask.copy()
+    assert not batch.place(np.array([1]), *_prefilled(5, 3.0), _encoded(4, 3.0))  # a longer past
+    assert not batch.place(np.array([1]), *_prefilled(2, 3.0), _encoded(6, 3.0))  # a longer source
+    assert batch.free.tolist() == [False, True] and np.array_equal(batch.mask, before)

@@ -68,6 +68,13 @@ def test_session_options_reach_onnxruntime(tiny_artifact):
     so = session.get_session_options()
     assert (so.intra_op_num_threads, so.inter_op_num_threads, so.enable_cpu_mem_arena) == (1, 1, False)
     assert session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: onnxruntime's default (spinning)
+        so.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_spinning_can_be_turned_off(tiny_artifact):
+    session = open_runtime(tiny_artifact / "decoder.onnx", RuntimeOptions(allow_spinning=False))._session
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_unavailable_provider_lists_the_available_ones(tiny_artifact):

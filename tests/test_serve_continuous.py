@@ -86,12 +86,14 @@ def test_64_staggered_requests_equal_generate_alone_and_join_running_batches(cau
             texts = list(pool.map(ask, range(len(cases))))
         admitted = _metric(live, "seqport_mid_batch_admissions_total")
         steps, rows = _metric(live, "seqport_batch_rows_count"), _metric(live, "seqport_batch_rows_sum")
+        placed = live.app.state.seqport.scheduler.placed_in_slots
     for i, (case, text) in enumerate(zip(cases, texts)):
         sampling = {"do_sample": True, "temperature": 0.8, "seed": case["seed"]} if case["temperature"] else {}
         expected = causal.generate([case["prompt"]], max_new_tokens=case["max_tokens"], **sampling)[0].text
         assert text == expected, f"request {i} {case}"
     assert admitted > 0, "no request joined a batch that was already running"
     assert rows > steps, "no step decoded more than one row"
+    assert placed > 0, "no request took the slot of one that left"
 
 
 def test_encoder_decoder_64_staggered_requests_equal_generate_alone(fresh_export):
@@ -120,11 +122,13 @@ def test_encoder_decoder_64_staggered_requests_equal_generate_alone(fresh_export
         with ThreadPoolExecutor(16) as pool:
             texts = list(pool.map(ask, range(len(cases))))
         admitted = _metric(live, "seqport_mid_batch_admissions_total")
+        placed = live.app.state.seqport.scheduler.placed_in_slots
     for i, (case, text) in enumerate(zip(cases, texts)):
         sampling = {"do_sample": True, "temperature": 0.7, "seed": case["seed"]} if case["temperature"] else {}
         expected = seq2seq.generate([case["prompt"]], max_new_tokens=case["max_tokens"], **sampling)[0].text
         assert text == expected, f"request {i} {case}"
     assert admitted > 0, "no request joined a batch that was already running"
+    assert placed > 0, "no request took the slot of one that left"
 
 
 def test_kv_budget_bounds_the_padded_batch(causal):

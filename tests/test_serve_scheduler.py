@@ -138,6 +138,19 @@ def test_serve_command_line(tiny_artifact):
     assert run.returncode == 0 and "--max-batch-rows" in run.stdout
 
 
+def test_the_server_turns_onnxruntime_spinning_off(tiny_artifact, monkeypatch):
+    import seqport.serving.server as server
+
+    calls = []
+    monkeypatch.setattr(server, "run_server", lambda *a, runtime, **k: calls.append(runtime))
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    for flags, spinning in (([], False), (["--ort-spinning"], True)):
+        args = parser.parse_args(["serve", str(tiny_artifact), "--threads", "2", *flags])
+        assert args.run(args) == 0
+        assert (calls[-1].allow_spinning, calls[-1].intra_op_threads) == (spinning, 2)
+
+
 def test_the_cli_module_imports_without_the_serve_extra():
     code = (
         "import sys; import seqport.serving.cli; "
