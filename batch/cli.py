@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from seqport.cli.runtime_args import add_runtime_options
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `batch` subcommand; its `run` default is `run(args)`."""
@@ -33,8 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--shard-size", type=int, default=1000, help="records per shard (the unit of resuming and of Ray work)"
     )
-    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads of the local run (0: onnxruntime decides)")
+    add_runtime_options(p, threads_of=" of the local run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--record-worker", action="store_true", help="add a `worker` field (node id:pid) to each record")
     ray = p.add_argument_group("Ray (pip install 'seqport[ray]')")

@@ -1,5 +1,5 @@
 """The `--provider` / `--threads` options of the commands that load an artifact, and the load
-that honours them (generate, chat, embed, classify share both)."""
+that honours them (generate, chat, embed, classify share both; serve and batch the options)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import argparse
 from typing import Any
 
 
-def add_runtime_options(p: argparse.ArgumentParser) -> None:
-    """--provider and --threads, as every artifact-loading command spells them."""
+def add_runtime_options(p: argparse.ArgumentParser, threads_of: str = "") -> None:
+    """--provider and --threads, as every artifact-loading command spells them.
+
+    Args:
+        p: the command's parser.
+        threads_of: what the threads are for when it is not the whole command (" of the local run").
+    """
     p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
+    p.add_argument("--threads", type=int, default=0, help=f"intra-op threads{threads_of} (0: onnxruntime decides)")
 
 
 def load_with_runtime_options(args: argparse.Namespace) -> Any:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from typing import TYPE_CHECKING
 
+from seqport.cli.runtime_args import add_runtime_options
 from seqport.engine.runtime import RuntimeOptions
 
 if TYPE_CHECKING:
@@ -24,8 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("artifact", nargs="?", default=None, help="artifact folder (default: the bundled translator)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime decides)")
+    add_runtime_options(p)
     p.add_argument("--ort-spinning", action="store_true",
                    help="let onnxruntime's idle intra-op threads spin (its default; off in the server, whose event "
                    "loop and clients need those cores)")
