@@ -132,8 +132,9 @@ def test_fused_attention_refusals_say_why(model, message):
         check_attention(adapter, adapter.spec().head_dim, "flash")
 
 
-# Mistral: the window cut with the buffer; Qwen2 (head 16): rotary inside the node over the buffer
-@pytest.mark.parametrize("pair", ["llama", "mistral", "qwen2"], indirect=True)
+# every family, as it is their default: Mistral cuts the window with the buffer, Qwen2 (head 16)
+# rotates inside the node over the buffer, GPT-2 has learned positions and H_kv = H
+@pytest.mark.parametrize("pair", sorted(ROWS), indirect=True)
 def test_fused_over_preallocated_buffers_equals_portable(pair, tmp_path):
     """--attention fused with the default --kv-cache (auto): preallocated buffers the node shares
     as past/present (written in place through the engine's IOBinding); same greedy ids and
