@@ -98,10 +98,11 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--kv-cache",
-        choices=["growing", "preallocated"],
-        default="growing",
-        help="growing: the decoder returns past + new K/V each step (concatenation); preallocated: the "
-        "engine sizes one buffer per request and the decoder writes the new K/V into it in place "
+        choices=["auto", "growing", "preallocated"],
+        default="auto",
+        help="growing: the decoder returns past + new K/V each step (concatenation, continuous batching); "
+        "preallocated: the engine sizes one buffer per request and the decoder writes the new K/V into it in "
+        "place; auto (default): preallocated with a decoder-only --attention fused, growing otherwise "
         "(docs/manifest.md; benchmarks/kv_growth.py measures both)",
     )
     p.add_argument(

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from seqport.engine.causal_inputs import CausalInputs
 from seqport.engine.chat import Message, read_chat_template, render_chat
 from seqport.engine.config import GenerationConfig
 from seqport.engine.decoder_step import DecoderStep, RunDecoder
@@ -200,10 +201,10 @@ class _CausalStep(DecoderStep):
         self, run_decoder: RunDecoder, placement: Placement, selection: Selection | None, prompt_mask: np.ndarray
     ) -> None:
         super().__init__(run_decoder, placement, selection)
-        self._prompt_mask = prompt_mask  # (B, T0) per input, host
+        self._inputs = CausalInputs(prompt_mask, step_mask)  # prompt_mask: (B, T0) per input, host
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
-        mask, position_ids = step_mask(self._prompt_mask[sources], cache, tokens.shape[1])  # (N, P+T or C), (N, T)
+        mask, position_ids = self._inputs(sources, cache, tokens.shape[1])  # (N, P+T or C), (N, T)
         up = self._placement.upload
         values = {
             "input_ids": up(tokens, "input_ids"),

@@ -20,7 +20,6 @@ from tqdm import tqdm
 from seqport.engine.errors import ArtifactError, ExportError
 from seqport.engine.manifest import (
     FORMAT_VERSION,
-    KV_ALLOCATIONS,
     MANIFEST_FILE,
     Component,
     KVGeometry,
@@ -41,7 +40,7 @@ from seqport.export.families import load_adapter
 from seqport.export.int4 import Int4Options
 from seqport.export.memory import release_weights
 from seqport.export.onnx_export import OPSET, inline_weights
-from seqport.export.seq2seq_graphs import check_allocation, export_decoder, export_encoder
+from seqport.export.seq2seq_graphs import KV_CACHE_CHOICES, export_decoder, export_encoder, resolve_allocation
 from seqport.export.text_check import real_text_check
 from seqport.export.tokenizer_files import write_tokenizer_files
 from seqport.export.validate import check_scale, validate, validate_decoder_only
@@ -60,7 +59,7 @@ def export_model(
     optimize: bool = False,
     quantize: str | None = None,
     dtype: str = "fp32",
-    kv_cache: str = "growing",
+    kv_cache: str = "auto",
     overwrite: bool = False,
     attention: str = "portable",
     int4: Int4Options | None = None,
@@ -89,9 +88,10 @@ def export_model(
             weights (MatMulNBits), gated the same way (export/int4.py).
         dtype: "fp32", or "fp16": weights and activations in float16 (float32 graph I/O),
             gated on greedy token agreement with fp32 (export/fp16.py); T5 must stay fp32.
-        kv_cache: "growing" (past + new concatenated each step) or "preallocated" (the
-            engine sizes one buffer per request and the decoder writes into it; see
-            export/cache_slots.py and docs/manifest.md).
+        kv_cache: "growing" (past + new concatenated each step), "preallocated" (the engine
+            sizes one buffer per request and the decoder writes into it; see
+            export/cache_slots.py and docs/manifest.md), or "auto": preallocated for a
+            decoder-only fused graph, growing otherwise (seq2seq_graphs.resolve_allocation).
         overwrite: replace an existing artifact in `out` (once the new one is complete).
         attention: "portable" (plain ONNX) or "fused": onnxruntime's GroupQueryAttention for
             decoder-only GPT-2/Llama/Mistral/Qwen2 (export/attention.py), MultiHeadAttention for
@@ -116,8 +116,8 @@ def export_model(
         raise ExportError("int4 options (block size, accuracy level, projection) need --quantize int4")
     if dtype not in ("fp32", "fp16") or (dtype == "fp16" and quantize is not None):
         raise ExportError(f"--dtype must be fp32 or fp16 (fp16 without --quantize), got {dtype!r}")
-    if kv_cache not in KV_ALLOCATIONS:
-        raise ExportError(f"--kv-cache must be one of {', '.join(KV_ALLOCATIONS)}, got {kv_cache!r}")
+    if kv_cache not in KV_CACHE_CHOICES:
+        raise ExportError(f"--kv-cache must be one of {', '.join(KV_CACHE_CHOICES)}, got {kv_cache!r}")
     with atomic_folder(out, overwrite) as target, tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
         folder = gguf.stage(Path(source), Path(staging, "source"))  # a .gguf file: a folder linking it
         # a GGUF's tokenizer first: rebuilding it takes memory that should not add to the weights'
@@ -270,8 +270,8 @@ def _export_inline(
     spec, scale = adapter.spec(), check_scale(tolerance)
     if isinstance(spec, EncoderSpec):
         return _export_encoder_only(adapter, spec, tokenizer, out, source, progress, scale)
-    check_allocation(adapter, kv_cache)
     decoder_only = spec.architecture == "decoder-only"  # one `decoder` graph, no encoder
+    kv_cache = resolve_allocation(adapter, kv_cache, decoder_only, attention)  # "auto" → an allocation, checked
     if decoder_only:
         check_attention(adapter, spec.head_dim, attention)
     else:

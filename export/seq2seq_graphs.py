@@ -90,6 +90,26 @@ def export_decoder(
     return Component(file=path.name, sha256=sha256_of(path), inputs=inputs, outputs=outputs)
 
 
+#: `seqport export --kv-cache` values: a manifest allocation, or "auto" (`resolve_allocation`).
+KV_CACHE_CHOICES = ("auto", *KV_ALLOCATIONS)
+
+
+def resolve_allocation(adapter, kv_cache: str, decoder_only: bool, attention: str) -> str:
+    """`kv_cache` with "auto" resolved, then checked (`check_allocation`): "preallocated" for a
+    decoder-only fused graph whose adapter writes at `cache_position`, "growing" otherwise.
+
+    A growing cache copies the whole past into each step's present (O(n²) over a generation,
+    issue #16: 28 vs 35 tokens/s after a 2048-token prompt); it is kept where it buys something,
+    continuous batching, which a fused decoder-only artifact cannot do anyway (its rows are not
+    merged, serving/continuous.py), and where no preallocated graph exists.
+    """
+    if kv_cache == "auto":
+        writes_slots = "cache_position" in inspect.signature(adapter.decode_step).parameters
+        kv_cache = "preallocated" if decoder_only and attention == "fused" and writes_slots else "growing"
+    check_allocation(adapter, kv_cache)
+    return kv_cache
+
+
 def check_allocation(adapter, kv_cache: str) -> None:
     """A preallocated cache needs an adapter whose decode_step writes at `cache_position`."""
     if kv_cache not in KV_ALLOCATIONS:

@@ -53,8 +53,8 @@ def pair(request, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(f"fused-{family}")
     checkpoint = _checkpoint(family, root / "checkpoint", ROWS[family])
-    for mode in ("portable", "fused"):
-        export_model(checkpoint, root / mode, progress=False, attention=mode)
+    for mode in ("portable", "fused"):  # both growing (a fused decoder-only default is preallocated)
+        export_model(checkpoint, root / mode, progress=False, attention=mode, kv_cache="growing")
     return family, sp.load(root / "portable"), sp.load(root / "fused")
 
 
@@ -132,11 +132,13 @@ def test_fused_attention_refusals_say_why(model, message):
         check_attention(adapter, adapter.spec().head_dim, "flash")
 
 
-# Mistral: the window cut with the buffer; Qwen2 (head 16): rotary inside the node over the buffer
-@pytest.mark.parametrize("pair", ["llama", "mistral", "qwen2"], indirect=True)
+# every family, as it is their default: Mistral cuts the window with the buffer, Qwen2 (head 16)
+# rotates inside the node over the buffer, GPT-2 has learned positions and H_kv = H
+@pytest.mark.parametrize("pair", sorted(ROWS), indirect=True)
 def test_fused_over_preallocated_buffers_equals_portable(pair, tmp_path):
-    """--kv-cache preallocated --attention fused: the node shares past/present buffers (written
-    in place through the engine's IOBinding); same greedy ids and per-step logits as portable."""
+    """--attention fused with the default --kv-cache (auto): preallocated buffers the node shares
+    as past/present (written in place through the engine's IOBinding); same greedy ids and
+    per-step logits as portable."""
     import onnx
 
     import seqport.engine as sp
@@ -144,7 +146,7 @@ def test_fused_over_preallocated_buffers_equals_portable(pair, tmp_path):
 
     family, portable, _ = pair
     source = portable.manifest.provenance.source
-    export_model(source, tmp_path / "buffers", progress=False, attention="fused", kv_cache="preallocated")
+    export_model(source, tmp_path / "buffers", progress=False, attention="fused")
     fused = sp.load(tmp_path / "buffers")
     assert (fused.manifest.kv.allocation, fused.manifest.attention) == ("preallocated", "fused")
     graph = onnx.load(str(tmp_path / "buffers" / "decoder.onnx"), load_external_data=False).graph
@@ -155,3 +157,37 @@ def test_fused_over_preallocated_buffers_equals_portable(pair, tmp_path):
     assert [r.ids for r in produced] == [r.ids for r in expected]
     for step, ((_, ours), (_, theirs)) in enumerate(zip(produced_steps, expected_steps)):
         assert np.abs(ours - theirs).max() <= ATOL, f"{family} step {step}"
+
+
+class _Slots:  # a decoder-only adapter whose decode_step writes at cache_position
+    def decode_step(self, input_ids, attention_mask, position_ids, past, cache_position=None): ...
+
+
+class _NoSlots:  # one without (an own adapter that only concatenates)
+    def decode_step(self, input_ids, attention_mask, position_ids, past): ...
+
+
+@pytest.mark.parametrize(
+    "adapter, decoder_only, attention, asked, expected",
+    [
+        (_Slots, True, "fused", "auto", "preallocated"),  # the fast path: no O(n²) copy
+        (_Slots, True, "portable", "auto", "growing"),  # continuous batching needs it
+        (_Slots, False, "fused", "auto", "growing"),  # encoder-decoder
+        (_NoSlots, True, "fused", "auto", "growing"),  # nowhere to write
+        (_Slots, True, "fused", "growing", "growing"),  # asked for: kept
+        (_Slots, True, "portable", "preallocated", "preallocated"),
+    ],
+)
+def test_kv_cache_auto_resolves_per_graph(adapter, decoder_only, attention, asked, expected):
+    from seqport.export.seq2seq_graphs import resolve_allocation
+
+    assert resolve_allocation(adapter(), asked, decoder_only, attention) == expected
+
+
+def test_kv_cache_refusals_say_why():
+    from seqport.export.seq2seq_graphs import resolve_allocation
+
+    with pytest.raises(ExportError, match=r"_NoSlots.decode_step takes no cache_position.*kv_cache='growing'"):
+        resolve_allocation(_NoSlots(), "preallocated", True, "fused")
+    with pytest.raises(ExportError, match=r"kv_cache must be one of growing, preallocated, got 'paged'"):
+        resolve_allocation(_Slots(), "paged", True, "fused")
