@@ -4,6 +4,7 @@ allocated outputs do not, and the binding never keeps a request's buffers alive.
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 
 import numpy as np
@@ -43,9 +44,9 @@ def test_in_place_buffers_stay_bound_and_inputs_do_not(step_graph):
     session = OrtSession(step_graph, RuntimeOptions())
     buffer = np.zeros((3, 5), np.float32)
     first = _run(session, buffer, 1.0)
-    binding = session._in_place._binding
+    binding = session._in_place.binding._binding
     second = _run(session, buffer, 10.0)  # a new step value: the per-run input is bound anew
-    assert session._in_place._binding is binding  # the KV-like buffer was not bound again
+    assert session._in_place.binding._binding is binding  # the KV-like buffer was not bound again
     assert second["present"] is buffer and np.array_equal(buffer, np.full((3, 5), 11.0, np.float32))
     assert np.array_equal(first["logits"], np.full((3, 1), 2.0))
     assert np.array_equal(second["logits"], np.full((3, 1), 20.0))
@@ -77,3 +78,33 @@ def test_a_feed_that_is_not_the_output_buffer_is_not_taken_for_it(step_graph):
     out = session.run({"past": past, "step": np.ones((2, 1), np.float32)}, into={"present": buffer})
     assert out["present"] is buffer and np.array_equal(buffer, np.full((2, 5), 8.0))
     assert np.array_equal(past, np.full((2, 5), 7.0))
+
+
+def test_threads_sharing_a_session_keep_their_own_buffers(step_graph):
+    """Two requests on one session from two threads, steps interleaved: each writes its own buffer
+    through its own binding, bound once (a shared one would be rebound, or raced, at every step)."""
+    session = OrtSession(step_graph, RuntimeOptions())
+    buffers = [np.zeros((2, 5), np.float32), np.zeros((3, 5), np.float32)]
+    turns = [threading.Event(), threading.Event()]
+    errors, bindings = [], [[], []]  # the binding objects each step ran with
+
+    def request(index: int) -> None:
+        try:
+            for _ in range(4):
+                turns[index].wait(5)
+                turns[index].clear()
+                _run(session, buffers[index], float(index + 1))
+                bindings[index].append(session._in_place.binding._binding)
+                turns[1 - index].set()
+        except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(exc)
+            turns[1 - index].set()
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    turns[0].set()
+    for thread in threads:
+        thread.join(30)
+    assert not errors and all(b is seen[0] for seen in bindings for b in seen)
+    assert np.array_equal(buffers[0], np.full((2, 5), 4.0)) and np.array_equal(buffers[1], np.full((3, 5), 8.0))
