@@ -88,8 +88,8 @@ class InPlaceBinding:
         same array, as that input too. Only weak references are kept (see the module doc)."""
         wrapper = self._session.io_binding()
         binding = _native(wrapper)
-        by_id = {id(array) for array in into.values()}
-        shared = {name: value for name, value in feeds.items() if id(value) in by_id}
+        into_ids = {id(array) for array in into.values()}
+        shared = {name: value for name, value in feeds.items() if id(value) in into_ids}
         for name in self._outputs:  # in the session's order: get_outputs() keeps binding order
             if name in into:
                 _check_in_place(name, into[name])
