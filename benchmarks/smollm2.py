@@ -65,6 +65,7 @@ SEQPORT_INT4 = {
     "int4-asym": ("fused", ["--scheme", "asymmetric"]),
     "int4-sym-p8": ("fused", ["--scheme", "symmetric"]),  # symmetric blocks, the 8-bit projection
     "int4-pre": ("fused-pre", []),
+    "int4-sym-pre": ("fused-pre", ["--scheme", "symmetric", "--projection", "int4"]),  # GenAI's scheme, shared buffers
 }
 SEQPORT_VARIANTS = [*SEQPORT_EXPORTS, *SEQPORT_INT4]
 GENAI_VARIANTS = ("fp32", "int4")
