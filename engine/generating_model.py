@@ -19,7 +19,8 @@ import numpy as np
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.decode_loop import StepFn, decode_steps, make_search
-from seqport.engine.device_search import make_device_search
+from seqport.engine.decoder_step import DecoderStep
+from seqport.engine.device_search import make_device_search, plan_selection
 from seqport.engine.errors import ConfigError, InputError
 from seqport.engine.feeds import Signature
 from seqport.engine.inputs import as_id_lists, as_texts, check_ids, is_token_input, length_sorted_batches
@@ -262,8 +263,18 @@ class GeneratingModel:
         stops = StopStrings(self.tokenizer.decode, config.stop) if config.stop else None
         build = make_search if selection is None else make_device_search  # candidates or full logits
         search = build(config, first_tokens, eos, indices, stops)
+        if isinstance(step, DecoderStep):  # a test's plain step function has no head to use
+            step.graph_greedy = self._graph_greedy(config, eos)
         cache = self.new_cache(len(search.row_sources()), first_tokens.shape[1] + config.max_new_tokens)
         return step, search, cache, first_tokens
+
+    def _graph_greedy(self, config: GenerationConfig, eos: tuple[int, ...]) -> bool:
+        """Whether the decoder's greedy head can choose for `config`: plain greedy search (no
+        processor) on the host, and a decoder that has the head (export/greedy_head.py)."""
+        outputs = self.manifest.components["decoder"].outputs
+        if self.placement is not HOST or "greedy_ids" not in outputs or "greedy_logprobs" not in outputs:
+            return False
+        return plan_selection(config, eos, self.manifest.vocab_size) == Selection("greedy", 1)
 
     def _selection(self, config: GenerationConfig) -> Selection | None:
         """How the placement turns a step's logits into tokens for `config` (None: full logits)."""

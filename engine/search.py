@@ -17,7 +17,8 @@ from typing import Protocol
 import numpy as np
 
 from seqport.engine import processors as proc
-from seqport.engine.logit_checks import check_finite_logits, check_some_token_allowed
+from seqport.engine.device_array import Chosen
+from seqport.engine.logit_checks import check_finite_logits, check_finite_logprobs, check_some_token_allowed
 from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
 from seqport.engine.sampling import greedy, sample
@@ -189,8 +190,11 @@ class TokenSearch:
             reasons.append(why)
         return None if reasons.count(None) == len(reasons) else reasons
 
-    def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
+    def _select(self, logits: np.ndarray | Chosen) -> tuple[np.ndarray, np.ndarray]:
+        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,); or
+        what the decoder's greedy head chose (plain greedy search: no processor, no sampling)."""
+        if type(logits) is Chosen:
+            return self._chosen(logits)
         step, sources = self._step + 1, self.row_sources()
         if self._processors or self._choose is not greedy_chooser:
             check_finite_logits(logits, step, sources)
@@ -200,6 +204,13 @@ class TokenSearch:
         check_some_token_allowed(scores.max(axis=-1), step, sources)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
+
+    def _chosen(self, chosen: Chosen) -> tuple[np.ndarray, np.ndarray]:
+        """The head's ids and logprobs, after one check on Python floats (no numpy call): a row
+        whose logits hold NaN or +inf, or are -inf everywhere, has a NaN log-probability."""
+        if not math.isfinite(sum(chosen.logprobs.tolist())):
+            check_finite_logprobs(chosen.logprobs, self._step + 1, self.row_sources())  # raises, naming the row
+        return chosen.ids, chosen.logprobs
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row

@@ -38,9 +38,9 @@ def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool
     Returns:
         (artifact folder, whether it was reused).
     """
-    # "-rows": the decoder takes per-row position_ids/attention_mask; an older engine sharing the
-    # cache keeps its own entry (it could not feed them)
-    folder = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}-rows"
+    # "-rows": the decoder takes per-row position_ids/attention_mask; "-head": it also has the greedy
+    # head (export/greedy_head.py). An older engine sharing the cache keeps its own entry
+    folder = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}-rows-head"
     if _current(folder):
         return folder, True
     from seqport.export.pipeline import export_model  # torch: only when the cache is empty or old
@@ -50,10 +50,11 @@ def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool
 
 
 def _current(folder: Path) -> bool:
-    """A cached artifact that loads and whose decoder takes per-row position_ids (an entry made
-    before continuous batching of encoder-decoder rows is exported again)."""
+    """A cached artifact that loads, whose decoder takes per-row position_ids (continuous
+    batching of encoder-decoder rows) and has the greedy head; an older entry is exported again."""
     try:
         manifest = load_manifest(folder)
     except SeqportError:
         return False
-    return "position_ids" in manifest.components["decoder"].inputs
+    decoder = manifest.components["decoder"]
+    return "position_ids" in decoder.inputs and "greedy_ids" in decoder.outputs
