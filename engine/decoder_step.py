@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from seqport.engine.device_array import Candidates, Chosen
+from seqport.engine.host_lane import HostLane
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.placement import Placement, Selection, Value
 
@@ -37,6 +38,7 @@ class DecoderStep:
         self._run_decoder, self._placement, self._selection = run_decoder, placement, selection
         self._positions: dict[int, Value] = {}
         self.graph_greedy = False  # the decoder's greedy head chooses (GeneratingModel._start sets it)
+        self.lane: HostLane | None = None  # the host's short step, where it applies (engine/host_lane.py)
 
     def _decode(
         self, values: dict[str, Value], cache: KVCache, trusted: frozenset[str] = frozenset()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -30,12 +30,11 @@ _INT64 = np.dtype(np.int64)
 Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-@dataclass(frozen=True)
-class StepDecision:
+class StepDecision(NamedTuple):
     """tokens: int64 (N',) next input per surviving row; rows: int64 (N',) the row each one
     continues (indices into the current rows: used to reorder/select the KV cache);
     same_rows: True when rows is 0..N-1 (every row goes on in place), which spares the loop
-    a comparison every step."""
+    a comparison every step. A NamedTuple, not a frozen dataclass: one is made every step."""
 
     tokens: np.ndarray
     rows: np.ndarray
