@@ -8,6 +8,8 @@ give the ids of the general path exactly and its log-probabilities within float3
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,26 @@ def test_the_head_check_catches_a_head_that_breaks_ties_differently(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     with pytest.raises(ExportError, match="greedy head added to toy.onnx disagrees with numpy"):
         check_greedy_head(path, "logits", 50)
+
+
+def test_without_torch_the_bundled_cache_falls_back_to_an_entry_without_the_head(fresh_export, tmp_path, monkeypatch):
+    """A runtime-only install (no torch, so no export) keeps using a translator cached before the head existed."""
+    import dataclasses
+    import shutil
+
+    from seqport.engine.manifest import load_manifest
+    from seqport.export import bundled
+
+    monkeypatch.setenv("SEQPORT_CACHE", str(tmp_path))
+    checkpoint = bundled.bundled_checkpoint()
+    digest = bundled.sha256_of(checkpoint / "model.safetensors")[:12]
+    old = Path(shutil.copytree(fresh_export[1], tmp_path / f"translator-{digest}-rows"))
+    manifest = load_manifest(old)
+    decoder = manifest.components["decoder"]
+    outputs = {k: v for k, v in decoder.outputs.items() if not k.startswith("greedy_")}  # as exported before
+    components = {**manifest.components, "decoder": dataclasses.replace(decoder, outputs=outputs)}
+    dataclasses.replace(manifest, components=components).save(old)
+    monkeypatch.setattr(bundled, "_can_export", lambda: False)
+    assert bundled.cached_artifact(checkpoint, progress=False) == (old, True)
+    current = Path(shutil.copytree(fresh_export[1], tmp_path / f"translator-{digest}-rows-head"))
+    assert bundled.cached_artifact(checkpoint, progress=False) == (current, True)  # the head's entry first
