@@ -109,10 +109,10 @@ class _Seq2SeqStep(DecoderStep):
         }
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates | Chosen:
-        lane = self.lane
-        if lane is not None and sources is self._sources and lane.ready:
+        lane, same = self.lane, sources is self._sources
+        if lane is not None and same and lane.ready:
             return lane.step(tokens, cache)  # the rows of the last checked step: the short way
-        if sources is not self._sources:  # greedy search hands the same array while no row leaves
+        if not same:  # greedy search hands the same array while no row leaves (beam search never does)
             if lane is not None:
                 lane.drop()
             if len(sources) != len(self._sources) or np.any(sources != self._sources):
@@ -131,8 +131,8 @@ class _Seq2SeqStep(DecoderStep):
         trusted = self._checked_cross if self._cross is self._checked else frozenset()
         scores = self._decode(values, cache, trusted)  # (N, V), Candidates or Chosen
         self._checked = self._cross  # checked with this step's feeds: the same arrays need no re-check
-        if lane is not None and tokens.shape[1] == 1 and self.takes_positions and self.takes_mask:
-            lane.adopt(values, cache)  # the next steps of these rows: engine/host_lane.py
+        if lane is not None and same and tokens.shape[1] == 1 and self.takes_positions and self.takes_mask:
+            lane.adopt(values, cache)  # rows that stayed for two steps: the next ones take engine/host_lane.py
         return scores
 
     def _add_lockstep(self, values: dict[str, Value], shape: tuple[int, ...], past: int) -> None:
