@@ -5,9 +5,9 @@ so every Python and numpy operation there costs several times its warm price; on
 (the bundled translator: a 0.8 ms step) the engine's share of a step is set by how *many* it
 does (docs/benchmarks.md, "Engine overhead"). The general step maps logical names to graph
 names, checks the feeds, builds the cache's feed dict and maps the outputs back, every step.
-Once one step of a request has gone that way with the same rows, nothing of it can change but
-the new tokens, their position, the all-ones mask and the past K/V, all made by the engine; the
-lane keeps that step's graph-named feeds and writes only those entries:
+Once a step has gone that way with the rows of the step before, nothing can change but the new
+tokens, their position, the all-ones mask and the past K/V, all made by the engine; the lane
+keeps that step's graph-named feeds and writes only those entries:
 
     feeds[input_ids] = tokens (N, 1); feeds[position_ids] = P; feeds[attention_mask] = ones (N, P+1)
     feeds[past_*] = the cache's arrays; outputs = runtime.run(feeds); the cache takes present_*
