@@ -5,6 +5,13 @@ decoder call (issue #16 asks for under 5 % at batch 1 on the bundled translator)
 processor, so it measures the processor path. Here nothing is processed: the stop id is the
 vocabulary's last id, so random-weight rows run to N.
 
+The path measured is what `generate()` takes for plain greedy search, and the first line says
+which: on an artifact whose decoder has the greedy head (export/greedy_head.py: every
+encoder-decoder export since issue #16) the argmax and its log-probability are computed inside
+the decoder call, so they count in the call and not in the overhead (the step and tokens/s say
+whether the whole got faster); on an encoder-decoder host request every step after the first
+goes through engine/host_lane.py.
+
     python benchmarks/engine_overhead.py ARTIFACT --batch 1 --threads 2 [--floor] [--evict-mb 16]
 
 Live, it prints the time between two decoder calls twice: in wall time (what a user waits)
@@ -90,6 +97,20 @@ def live_ms(model, inputs, config, repeats: int) -> tuple[float, float, float, f
     return step * 1e3, wall * 1e3, thread * 1e3, rate
 
 
+def measured_path(model) -> str:
+    """Which greedy path generate() takes on this model (see the module docstring)."""
+    manifest = model.manifest
+    decoder = manifest.components["decoder"]
+    head = "greedy_ids" in decoder.outputs
+    lane = (
+        manifest.architecture == "encoder-decoder"
+        and manifest.kv.allocation == "growing"
+        and {"position_ids", "attention_mask"} <= set(decoder.inputs)
+    )
+    argmax = "argmax in the graph (greedy head)" if head else "argmax on the host"
+    return f"{argmax}, {'host lane' if lane else 'general step'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
@@ -105,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     config = plain_greedy_config(model.manifest, args.new_tokens)
     step, wall, thread, rate = live_ms(model, inputs, config, args.repeats)
     print(
-        f"{args.artifact} batch {args.batch}: step {step:.3f} ms, outside the decoder call {wall:.3f} ms "
+        f"{args.artifact} ({measured_path(model)}) batch {args.batch}: step {step:.3f} ms, outside the decoder "
+        f"call {wall:.3f} ms "
         f"({100 * wall / step:.1f} %), of it engine-thread CPU {thread:.3f} ms ({100 * thread / step:.1f} %); "
         f"{rate:.0f} tokens/s (whole generate call); median of {args.repeats} runs of {args.new_tokens} "
         f"tokens; load average {os.getloadavg()[0]:.2f}"

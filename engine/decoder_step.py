@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from seqport.engine.device_array import Candidates
+from seqport.engine.device_array import Candidates, Chosen
+from seqport.engine.host_lane import HostLane
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.placement import Placement, Selection, Value
 
@@ -23,6 +24,10 @@ RunDecoder = Callable[[dict[str, Value], KVCache, frozenset[str]], dict[str, Val
 class DecoderStep:
     """Base of the decode loop's step functions (see decode_loop.StepFn).
 
+    With `graph_greedy` set (plain greedy search on the host, a decoder with the greedy head:
+    export/greedy_head.py), a step returns the head's `Chosen` ids and log-probabilities and the
+    search never reads the (N, V) logits.
+
     Args:
         run_decoder: the model's GeneratingModel.run_decoder.
         placement: where the model runs.
@@ -32,14 +37,19 @@ class DecoderStep:
     def __init__(self, run_decoder: RunDecoder, placement: Placement, selection: Selection | None) -> None:
         self._run_decoder, self._placement, self._selection = run_decoder, placement, selection
         self._positions: dict[int, Value] = {}
+        self.graph_greedy = False  # the decoder's greedy head chooses (GeneratingModel._start sets it)
+        self.lane: HostLane | None = None  # the host's short step, where it applies (engine/host_lane.py)
 
     def _decode(
         self, values: dict[str, Value], cache: KVCache, trusted: frozenset[str] = frozenset()
-    ) -> np.ndarray | Candidates:
-        """Run the decoder for the last position only; its logits as the search needs them."""
+    ) -> np.ndarray | Candidates | Chosen:
+        """Run the decoder for the last position only; its logits as the search needs them, or
+        the tokens its greedy head chose."""
         values["logits_positions"] = self._logits_position(values["input_ids"].shape[1])
-        logits = self._run_decoder(values, cache, trusted)["logits"]  # (N, 1, V)
-        return self._placement.logits(logits, self._selection)
+        outputs = self._run_decoder(values, cache, trusted)
+        if self.graph_greedy:
+            return Chosen(outputs["greedy_ids"], outputs["greedy_logprobs"])  # (N,), (N,)
+        return self._placement.logits(outputs["logits"], self._selection)  # from (N, 1, V)
 
     def _logits_position(self, new: int) -> Value:
         if new not in self._positions:  # [T - 1]: made (uploaded) once per distinct T

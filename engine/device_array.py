@@ -1,5 +1,6 @@
 """Plain data the device loop passes around: a handle to a tensor that lives on a runtime's
-device, and the few candidates a device-side selector sends back instead of full logits.
+device, and the few candidates a device-side selector sends back instead of full logits; and
+the tokens a decoder graph's greedy head already chose (export/greedy_head.py).
 
 No backend is imported here: a `DeviceArray` holds an opaque handle (an onnxruntime OrtValue
 in seqport.runtimes.ort_device) plus the shape and dtype the engine checks feeds against.
@@ -8,7 +9,7 @@ in seqport.runtimes.ort_device) plus the shape and dtype the engine checks feeds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,3 +65,17 @@ class Candidates:
         order = np.argsort(self.ids, axis=-1, kind="stable")  # (N, k)
         values = np.take_along_axis(self.values, order, axis=-1)
         return Candidates(values, np.take_along_axis(self.ids, order, axis=-1), self.normalizer)
+
+
+class Chosen(NamedTuple):
+    """The tokens a decoder's greedy head chose (its `greedy_ids` / `greedy_logprobs` outputs):
+    plain greedy search reads them instead of the (N, V) logits. A NamedTuple, not a dataclass:
+    one is made every decode step.
+
+    Args:
+        ids: int64 (N,) each row's argmax (the first on ties).
+        logprobs: float32 (N,) its log-softmax over the whole vocabulary.
+    """
+
+    ids: np.ndarray
+    logprobs: np.ndarray

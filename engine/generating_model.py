@@ -19,9 +19,11 @@ import numpy as np
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.decode_loop import StepFn, decode_steps, make_search
-from seqport.engine.device_search import make_device_search
+from seqport.engine.decoder_step import DecoderStep
+from seqport.engine.device_search import make_device_search, plan_selection
 from seqport.engine.errors import ConfigError, InputError
 from seqport.engine.feeds import Signature
+from seqport.engine.host_lane import HostLane
 from seqport.engine.inputs import as_id_lists, as_texts, check_ids, is_token_input, length_sorted_batches
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.manifest import Manifest
@@ -263,7 +265,28 @@ class GeneratingModel:
         build = make_search if selection is None else make_device_search  # candidates or full logits
         search = build(config, first_tokens, eos, indices, stops)
         cache = self.new_cache(len(search.row_sources()), first_tokens.shape[1] + config.max_new_tokens)
+        if isinstance(step, DecoderStep):  # a test's plain step function has no head or lane to use
+            step.graph_greedy = self._graph_greedy(config, eos)
+            step.lane = self._lane(cache, step.graph_greedy)
         return step, search, cache, first_tokens
+
+    def _graph_greedy(self, config: GenerationConfig, eos: tuple[int, ...]) -> bool:
+        """Whether the decoder's greedy head can choose for `config`: plain greedy search (no
+        processor) on the host, and a decoder that has the head (export/greedy_head.py)."""
+        outputs = self.manifest.components["decoder"].outputs
+        if self.placement is not HOST or "greedy_ids" not in outputs or "greedy_logprobs" not in outputs:
+            return False
+        return plan_selection(config, eos, self.manifest.vocab_size) == Selection("greedy", 1)
+
+    def _lane(self, cache: KVCache, graph_greedy: bool) -> HostLane | None:
+        """The host's short step (engine/host_lane.py) for lockstep encoder-decoder rows on a
+        growing cache, or None where the general step runs."""
+        if self.placement is not HOST or type(cache) is not KVCache or cache.is_preallocated:
+            return None
+        if self._lockstep_names != ("position_ids", "attention_mask"):
+            return None
+        decoder = self.signatures["decoder"]
+        return HostLane(decoder, self.runtimes["decoder"], self.lockstep, self.manifest.kv.num_layers, graph_greedy)
 
     def _selection(self, config: GenerationConfig) -> Selection | None:
         """How the placement turns a step's logits into tokens for `config` (None: full logits)."""

@@ -130,6 +130,12 @@ class KVCache:
         if self._filled is not None:
             self._filled += new
 
+    def hold(self, keys: list[np.ndarray], values: list[np.ndarray]) -> None:
+        """Hold a growing cache's next arrays, one per layer (B, H, P+T, D): what `update` does
+        from the decoder's logical outputs, for a caller that has them by layer already
+        (engine/host_lane.py)."""
+        self.keys, self.values = keys, values
+
     def take(self, rows: np.ndarray) -> None:
         """Keep/reorder batch rows: new row r is old row rows[r]."""
         taken = self._placement.take(self.keys + self.values, rows)  # one call for every layer

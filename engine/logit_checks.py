@@ -41,6 +41,29 @@ def check_finite_logits(
     )
 
 
+def check_finite_logprobs(logprobs: np.ndarray, step: int, sources: np.ndarray) -> None:
+    """Raise if a row's chosen log-probability from the decoder's greedy head is not finite:
+    that row's logits held NaN or +inf, or were -inf everywhere (export/greedy_head.py).
+
+    Args:
+        logprobs: float (N,) the head's log-probability of each row's argmax.
+        step, sources: as for check_finite_logits.
+
+    Raises:
+        RuntimeFailure: naming the step, the row and its input.
+    """
+    if np.isfinite(logprobs).all():
+        return
+    row = int(np.flatnonzero(~np.isfinite(logprobs))[0])
+    raise RuntimeFailure(
+        f"the model's logits are not finite at decoding step {step}, row {row} (input {int(sources[row])}): "
+        "NaN, +inf or -inf everywhere (the greedy head's log-probability is "
+        f"{float(logprobs[row])}). The exported graph is numerically unstable on these tokens (an fp16 "
+        "overflow or an unstable log/exp in the model); re-export in fp32 or fix the model, then validate "
+        "on real inputs"
+    )
+
+
 def check_some_token_allowed(top: np.ndarray, step: int, sources: np.ndarray) -> None:
     """Raise if the processors left a row with every token at -inf (nothing can be chosen).
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from seqport.engine import processors as proc
-from seqport.engine.logit_checks import check_finite_logits, check_some_token_allowed
+from seqport.engine.device_array import Chosen
+from seqport.engine.logit_checks import check_finite_logits, check_finite_logprobs, check_some_token_allowed
 from seqport.engine.results import GeneratedSequence as Hypothesis
 from seqport.engine.results import GenerationResult
 from seqport.engine.sampling import greedy, sample
@@ -29,12 +30,11 @@ _INT64 = np.dtype(np.int64)
 Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-@dataclass(frozen=True)
-class StepDecision:
+class StepDecision(NamedTuple):
     """tokens: int64 (N',) next input per surviving row; rows: int64 (N',) the row each one
     continues (indices into the current rows: used to reorder/select the KV cache);
     same_rows: True when rows is 0..N-1 (every row goes on in place), which spares the loop
-    a comparison every step."""
+    a comparison every step. A NamedTuple, not a frozen dataclass: one is made every step."""
 
     tokens: np.ndarray
     rows: np.ndarray
@@ -189,8 +189,11 @@ class TokenSearch:
             reasons.append(why)
         return None if reasons.count(None) == len(reasons) else reasons
 
-    def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
+    def _select(self, logits: np.ndarray | Chosen) -> tuple[np.ndarray, np.ndarray]:
+        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,); or
+        what the decoder's greedy head chose (plain greedy search: no processor, no sampling)."""
+        if type(logits) is Chosen:
+            return self._chosen(logits)
         step, sources = self._step + 1, self.row_sources()
         if self._processors or self._choose is not greedy_chooser:
             check_finite_logits(logits, step, sources)
@@ -200,6 +203,13 @@ class TokenSearch:
         check_some_token_allowed(scores.max(axis=-1), step, sources)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
+
+    def _chosen(self, chosen: Chosen) -> tuple[np.ndarray, np.ndarray]:
+        """The head's ids and logprobs, after one check on Python floats (no numpy call): a row
+        whose logits hold NaN or +inf, or are -inf everywhere, has a NaN log-probability."""
+        if not math.isfinite(sum(chosen.logprobs.tolist())):
+            check_finite_logprobs(chosen.logprobs, self._step + 1, self.row_sources())  # raises, naming the row
+        return chosen.ids, chosen.logprobs
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row

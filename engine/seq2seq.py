@@ -8,7 +8,7 @@ import numpy as np
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.decoder_step import DecoderStep, RunDecoder
-from seqport.engine.device_array import Candidates
+from seqport.engine.device_array import Candidates, Chosen
 from seqport.engine.generating_model import GeneratingModel
 from seqport.engine.inputs import pad_batch
 from seqport.engine.kv_cache import KVCache
@@ -108,8 +108,13 @@ class _Seq2SeqStep(DecoderStep):
             "encoder_attention_mask", "input_ids", "logits_positions", "position_ids", "attention_mask"
         }
 
-    def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
-        if sources is not self._sources:  # greedy search hands the same array while no row leaves
+    def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates | Chosen:
+        lane, same = self.lane, sources is self._sources
+        if lane is not None and same and lane.ready:
+            return lane.step(tokens, cache)  # the rows of the last checked step: the short way
+        if not same:  # greedy search hands the same array while no row leaves (beam search never does)
+            if lane is not None:
+                lane.drop()
             if len(sources) != len(self._sources) or np.any(sources != self._sources):
                 # rows left or beams regrouped: re-select encoder outputs once
                 self._mask = self._placement.upload(self._all_mask[sources], "encoder_attention_mask")
@@ -124,8 +129,10 @@ class _Seq2SeqStep(DecoderStep):
         if self.takes_positions or self.takes_mask:
             self._add_lockstep(values, tokens.shape, cache.length)
         trusted = self._checked_cross if self._cross is self._checked else frozenset()
-        scores = self._decode(values, cache, trusted)  # (N, V) or Candidates
+        scores = self._decode(values, cache, trusted)  # (N, V), Candidates or Chosen
         self._checked = self._cross  # checked with this step's feeds: the same arrays need no re-check
+        if lane is not None and same and tokens.shape[1] == 1 and self.takes_positions and self.takes_mask:
+            lane.adopt(values, cache)  # rows that stayed for two steps: the next ones take engine/host_lane.py
         return scores
 
     def _add_lockstep(self, values: dict[str, Value], shape: tuple[int, ...], past: int) -> None:
@@ -141,5 +148,7 @@ class _Seq2SeqStep(DecoderStep):
 
     def release(self) -> None:
         super().release()
+        if self.lane is not None:
+            self.lane.drop()
         self._all_cross, self._cross = {}, {}  # the encoder's K/V: the largest per-request buffers
 

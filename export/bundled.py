@@ -7,6 +7,7 @@ torch; reusing a cached artifact does not.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from importlib import resources
 from pathlib import Path
@@ -38,22 +39,32 @@ def cached_artifact(checkpoint: Path, progress: bool = True) -> tuple[Path, bool
     Returns:
         (artifact folder, whether it was reused).
     """
-    # "-rows": the decoder takes per-row position_ids/attention_mask; an older engine sharing the
-    # cache keeps its own entry (it could not feed them)
-    folder = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}-rows"
+    # "-rows": the decoder takes per-row position_ids/attention_mask; "-head": it also has the greedy
+    # head (export/greedy_head.py). An older engine sharing the cache keeps its own entry
+    rows = cache_root() / f"translator-{sha256_of(checkpoint / 'model.safetensors')[:12]}-rows"
+    folder = rows.with_name(rows.name + "-head")
     if _current(folder):
         return folder, True
+    if not _can_export() and _current(rows, head=False):
+        return rows, True  # cannot export here: the entry without the head runs the same, its argmax on the host
     from seqport.export.pipeline import export_model  # torch: only when the cache is empty or old
 
     export_model(checkpoint, folder, progress=progress, overwrite=True)  # our own cache entry
     return folder, False
 
 
-def _current(folder: Path) -> bool:
-    """A cached artifact that loads and whose decoder takes per-row position_ids (an entry made
-    before continuous batching of encoder-decoder rows is exported again)."""
+def _can_export() -> bool:
+    """Whether torch is installed (a runtime-only install cannot export)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def _current(folder: Path, head: bool = True) -> bool:
+    """A cached artifact that loads, whose decoder takes per-row position_ids (continuous
+    batching of encoder-decoder rows) and, with `head`, has the greedy head; an older entry is
+    exported again."""
     try:
         manifest = load_manifest(folder)
     except SeqportError:
         return False
-    return "position_ids" in manifest.components["decoder"].inputs
+    decoder = manifest.components["decoder"]
+    return "position_ids" in decoder.inputs and (not head or "greedy_ids" in decoder.outputs)

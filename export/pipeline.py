@@ -37,6 +37,7 @@ from seqport.export.attention_seq2seq import check_seq2seq_attention
 from seqport.export.causal import export_decoder_only
 from seqport.export.encoder_only import EncoderOnlyAdapter, EncoderSpec, export_encoder_only, validate_encoder_only
 from seqport.export.families import load_adapter
+from seqport.export.greedy_head import add_greedy_head
 from seqport.export.int4 import Int4Options
 from seqport.export.memory import release_weights
 from seqport.export.onnx_export import OPSET, inline_weights
@@ -180,8 +181,10 @@ def _post_process(
 
 
 def _finish(out: Path, manifest: Manifest) -> Manifest:
-    """Last step of every export: weights as external data, shared tensors once, then the manifest,
-    read back as the engine will before the folder is moved into place."""
+    """Last step of every export: an encoder-decoder decoder's greedy head (export/greedy_head.py,
+    on the final graph), weights as external data, shared tensors once, then the manifest, read
+    back as the engine will before the folder is moved into place."""
+    manifest = add_greedy_head(out, manifest)
     manifest = externalize_weights(out, manifest)
     manifest.save(out)
     load_manifest(out)

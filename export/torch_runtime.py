@@ -22,6 +22,7 @@ import torch
 from seqport.engine.errors import ArtifactError, ProviderError
 from seqport.engine.manifest import Manifest, TensorSpec, expand_layers, load_manifest
 from seqport.engine.runtime import RuntimeOptions
+from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS
 
 logger = logging.getLogger(__name__)
 DEVICES = ("cpu", "cuda")
@@ -129,7 +130,12 @@ class TorchSession:
         layers = manifest.kv.num_layers if manifest.kv else 0
         spec = manifest.components[self.component]
         self._args = _argument_plan(inputs, spec.inputs, layers)
-        self._outputs = [s.name for s in _ordered(outputs, spec.outputs, layers)]
+        # the greedy head (export/greedy_head.py) is no part of the module: computed here from its logits
+        head = [name for name in (GREEDY_IDS, GREEDY_LOGPROBS) if name in spec.outputs]
+        traced = {name: value for name, value in spec.outputs.items() if name not in head}
+        self._outputs = [s.name for s in _ordered(outputs, traced, layers)]
+        self._logits_at = list(outputs).index("logits") if head else -1
+        self._outputs += [spec.outputs[name].name for name in head]
         self._inputs = [s.name for s in _ordered(inputs, spec.inputs, layers)]
 
     @property
@@ -148,13 +154,23 @@ class TorchSession:
                 for names, is_list in self._args
             ]
             values = self._module(*args)
-        values = values if isinstance(values, tuple) else (values,)
+            values = values if isinstance(values, tuple) else (values,)
+            if self._logits_at >= 0:
+                values = (*values, *_greedy_head(values[self._logits_at]))
         return {name: np.ascontiguousarray(v.detach().cpu().numpy()) for name, v in zip(self._outputs, values)}
 
     def _tensor(self, value: np.ndarray) -> torch.Tensor:
         if not value.flags.writeable:  # torch.from_numpy warns on read-only arrays
             value = value.copy()
         return torch.from_numpy(np.ascontiguousarray(value)).to(self._device)
+
+
+def _greedy_head(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy head's outputs from logits (B, L, V): the last position's argmax (B,) int64 and
+    its log-softmax (B,) float32, as export/greedy_head.py's nodes compute them."""
+    last = logits[:, -1, :].float()  # (B, V)
+    top, ids = last.max(dim=-1)
+    return ids.to(torch.int64), top - torch.logsumexp(last, dim=-1)
 
 
 def _task(manifest: Manifest) -> str | None:

@@ -299,7 +299,7 @@ def engine_logits(engine, ids: np.ndarray, mask: np.ndarray, sequences: np.ndarr
     for t in range(sequences.shape[1] - 1):
         feeds = {"input_ids": sequences[:, t : t + 1], "encoder_attention_mask": mask}
         out = engine.run_decoder({**feeds, "logits_positions": np.array([0]), **cross, **past})
-        past = {name.replace("present", "past"): value for name, value in out.items() if name != "logits"}
+        past = {name.replace("present", "past"): value for name, value in out.items() if name.startswith("present_")}
         steps.append(out["logits"][:, 0])
     return np.stack(steps, axis=1)
 

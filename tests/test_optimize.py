@@ -144,13 +144,14 @@ def test_cli_export_optimize_quantize(cli_export, tiny_artifact, capsys):
     assert manifest.quantization.token_agreement >= manifest.quantization.min_agreement
     assert {"SkipLayerNormalization", "MatMulInteger"} <= _ops(out / "decoder.onnx")  # fused, then quantized
     # the graph I/O of an unprocessed export (the committed tiny artifact predates the decoder's
-    # optional per-row inputs for continuous batching, which today's exports add)
+    # optional per-row inputs for continuous batching and its greedy head, which today's exports add)
     row_inputs = ["decoder_position_ids", "decoder_attention_mask"]
     for name in ("encoder", "decoder"):
         inputs, outputs = _io(out / f"{name}.onnx")
         expected_inputs, expected_outputs = _io(tiny_artifact / f"{name}.onnx")
         if name == "decoder":
             expected_inputs = expected_inputs[:3] + row_inputs + expected_inputs[3:]
+            expected_outputs = expected_outputs + ["greedy_ids", "greedy_logprobs"]
         assert (inputs, outputs) == (expected_inputs, expected_outputs)
     assert main(["info", str(out)]) == 0
     assert "quantized dynamic-int8" in capsys.readouterr().out

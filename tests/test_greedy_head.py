@@ -1,0 +1,164 @@
+"""The decoder's greedy head and the host lane (issue #16: engine overhead on small models).
+
+An encoder-decoder export gives its decoder greedy_ids / greedy_logprobs outputs
+(export/greedy_head.py); plain greedy search on the host reads them instead of the (N, V)
+logits, and after one checked step a request's rows run through engine/host_lane.py. Both must
+give the ids of the general path exactly and its log-probabilities within float32 rounding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqport.engine.config import GenerationConfig
+from seqport.engine.device_array import Chosen
+from seqport.engine.errors import RuntimeFailure
+from seqport.engine.host_lane import HostLane
+from seqport.engine.search import TokenSearch, greedy_chooser
+
+pytestmark = pytest.mark.export
+SOURCES = [[10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 2], [20, 21, 2], [30, 31, 32, 33, 34, 2]]  # batch 3, odd lengths
+
+
+@pytest.fixture(scope="module")
+def head_model(fresh_export):
+    import seqport.engine as sp
+
+    return sp.load(fresh_export[1])
+
+
+def _generate(model, config, graph_greedy: bool, lane: bool, monkeypatch):
+    """generate_ids with the head and the lane each on or off (instance attributes shadow the methods)."""
+    with monkeypatch.context() as patch:
+        if not graph_greedy:
+            patch.setattr(model, "_graph_greedy", lambda config, eos: False, raising=False)
+        if not lane:
+            patch.setattr(model, "_lane", lambda cache, graph_greedy: None, raising=False)
+        return [r.sequences[0] for r in model.generate_ids(SOURCES, config)]
+
+
+def test_the_export_adds_the_head_and_plain_greedy_reads_only_it(head_model, monkeypatch):
+    outputs = head_model.manifest.components["decoder"].outputs
+    assert outputs["greedy_ids"].dtype == "int64" and outputs["greedy_logprobs"].dtype == "float32"
+    config = GenerationConfig(max_new_tokens=12, eos_token_ids=(head_model.manifest.vocab_size - 1,))
+    general = _generate(head_model, config, graph_greedy=False, lane=False, monkeypatch=monkeypatch)
+
+    def no_logits(*args, **kwargs):
+        raise AssertionError("plain greedy with the head must not take the argmax of full logits")
+
+    monkeypatch.setattr(TokenSearch, "_greedy", no_logits)
+    for lane in (False, True):
+        fast = _generate(head_model, config, graph_greedy=True, lane=lane, monkeypatch=monkeypatch)
+        assert [s.ids for s in fast] == [s.ids for s in general]
+        assert len({tuple(s.ids) for s in fast}) > 1, "rows should differ for the test to mean much"
+        for ours, theirs in zip(fast, general):
+            np.testing.assert_allclose(ours.token_logprobs, theirs.token_logprobs, atol=2e-5, rtol=0)
+
+
+def test_the_lane_equals_the_general_step_with_rows_leaving(head_model, monkeypatch):
+    """A stop id that some rows make and others do not ends rows at different steps (the lane
+    hands over to the general step, then takes the rows left); a processor makes the search read
+    full logits through the lane."""
+    free = GenerationConfig(max_new_tokens=15, eos_token_ids=(head_model.manifest.vocab_size - 1,))
+    made = [s.ids for s in _generate(head_model, free, graph_greedy=True, lane=False, monkeypatch=monkeypatch)]
+    rows = [set(ids) for ids in made]
+    first = {t: min(ids.index(t) for ids in made if t in ids) for t in set.union(*rows) - set.intersection(*rows)}
+    # made by some rows, not all, first at a step that leaves the lane steps before and after
+    stop = max((step, -t) for t, step in first.items() if step <= 10)[1] * -1
+    calls, real_step = [], HostLane.step
+
+    def counted(lane, tokens, cache):
+        calls.append(len(tokens))  # rows in this lane step
+        return real_step(lane, tokens, cache)
+
+    monkeypatch.setattr(HostLane, "step", counted)
+    for extra in ({}, {"repetition_penalty": 1.3}):
+        config = GenerationConfig(max_new_tokens=15, eos_token_ids=(stop,), **extra)
+        general = _generate(head_model, config, graph_greedy=True, lane=False, monkeypatch=monkeypatch)
+        laned = _generate(head_model, config, graph_greedy=True, lane=True, monkeypatch=monkeypatch)
+        assert [(s.ids, s.token_logprobs, s.finish_reason) for s in laned] == [
+            (s.ids, s.token_logprobs, s.finish_reason) for s in general
+        ]
+        if not extra:
+            assert {s.finish_reason for s in general} == {"eos", "length"}, "some rows should end early"
+            assert len(set(calls)) > 1, f"the lane should run before and after rows leave, ran with {set(calls)} rows"
+
+
+def test_the_head_serves_plain_greedy_on_the_host_only(head_model, fresh_export):
+    import seqport.engine as sp
+
+    eos = tuple(head_model.manifest.special_ids.eos)
+    assert head_model._graph_greedy(GenerationConfig(), eos)
+    for other in ({"do_sample": True, "top_k": 5}, {"num_beams": 2}, {"repetition_penalty": 1.2}):
+        assert not head_model._graph_greedy(GenerationConfig(**other), eos), other
+    device = sp.load(fresh_export[1], options=sp.RuntimeOptions(device_loop=True))
+    assert not device._graph_greedy(GenerationConfig(), eos)  # the device loop selects with its own graph
+
+
+def test_the_torch_backend_computes_the_head_too(head_model, fresh_export, monkeypatch):
+    pytest.importorskip("torch")
+    import seqport.engine as sp
+
+    reference = sp.load(fresh_export[1], options=sp.RuntimeOptions(backend="torch"))
+    assert "greedy_ids" in reference.runtimes["decoder"].output_names
+    config = GenerationConfig(max_new_tokens=10)
+    ours = _generate(head_model, config, graph_greedy=True, lane=True, monkeypatch=monkeypatch)
+    theirs = _generate(reference, config, graph_greedy=True, lane=True, monkeypatch=monkeypatch)
+    assert [s.ids for s in ours] == [s.ids for s in theirs]
+
+
+def test_a_non_finite_head_logprob_fails_naming_the_row():
+    search = TokenSearch(np.ones((2, 1), dtype=np.int64), [2], 5, [], greedy_chooser)
+    chosen = Chosen(np.array([4, 5], dtype=np.int64), np.array([-0.5, np.nan], dtype=np.float32))
+    with pytest.raises(RuntimeFailure, match=r"not finite at decoding step 1, row 1 \(input 1\)"):
+        search.update(chosen)
+
+
+def test_the_head_check_catches_a_head_that_breaks_ties_differently(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from seqport.engine.errors import ExportError
+    from seqport.export.greedy_head import _append_head, check_greedy_head
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["logits"])],
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 50])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", 50])],
+    )
+    _append_head(graph, "logits", "float32")
+    path = tmp_path / "toy.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    check_greedy_head(path, "logits", 50)  # the head as added agrees with numpy
+    argmax = next(node for node in graph.node if node.op_type == "ArgMax")
+    argmax.attribute.append(helper.make_attribute("select_last_index", 1))  # the last id on ties
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    with pytest.raises(ExportError, match="greedy head added to toy.onnx disagrees with numpy"):
+        check_greedy_head(path, "logits", 50)
+
+
+def test_without_torch_the_bundled_cache_falls_back_to_an_entry_without_the_head(fresh_export, tmp_path, monkeypatch):
+    """A runtime-only install (no torch, so no export) keeps using a translator cached before the head existed."""
+    import dataclasses
+    import shutil
+
+    from seqport.engine.manifest import load_manifest
+    from seqport.export import bundled
+
+    monkeypatch.setenv("SEQPORT_CACHE", str(tmp_path))
+    checkpoint = bundled.bundled_checkpoint()
+    digest = bundled.sha256_of(checkpoint / "model.safetensors")[:12]
+    old = Path(shutil.copytree(fresh_export[1], tmp_path / f"translator-{digest}-rows"))
+    manifest = load_manifest(old)
+    decoder = manifest.components["decoder"]
+    outputs = {k: v for k, v in decoder.outputs.items() if not k.startswith("greedy_")}  # as exported before
+    components = {**manifest.components, "decoder": dataclasses.replace(decoder, outputs=outputs)}
+    dataclasses.replace(manifest, components=components).save(old)
+    monkeypatch.setattr(bundled, "_can_export", lambda: False)
+    assert bundled.cached_artifact(checkpoint, progress=False) == (old, True)
+    current = Path(shutil.copytree(fresh_export[1], tmp_path / f"translator-{digest}-rows-head"))
+    assert bundled.cached_artifact(checkpoint, progress=False) == (current, True)  # the head's entry first
