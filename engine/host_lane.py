@@ -23,7 +23,7 @@ import numpy as np
 
 from seqport.engine.device_array import Chosen
 from seqport.engine.feeds import Signature
-from seqport.engine.kv_cache import KVCache, _layer_names
+from seqport.engine.kv_cache import KVCache, layer_names
 from seqport.engine.runtime import Runtime
 from seqport.engine.step_inputs import LockstepInputs
 
@@ -46,8 +46,8 @@ class HostLane:
         self._runtime, self._lockstep = runtime, lockstep
         self._ids, self._positions = inputs["input_ids"].name, inputs["position_ids"].name
         self._mask = inputs["attention_mask"].name
-        self._past = tuple(inputs[name].name for name in _layer_names("past", num_layers))  # keys, then values
-        present = [outputs[name].name for name in _layer_names("present", num_layers)]
+        self._past = tuple(inputs[name].name for name in layer_names("past", num_layers))  # keys, then values
+        present = [outputs[name].name for name in layer_names("present", num_layers)]
         self._present_keys, self._present_values = present[:num_layers], present[num_layers:]
         self._greedy = (outputs["greedy_ids"].name, outputs["greedy_logprobs"].name) if graph_greedy else None
         self._logits = outputs["logits"].name

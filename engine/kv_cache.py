@@ -17,7 +17,7 @@ from seqport.engine.placement import HOST, Placement
 
 
 @lru_cache(maxsize=16)
-def _layer_names(prefix: str, num_layers: int) -> tuple[str, ...]:
+def layer_names(prefix: str, num_layers: int) -> tuple[str, ...]:
     """("{prefix}_key.0", ..., "{prefix}_value.{L-1}"): keys then values, formatted once per
     layer count instead of on every decode step."""
     return tuple(f"{prefix}_{kind}.{i}" for kind in ("key", "value") for i in range(num_layers))
@@ -106,7 +106,7 @@ class KVCache:
         Raises:
             ValueError: the step would write past the buffers' end (an engine bug, not user input).
         """
-        out = dict(zip(_layer_names("past", len(self.keys)), self.keys + self.values))
+        out = dict(zip(layer_names("past", len(self.keys)), self.keys + self.values))
         if self._filled is not None:
             if self._filled + new > self.capacity:
                 raise ValueError(f"KV buffers of {self.capacity} slots cannot take {new} more after {self._filled}")
@@ -118,13 +118,13 @@ class KVCache:
         """Outputs a runtime may write in place: each present buffer is the past one."""
         if self._filled is None:
             return {}
-        return dict(zip(_layer_names("present", len(self.keys)), self.keys + self.values))
+        return dict(zip(layer_names("present", len(self.keys)), self.keys + self.values))
 
     def update(self, outputs: dict[str, np.ndarray], new: int = 1) -> None:
         """Hold a step's present_key.{i} / present_value.{i}: (B, H, P+T, D) growing, or the
         buffers with `new` more slots filled."""
         layers = len(self.keys)
-        names = _layer_names("present", layers)
+        names = layer_names("present", layers)
         self.keys = [outputs[name] for name in names[:layers]]
         self.values = [outputs[name] for name in names[layers:]]
         if self._filled is not None:
