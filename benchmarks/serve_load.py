@@ -1,6 +1,6 @@
 """`seqport serve` under load: continuous batching vs sequential requests vs static micro-batching (issue #14).
 
-    python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads 0]
+    python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads N]
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
         [--ort-spinning]
 
@@ -44,6 +44,8 @@ import numpy as np
 from batch_scale import cpu_kind
 from serve_engine_only import engine_only
 
+from seqport.serving import default_threads
+
 WORDS = "the house is small where dog cat tea home cold big red blue one two we go today".split()
 
 
@@ -62,12 +64,13 @@ def free_port() -> int:
 
 
 def start_server(
-    artifact: str | None, scheduler: str, clients: int, threads: int, spinning: bool = False
+    artifact: str | None, scheduler: str, clients: int, threads: int | None, spinning: bool = False
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "seqport.serving", *([artifact] if artifact else []), "--port", str(port),
                "--scheduler", scheduler, "--max-batch-rows", str(clients), "--max-queue", "1024",
-               "--threads", str(threads), "--model-name", "m", *(["--ort-spinning"] if spinning else [])]
+               *(["--threads", str(threads)] if threads is not None else []), "--model-name", "m",
+               *(["--ort-spinning"] if spinning else [])]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -214,7 +217,8 @@ def main() -> None:
     parser.add_argument("--artifact", default=None, help="artifact folder (default: the bundled translator)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=0, help="the server's intra-op threads (0: ORT decides)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the server's intra-op threads (default: the server's own, CPUs - 1; 0: ORT decides)")
     parser.add_argument("--time-limit", type=float, default=240.0, help="seconds per run at most")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--label", default="", help="suffix of the result files (serve_load-LABEL.json)")
@@ -240,6 +244,7 @@ def main() -> None:
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "artifact": args.artifact or "bundled translator", "cpu": cpu_kind(),
+        "threads": args.threads if args.threads is not None else f"server default ({default_threads()})",
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "runs": runs, "engine_only": engine, "ratios": ratios, "ratios_per_round": per_round,
     }
@@ -249,7 +254,8 @@ def main() -> None:
     cpu = record["cpu"]
     flags = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of the listed"
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
-    md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after.\n\n"
+    md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after; "
+    md += f"intra-op threads: {record['threads']}.\n\n"
     md += table(runs) + "\n" + engine_table(engine) + "\n" + ("median of the rounds: " if args.repeat > 1 else "")
     md += "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items())
     md += "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 from seqport.cli.runtime_args import add_runtime_options
@@ -11,6 +12,17 @@ from seqport.engine.runtime import RuntimeOptions
 
 if TYPE_CHECKING:
     from seqport.serving.app import ServeOptions
+
+
+def default_threads() -> int:
+    """The server's onnxruntime intra-op threads: the CPUs this process may use minus one, at
+    least 1. The event loop (HTTP, one SSE chunk per token) and, on a small machine, the clients
+    need a core: on 2 cores one intra-op thread served more requests/s than two (docs/serving.md)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,7 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("artifact", nargs="?", default=None, help="artifact folder (default: the bundled translator)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    add_runtime_options(p)
+    threads_help = (
+        "intra-op threads of the model (default: the CPUs this process may use minus one, at least 1; here "
+        f"{default_threads()}: the event loop, HTTP and a small machine's clients need a core; 0: onnxruntime decides)"
+    )
+    add_runtime_options(p, threads_default=None, threads_help=threads_help)
     p.add_argument("--ort-spinning", action="store_true",
                    help="let onnxruntime's idle intra-op threads spin (its default; off in the server, whose event "
                    "loop and clients need those cores)")
@@ -79,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if getattr(args, "ray", None) is not None:
         return _run_on_ray(args, options)
-    runtime = RuntimeOptions(intra_op_threads=args.threads, allow_spinning=args.ort_spinning)
+    threads = default_threads() if args.threads is None else args.threads
+    runtime = RuntimeOptions(intra_op_threads=threads, allow_spinning=args.ort_spinning)
     run_server(args.artifact, args.host, args.port, provider=args.provider, runtime=runtime, options=options)
     return 0
 
@@ -105,6 +122,6 @@ def _run_on_ray(args: argparse.Namespace, options: ServeOptions) -> int:
             options = dataclasses.replace(options, model_name="translator")
     ray_app.run_on_ray(
         artifact, args.ray, args.host, args.port, options, args.replicas, args.replica_cpus, args.provider,
-        args.threads, args.ship_artifact,
+        args.threads or 0, args.ship_artifact,
     )
     return 0

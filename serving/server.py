@@ -11,6 +11,7 @@ from seqport.engine.api import load
 from seqport.engine.errors import ArtifactError
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.app import ServeOptions, build_app
+from seqport.serving.cli import default_threads
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def run_server(
         artifact: an artifact folder written by `seqport export`.
         host, port: where to listen (loopback by default).
         provider: execution provider ("cpu", "cuda", ...); None: `runtime.provider`.
-        runtime: backend knobs (threads, graph optimization).
+        runtime: backend knobs (threads, graph optimization); None: the server's, as `seqport
+            serve` runs it (default_threads() intra-op threads, spinning off).
         options: server settings (batching, admission, shutdown grace).
 
     Raises:
@@ -61,6 +63,7 @@ def run_server(
     if artifact is None:
         artifact = bundled_translator()
         options = options if options.model_name else dataclasses.replace(options, model_name="translator")
+    runtime = runtime or RuntimeOptions(intra_op_threads=default_threads(), allow_spinning=False)
     model = load(artifact, provider=provider, options=runtime)
     app = build_app(model, options)
     uvicorn.run(
