@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads N]
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
-        [--ort-spinning]
+        [--ort-spinning] [--engine default|thread|process|both]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
 sends the same requests (seeded prompts of 2-8 words, greedy, max_tokens drawn from 4-64,
@@ -64,13 +64,14 @@ def free_port() -> int:
 
 
 def start_server(
-    artifact: str | None, scheduler: str, clients: int, threads: int | None, spinning: bool = False
+    artifact: str | None, scheduler: str, clients: int, threads: int | None, spinning: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "seqport.serving", *([artifact] if artifact else []), "--port", str(port),
                "--scheduler", scheduler, "--max-batch-rows", str(clients), "--max-queue", "1024",
                *(["--threads", str(threads)] if threads is not None else []), "--model-name", "m",
-               *(["--ort-spinning"] if spinning else [])]
+               *(["--ort-spinning"] if spinning else []), *extra]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -86,14 +87,18 @@ def start_server(
     raise RuntimeError("the server did not start in 600 s")
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` so far (None off Linux)."""
+def process_cpu_s(pid: int, children: bool = True) -> float | None:
+    """User + system CPU seconds of process `pid` so far, with its live child processes' (the
+    engine process of `--engine-process`); None off Linux."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            kids = [int(kid) for kid in f.read().split()] if children else []
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(process_cpu_s(kid, children=False) or 0.0 for kid in kids)
 
 
 async def one_request(client: httpx.AsyncClient, url: str, request: dict[str, Any]) -> dict[str, float]:
@@ -135,13 +140,38 @@ async def drive(url: str, requests: list[dict[str, Any]], clients: int, time_lim
     }
 
 
-def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: list[dict]) -> dict[str, Any]:
-    server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads, args.ort_spinning)
+def stage_totals(url: str) -> dict[str, list[float]]:
+    """{stage: [seconds summed, count]} of the server's seqport_first_token_stage_seconds so far."""
+    totals: dict[str, list[float]] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        for kind, index in (("_sum{", 0), ("_count{", 1)):
+            if line.startswith("seqport_first_token_stage_seconds" + kind):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                totals.setdefault(stage, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def stage_means_ms(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
+    """Mean ms per stage of a first token between two stage_totals() reads."""
+    out = {}
+    for stage, (total, count) in after.items():
+        total0, count0 = before.get(stage, [0.0, 0.0])
+        if count > count0:
+            out[stage] = 1000 * (total - total0) / (count - count0)
+    return out
+
+
+def run_mode(
+    args: argparse.Namespace, scheduler: str, clients: int, requests: list[dict], extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads, args.ort_spinning, extra)
     try:
         asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit))  # warm-up
+        stages = stage_totals(url)
         server_cpu, client_cpu = process_cpu_s(server.pid), time.process_time()
         result = asyncio.run(drive(url, requests, clients, args.time_limit))
         server_used = process_cpu_s(server.pid)
+        result["first_token_stages_ms"] = stage_means_ms(stages, stage_totals(url))
         if server_cpu is not None and server_used is not None:
             result["server_cpu_ms_per_request"] = 1000 * (server_used - server_cpu) / result["requests"]
         result["client_cpu_ms_per_request"] = 1000 * (time.process_time() - client_cpu) / result["requests"]
@@ -153,7 +183,7 @@ def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: l
             server.kill()
             _, err = server.communicate()
     result["scheduler_log"] = next((line for line in err.splitlines() if "batching" in line), "")
-    print(f"{scheduler} x{clients}: {result['requests_per_s']:.2f} req/s", file=sys.stderr)
+    print(f"{scheduler} x{clients} {' '.join(extra)}: {result['requests_per_s']:.2f} req/s", file=sys.stderr)
     return result
 
 
@@ -167,6 +197,20 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         f"{r.get('server_cpu_ms_per_request', float('nan')):.1f} / {r['client_cpu_ms_per_request']:.1f} |"
         for name, r in runs.items()
     ]
+    return head + "\n".join(rows) + "\n"
+
+
+def stages_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Server-side stamps of each run's first tokens: mean ms spent reaching each stage."""
+    stages = ("submitted", "admitted", "encoded", "first_token", "delivered", "written")
+    head = "Where a first token's time goes, server side (mean ms to reach each stage from the one before; "
+    head += "seqport_first_token_stage_seconds):\n\n| run | " + " | ".join(stages) + " | sum |\n"
+    head += "|---|" + "---|" * (len(stages) + 1) + "\n"
+    rows = []
+    for name, r in runs.items():
+        means = r.get("first_token_stages_ms", {})
+        cells = [f"{means[s]:.2f}" if s in means else "-" for s in stages]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -187,14 +231,19 @@ def engine_table(runs: dict[str, dict[str, Any]]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def round_ratios(runs: dict[str, dict[str, Any]], engine: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The issue's ratios for one round (and the engine-only ones when it ran)."""
-    seq, cont, micro = runs.values()
-    ratios = {
-        "continuous_vs_sequential_rps": cont["requests_per_s"] / seq["requests_per_s"],
-        "continuous_vs_micro_rps": cont["requests_per_s"] / micro["requests_per_s"],
-        "ttft_p50_vs_idle": cont["ttft_p50_ms"] / seq["ttft_p50_ms"],
-    }
+def round_ratios(
+    runs: dict[str, dict[str, Any]], engine: dict[str, dict[str, Any]], suffixes: list[str]
+) -> dict[str, float]:
+    """The issue's ratios for one round, per engine placement (and the engine-only ones when it ran)."""
+    ratios = {}
+    for suffix in suffixes:
+        seq, cont, micro = (runs[name + suffix] for name in
+                            ("sequential (continuous server)", "continuous batching", "static micro-batching"))
+        key = suffix.strip(" []").replace(" ", "_")
+        key = f"_{key}" if key else ""
+        ratios[f"continuous_vs_sequential_rps{key}"] = cont["requests_per_s"] / seq["requests_per_s"]
+        ratios[f"continuous_vs_micro_rps{key}"] = cont["requests_per_s"] / micro["requests_per_s"]
+        ratios[f"ttft_p50_vs_idle{key}"] = cont["ttft_p50_ms"] / seq["ttft_p50_ms"]
     if engine:
         ratios["engine_only_continuous_vs_micro_rps"] = (
             engine["continuous"]["requests_per_s"] / engine["micro"]["requests_per_s"]
@@ -225,19 +274,28 @@ def main() -> None:
     parser.add_argument("--no-engine-only", action="store_true", help="skip the in-process runs without HTTP")
     parser.add_argument("--ort-spinning", action="store_true", help="servers (and engine-only runs) spin, as before")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode, alternating; ratios: median")
+    parser.add_argument("--engine", choices=("default", "thread", "process", "both"), default="default",
+                        help="the servers' engine: the server's default, a worker thread (--no-engine-process), "
+                        "a process of its own (--engine-process), or both in turn (ratios of each)")
     args = parser.parse_args()
     requests = make_requests(min(args.requests, 256))
     load_before = os.getloadavg()
     rounds, engines = [], []
+    engines_of = {"default": {"": ()}, "thread": {"": ("--no-engine-process",)},
+                  "process": {"": ("--engine-process",)}}.get(args.engine)
+    engines_of = engines_of or {" [thread]": ("--no-engine-process",), " [engine process]": ("--engine-process",)}
     for _ in range(args.repeat):  # the modes alternate, so a shared machine's load hits each alike
-        rounds.append({
-            "sequential (continuous server)": run_mode(args, "continuous", 1, requests),
-            "continuous batching": run_mode(args, "continuous", args.clients, requests),
-            "static micro-batching": run_mode(args, "micro", args.clients, requests),
-        })  # fmt: skip
+        runs = {}
+        for suffix, extra in engines_of.items():
+            runs[f"sequential (continuous server){suffix}"] = run_mode(args, "continuous", 1, requests, extra)
+            runs[f"continuous batching{suffix}"] = run_mode(args, "continuous", args.clients, requests, extra)
+            runs[f"static micro-batching{suffix}"] = run_mode(args, "micro", args.clients, requests, extra)
+        rounds.append(runs)
         if not args.no_engine_only:
             engines.append(engine_only(args.artifact, requests, args.clients, args.threads, args.ort_spinning))
-    per_round = [round_ratios(runs, engine) for runs, engine in zip(rounds, engines or [{}] * len(rounds))]
+    per_round = [
+        round_ratios(runs, engine, list(engines_of)) for runs, engine in zip(rounds, engines or [{}] * len(rounds))
+    ]
     ratios = {key: float(np.median([r[key] for r in per_round])) for key in per_round[0]}
     runs = _labelled(rounds)
     engine = _labelled(engines)
@@ -256,7 +314,8 @@ def main() -> None:
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
     md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after; "
     md += f"intra-op threads: {record['threads']}.\n\n"
-    md += table(runs) + "\n" + engine_table(engine) + "\n" + ("median of the rounds: " if args.repeat > 1 else "")
+    md += table(runs) + "\n" + stages_table(runs) + "\n" + engine_table(engine) + "\n"
+    md += "median of the rounds: " if args.repeat > 1 else ""
     md += "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items())
     md += "\n"
     (args.out / f"{stem}.md").write_text(md, encoding="utf-8")

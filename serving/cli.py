@@ -53,6 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--scheduler", choices=("continuous", "micro"), default="continuous",
                    help="continuous: iteration-level batching where the artifact supports it (else micro, "
                    "logged); micro: static micro-batching (default: continuous)")
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the scheduler and the model in a child process, the HTTP event loop in this one "
+                   "(no shared GIL; default: a worker thread)")
     p.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running requests get on shutdown")
     ray = p.add_argument_group("Ray Serve (pip install 'seqport[serve,ray]')")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         kv_budget_mb=args.kv_budget_mb,
         shutdown_grace_s=args.shutdown_grace,
         scheduler=args.scheduler,
+        engine_process=args.engine_process,
     )
     if getattr(args, "ray", None) is not None:
         return _run_on_ray(args, options)

@@ -64,7 +64,10 @@ def run_server(
         artifact = bundled_translator()
         options = options if options.model_name else dataclasses.replace(options, model_name="translator")
     runtime = runtime or RuntimeOptions(intra_op_threads=default_threads(), allow_spinning=False)
-    model = load(artifact, provider=provider, options=runtime)
+    if provider is not None:
+        runtime = dataclasses.replace(runtime, provider=provider)
+    model = load(artifact, options=runtime)
+    options = dataclasses.replace(options, runtime=runtime)  # what an engine process loads it with
     app = build_app(model, options)
     uvicorn.run(
         app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(options.shutdown_grace_s) + 1
