@@ -168,6 +168,18 @@ def test_the_server_defaults_to_one_intra_op_thread_fewer_than_its_cpus(tiny_art
     assert args.run(args) == 0 and calls[-1].intra_op_threads == 0
 
 
+def test_engine_process_is_an_option_off_by_default(tiny_artifact, monkeypatch):
+    import seqport.serving.server as server
+
+    seen = []
+    monkeypatch.setattr(server, "run_server", lambda *a, options, **k: seen.append(options))
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    for flags, expected in (([], False), (["--engine-process"], True), (["--no-engine-process"], False)):
+        args = parser.parse_args(["serve", str(tiny_artifact), *flags])
+        assert args.run(args) == 0 and seen[-1].engine_process is expected
+
+
 def test_the_cli_module_imports_without_the_serve_extra():
     code = (
         "import sys; import seqport.serving.cli; "
