@@ -261,6 +261,33 @@ def _labelled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {f"{name} (round {k})": run for k, runs in enumerate(rounds, 1) for name, run in runs.items()}
 
 
+# --engine: run-name suffix -> the servers' extra flags
+ENGINES = {
+    "default": {"": ()},
+    "thread": {"": ("--no-engine-process",)},
+    "process": {"": ("--engine-process",)},
+    "both": {" [thread]": ("--no-engine-process",), " [engine process]": ("--engine-process",)},
+}
+
+
+def run_rounds(
+    args: argparse.Namespace, requests: list[dict], engines_of: dict[str, tuple[str, ...]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every mode --repeat times, alternating (a shared machine's load hits each alike): the
+    HTTP runs of each round, and the engine-only runs (none with --no-engine-only)."""
+    rounds, engines = [], []
+    for _ in range(args.repeat):
+        runs = {}
+        for suffix, extra in engines_of.items():
+            runs[f"sequential (continuous server){suffix}"] = run_mode(args, "continuous", 1, requests, extra)
+            runs[f"continuous batching{suffix}"] = run_mode(args, "continuous", args.clients, requests, extra)
+            runs[f"static micro-batching{suffix}"] = run_mode(args, "micro", args.clients, requests, extra)
+        rounds.append(runs)
+        if not args.no_engine_only:
+            engines.append(engine_only(args.artifact, requests, args.clients, args.threads, args.ort_spinning))
+    return rounds, engines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", default=None, help="artifact folder (default: the bundled translator)")
@@ -278,21 +305,9 @@ def main() -> None:
                         help="the servers' engine: the server's default, a worker thread (--no-engine-process), "
                         "a process of its own (--engine-process), or both in turn (ratios of each)")
     args = parser.parse_args()
-    requests = make_requests(min(args.requests, 256))
     load_before = os.getloadavg()
-    rounds, engines = [], []
-    engines_of = {"default": {"": ()}, "thread": {"": ("--no-engine-process",)},
-                  "process": {"": ("--engine-process",)}}.get(args.engine)
-    engines_of = engines_of or {" [thread]": ("--no-engine-process",), " [engine process]": ("--engine-process",)}
-    for _ in range(args.repeat):  # the modes alternate, so a shared machine's load hits each alike
-        runs = {}
-        for suffix, extra in engines_of.items():
-            runs[f"sequential (continuous server){suffix}"] = run_mode(args, "continuous", 1, requests, extra)
-            runs[f"continuous batching{suffix}"] = run_mode(args, "continuous", args.clients, requests, extra)
-            runs[f"static micro-batching{suffix}"] = run_mode(args, "micro", args.clients, requests, extra)
-        rounds.append(runs)
-        if not args.no_engine_only:
-            engines.append(engine_only(args.artifact, requests, args.clients, args.threads, args.ort_spinning))
+    engines_of = ENGINES.get(args.engine, ENGINES["both"])
+    rounds, engines = run_rounds(args, make_requests(min(args.requests, 256)), engines_of)
     per_round = [
         round_ratios(runs, engine, list(engines_of)) for runs, engine in zip(rounds, engines or [{}] * len(rounds))
     ]
