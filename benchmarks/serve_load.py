@@ -13,8 +13,10 @@ p50/p99 time to first token and end-to-end latency, with the CPU kind and the lo
 (the machine may be shared), in OUT/serve_load[-LABEL].json and .md. Loopback only; every run
 is bounded by --requests and --time-limit.
 
-Each HTTP run also records the CPU time the server process and the client process spent per
-request (Linux /proc; what a shared machine changes least). The "engine only" runs then drive
+Each HTTP run also records the CPU time the server process (with its engine process under
+--engine-process) and the client process spent per request (Linux /proc; what a shared machine
+changes least), and the server's mean time per stage of a first token (its
+seqport_first_token_stage_seconds). The "engine only" runs then drive
 both schedulers in this process with the same requests and N concurrent consumers, without HTTP,
 and count the model's decoder and encoder calls and their rows: the requests/s a scheduler
 reaches when the HTTP side costs nothing, an upper bound for the HTTP runs' ratio.
