@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from typing import TYPE_CHECKING
 
 from seqport.cli.runtime_args import add_runtime_options
 from seqport.engine.runtime import RuntimeOptions
+from seqport.serving.threads import default_threads
 
 if TYPE_CHECKING:
     from seqport.serving.app import ServeOptions
-
-
-def default_threads() -> int:
-    """The server's onnxruntime intra-op threads: the CPUs this process may use minus one, at
-    least 1. The event loop (HTTP, one SSE chunk per token) and, on a small machine, the clients
-    need a core: on 2 cores one intra-op thread served more requests/s than two (docs/serving.md)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - 1)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

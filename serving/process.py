@@ -31,9 +31,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from seqport.engine.runtime import RuntimeOptions
-from seqport.serving.cli import default_threads
 from seqport.serving.jobs import GenerationRequest, Job, TokenEvent
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits, ShuttingDown
+from seqport.serving.threads import default_threads
 
 logger = logging.getLogger(__name__)
 

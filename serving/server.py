@@ -11,7 +11,7 @@ from seqport.engine.api import load
 from seqport.engine.errors import ArtifactError
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.app import ServeOptions, build_app
-from seqport.serving.cli import default_threads
+from seqport.serving.threads import default_threads
 
 logger = logging.getLogger(__name__)
 

@@ -152,18 +152,18 @@ def test_the_server_turns_onnxruntime_spinning_off(tiny_artifact, monkeypatch):
 
 
 def test_the_server_defaults_to_one_intra_op_thread_fewer_than_its_cpus(tiny_artifact, monkeypatch):
-    import seqport.serving.cli as serve_cli
     import seqport.serving.server as server
+    import seqport.serving.threads as serve_threads
 
     calls = []
     monkeypatch.setattr(server, "run_server", lambda *a, runtime, **k: calls.append(runtime))
     parser = argparse.ArgumentParser(prog="seqport")
     add_parser(parser.add_subparsers(dest="command"))
     for cpus, threads in ((1, 1), (2, 1), (8, 7)):
-        monkeypatch.setattr(serve_cli.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)), raising=False)
+        monkeypatch.setattr(serve_threads.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)), raising=False)
         args = parser.parse_args(["serve", str(tiny_artifact)])
         assert args.run(args) == 0
-        assert calls[-1].intra_op_threads == threads and serve_cli.default_threads() == threads
+        assert calls[-1].intra_op_threads == threads and serve_threads.default_threads() == threads
     args = parser.parse_args(["serve", str(tiny_artifact), "--threads", "0"])  # 0: onnxruntime decides
     assert args.run(args) == 0 and calls[-1].intra_op_threads == 0
 
