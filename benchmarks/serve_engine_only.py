@@ -1,7 +1,7 @@
 """The serving schedulers without HTTP: what continuous batching can win over static micro-batching
 on a workload when the HTTP side costs nothing (used by serve_load.py; runs on its own too).
 
-    python benchmarks/serve_engine_only.py [--artifact DIR] [--clients 16] [--requests 96] [--threads 0]
+    python benchmarks/serve_engine_only.py [--artifact DIR] [--clients 16] [--requests 96] [--threads N]
 
 Loads the artifact in this process (intra-op spinning off, as `seqport serve` runs it), turns the
 serve_load requests into scheduler requests the way /v1/completions does, and has N concurrent
@@ -22,7 +22,7 @@ import numpy as np
 
 import seqport.engine as sp
 from seqport.engine.runtime import RuntimeOptions
-from seqport.serving import GenerationRequest, SchedulerLimits, bundled_translator
+from seqport.serving import GenerationRequest, SchedulerLimits, bundled_translator, default_threads
 from seqport.serving.continuous import make_scheduler
 from seqport.serving.protocol import generation_config
 
@@ -89,9 +89,11 @@ def run_scheduler(model: Any, kind: str, requests: list[GenerationRequest], clie
 
 
 def engine_only(
-    artifact: str | None, bodies: list[dict[str, Any]], clients: int, threads: int, spinning: bool = False
+    artifact: str | None, bodies: list[dict[str, Any]], clients: int, threads: int | None, spinning: bool = False
 ) -> dict[str, Any]:
-    """Continuous and micro-batching figures (and idle TTFT: one consumer) without HTTP."""
+    """Continuous and micro-batching figures (and idle TTFT: one consumer) without HTTP;
+    `threads` None: the server's default (seqport.serving.default_threads())."""
+    threads = default_threads() if threads is None else threads
     options = RuntimeOptions(intra_op_threads=threads, allow_spinning=spinning)
     model = sp.load(artifact or bundled_translator(), options=options)
     requests = _requests(model, bodies)
@@ -107,7 +109,7 @@ def main() -> None:
     parser.add_argument("--artifact", default=None, help="artifact folder (default: the bundled translator)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=96)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the server's)")
     args = parser.parse_args()
     runs = engine_only(args.artifact, make_requests(min(args.requests, 256)), args.clients, args.threads)
     print(json.dumps(runs, indent=2))

@@ -1,8 +1,8 @@
 """`seqport serve` under load: continuous batching vs sequential requests vs static micro-batching (issue #14).
 
-    python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads 0]
+    python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads N]
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
-        [--ort-spinning]
+        [--ort-spinning] [--engine default|thread|process|both]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
 sends the same requests (seeded prompts of 2-8 words, greedy, max_tokens drawn from 4-64,
@@ -13,8 +13,10 @@ p50/p99 time to first token and end-to-end latency, with the CPU kind and the lo
 (the machine may be shared), in OUT/serve_load[-LABEL].json and .md. Loopback only; every run
 is bounded by --requests and --time-limit.
 
-Each HTTP run also records the CPU time the server process and the client process spent per
-request (Linux /proc; what a shared machine changes least). The "engine only" runs then drive
+Each HTTP run also records the CPU time the server process (with its engine process under
+--engine-process) and the client process spent per request (Linux /proc; what a shared machine
+changes least), and the server's mean time per stage of a first token (its
+seqport_first_token_stage_seconds). The "engine only" runs then drive
 both schedulers in this process with the same requests and N concurrent consumers, without HTTP,
 and count the model's decoder and encoder calls and their rows: the requests/s a scheduler
 reaches when the HTTP side costs nothing, an upper bound for the HTTP runs' ratio.
@@ -44,6 +46,8 @@ import numpy as np
 from batch_scale import cpu_kind
 from serve_engine_only import engine_only
 
+from seqport.serving import default_threads
+
 WORDS = "the house is small where dog cat tea home cold big red blue one two we go today".split()
 
 
@@ -62,12 +66,14 @@ def free_port() -> int:
 
 
 def start_server(
-    artifact: str | None, scheduler: str, clients: int, threads: int, spinning: bool = False
+    artifact: str | None, scheduler: str, clients: int, threads: int | None, spinning: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "seqport.serving", *([artifact] if artifact else []), "--port", str(port),
                "--scheduler", scheduler, "--max-batch-rows", str(clients), "--max-queue", "1024",
-               "--threads", str(threads), "--model-name", "m", *(["--ort-spinning"] if spinning else [])]
+               *(["--threads", str(threads)] if threads is not None else []), "--model-name", "m",
+               *(["--ort-spinning"] if spinning else []), *extra]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -83,14 +89,18 @@ def start_server(
     raise RuntimeError("the server did not start in 600 s")
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` so far (None off Linux)."""
+def process_cpu_s(pid: int, children: bool = True) -> float | None:
+    """User + system CPU seconds of process `pid` so far, with its live child processes' (the
+    engine process of `--engine-process`); None off Linux."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            kids = [int(kid) for kid in f.read().split()] if children else []
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(process_cpu_s(kid, children=False) or 0.0 for kid in kids)
 
 
 async def one_request(client: httpx.AsyncClient, url: str, request: dict[str, Any]) -> dict[str, float]:
@@ -132,13 +142,38 @@ async def drive(url: str, requests: list[dict[str, Any]], clients: int, time_lim
     }
 
 
-def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: list[dict]) -> dict[str, Any]:
-    server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads, args.ort_spinning)
+def stage_totals(url: str) -> dict[str, list[float]]:
+    """{stage: [seconds summed, count]} of the server's seqport_first_token_stage_seconds so far."""
+    totals: dict[str, list[float]] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        for kind, index in (("_sum{", 0), ("_count{", 1)):
+            if line.startswith("seqport_first_token_stage_seconds" + kind):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                totals.setdefault(stage, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def stage_means_ms(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
+    """Mean ms per stage of a first token between two stage_totals() reads."""
+    out = {}
+    for stage, (total, count) in after.items():
+        total0, count0 = before.get(stage, [0.0, 0.0])
+        if count > count0:
+            out[stage] = 1000 * (total - total0) / (count - count0)
+    return out
+
+
+def run_mode(
+    args: argparse.Namespace, scheduler: str, clients: int, requests: list[dict], extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads, args.ort_spinning, extra)
     try:
         asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit))  # warm-up
+        stages = stage_totals(url)
         server_cpu, client_cpu = process_cpu_s(server.pid), time.process_time()
         result = asyncio.run(drive(url, requests, clients, args.time_limit))
         server_used = process_cpu_s(server.pid)
+        result["first_token_stages_ms"] = stage_means_ms(stages, stage_totals(url))
         if server_cpu is not None and server_used is not None:
             result["server_cpu_ms_per_request"] = 1000 * (server_used - server_cpu) / result["requests"]
         result["client_cpu_ms_per_request"] = 1000 * (time.process_time() - client_cpu) / result["requests"]
@@ -150,7 +185,7 @@ def run_mode(args: argparse.Namespace, scheduler: str, clients: int, requests: l
             server.kill()
             _, err = server.communicate()
     result["scheduler_log"] = next((line for line in err.splitlines() if "batching" in line), "")
-    print(f"{scheduler} x{clients}: {result['requests_per_s']:.2f} req/s", file=sys.stderr)
+    print(f"{scheduler} x{clients} {' '.join(extra)}: {result['requests_per_s']:.2f} req/s", file=sys.stderr)
     return result
 
 
@@ -164,6 +199,20 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         f"{r.get('server_cpu_ms_per_request', float('nan')):.1f} / {r['client_cpu_ms_per_request']:.1f} |"
         for name, r in runs.items()
     ]
+    return head + "\n".join(rows) + "\n"
+
+
+def stages_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Server-side stamps of each run's first tokens: mean ms spent reaching each stage."""
+    stages = ("submitted", "admitted", "encoded", "first_token", "delivered", "written")
+    head = "Where a first token's time goes, server side (mean ms to reach each stage from the one before; "
+    head += "seqport_first_token_stage_seconds):\n\n| run | " + " | ".join(stages) + " | sum |\n"
+    head += "|---|" + "---|" * (len(stages) + 1) + "\n"
+    rows = []
+    for name, r in runs.items():
+        means = r.get("first_token_stages_ms", {})
+        cells = [f"{means[s]:.2f}" if s in means else "-" for s in stages]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -184,14 +233,19 @@ def engine_table(runs: dict[str, dict[str, Any]]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def round_ratios(runs: dict[str, dict[str, Any]], engine: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The issue's ratios for one round (and the engine-only ones when it ran)."""
-    seq, cont, micro = runs.values()
-    ratios = {
-        "continuous_vs_sequential_rps": cont["requests_per_s"] / seq["requests_per_s"],
-        "continuous_vs_micro_rps": cont["requests_per_s"] / micro["requests_per_s"],
-        "ttft_p50_vs_idle": cont["ttft_p50_ms"] / seq["ttft_p50_ms"],
-    }
+def round_ratios(
+    runs: dict[str, dict[str, Any]], engine: dict[str, dict[str, Any]], suffixes: list[str]
+) -> dict[str, float]:
+    """The issue's ratios for one round, per engine placement (and the engine-only ones when it ran)."""
+    ratios = {}
+    for suffix in suffixes:
+        seq, cont, micro = (runs[name + suffix] for name in
+                            ("sequential (continuous server)", "continuous batching", "static micro-batching"))
+        key = suffix.strip(" []").replace(" ", "_")
+        key = f"_{key}" if key else ""
+        ratios[f"continuous_vs_sequential_rps{key}"] = cont["requests_per_s"] / seq["requests_per_s"]
+        ratios[f"continuous_vs_micro_rps{key}"] = cont["requests_per_s"] / micro["requests_per_s"]
+        ratios[f"ttft_p50_vs_idle{key}"] = cont["ttft_p50_ms"] / seq["ttft_p50_ms"]
     if engine:
         ratios["engine_only_continuous_vs_micro_rps"] = (
             engine["continuous"]["requests_per_s"] / engine["micro"]["requests_per_s"]
@@ -209,37 +263,63 @@ def _labelled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {f"{name} (round {k})": run for k, runs in enumerate(rounds, 1) for name, run in runs.items()}
 
 
+# --engine: run-name suffix -> the servers' extra flags
+ENGINES = {
+    "default": {"": ()},
+    "thread": {"": ("--no-engine-process",)},
+    "process": {"": ("--engine-process",)},
+    "both": {" [thread]": ("--no-engine-process",), " [engine process]": ("--engine-process",)},
+}
+
+
+def run_rounds(
+    args: argparse.Namespace, requests: list[dict], engines_of: dict[str, tuple[str, ...]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every mode --repeat times, alternating (a shared machine's load hits each alike): the
+    HTTP runs of each round, and the engine-only runs (none with --no-engine-only)."""
+    rounds, engines = [], []
+    for _ in range(args.repeat):
+        runs = {}
+        for suffix, extra in engines_of.items():
+            runs[f"sequential (continuous server){suffix}"] = run_mode(args, "continuous", 1, requests, extra)
+            runs[f"continuous batching{suffix}"] = run_mode(args, "continuous", args.clients, requests, extra)
+            runs[f"static micro-batching{suffix}"] = run_mode(args, "micro", args.clients, requests, extra)
+        rounds.append(runs)
+        if not args.no_engine_only:
+            engines.append(engine_only(args.artifact, requests, args.clients, args.threads, args.ort_spinning))
+    return rounds, engines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", default=None, help="artifact folder (default: the bundled translator)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=0, help="the server's intra-op threads (0: ORT decides)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the server's intra-op threads (default: the server's own, CPUs - 1; 0: ORT decides)")
     parser.add_argument("--time-limit", type=float, default=240.0, help="seconds per run at most")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--label", default="", help="suffix of the result files (serve_load-LABEL.json)")
     parser.add_argument("--no-engine-only", action="store_true", help="skip the in-process runs without HTTP")
     parser.add_argument("--ort-spinning", action="store_true", help="servers (and engine-only runs) spin, as before")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode, alternating; ratios: median")
+    parser.add_argument("--engine", choices=("default", "thread", "process", "both"), default="default",
+                        help="the servers' engine: the server's default, a worker thread (--no-engine-process), "
+                        "a process of its own (--engine-process), or both in turn (ratios of each)")
     args = parser.parse_args()
-    requests = make_requests(min(args.requests, 256))
     load_before = os.getloadavg()
-    rounds, engines = [], []
-    for _ in range(args.repeat):  # the modes alternate, so a shared machine's load hits each alike
-        rounds.append({
-            "sequential (continuous server)": run_mode(args, "continuous", 1, requests),
-            "continuous batching": run_mode(args, "continuous", args.clients, requests),
-            "static micro-batching": run_mode(args, "micro", args.clients, requests),
-        })  # fmt: skip
-        if not args.no_engine_only:
-            engines.append(engine_only(args.artifact, requests, args.clients, args.threads, args.ort_spinning))
-    per_round = [round_ratios(runs, engine) for runs, engine in zip(rounds, engines or [{}] * len(rounds))]
+    engines_of = ENGINES.get(args.engine, ENGINES["both"])
+    rounds, engines = run_rounds(args, make_requests(min(args.requests, 256)), engines_of)
+    per_round = [
+        round_ratios(runs, engine, list(engines_of)) for runs, engine in zip(rounds, engines or [{}] * len(rounds))
+    ]
     ratios = {key: float(np.median([r[key] for r in per_round])) for key in per_round[0]}
     runs = _labelled(rounds)
     engine = _labelled(engines)
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "artifact": args.artifact or "bundled translator", "cpu": cpu_kind(),
+        "threads": args.threads if args.threads is not None else f"server default ({default_threads()})",
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "runs": runs, "engine_only": engine, "ratios": ratios, "ratios_per_round": per_round,
     }
@@ -249,8 +329,10 @@ def main() -> None:
     cpu = record["cpu"]
     flags = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of the listed"
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
-    md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after.\n\n"
-    md += table(runs) + "\n" + engine_table(engine) + "\n" + ("median of the rounds: " if args.repeat > 1 else "")
+    md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after; "
+    md += f"intra-op threads: {record['threads']}.\n\n"
+    md += table(runs) + "\n" + stages_table(runs) + "\n" + engine_table(engine) + "\n"
+    md += "median of the rounds: " if args.repeat > 1 else ""
     md += "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items())
     md += "\n"
     (args.out / f"{stem}.md").write_text(md, encoding="utf-8")

@@ -7,15 +7,20 @@ import argparse
 from typing import Any
 
 
-def add_runtime_options(p: argparse.ArgumentParser, threads_of: str = "") -> None:
+def add_runtime_options(
+    p: argparse.ArgumentParser, threads_of: str = "", threads_default: int | None = 0, threads_help: str = ""
+) -> None:
     """--provider and --threads, as every artifact-loading command spells them.
 
     Args:
         p: the command's parser.
         threads_of: what the threads are for when it is not the whole command (" of the local run").
+        threads_default: --threads when not given (None: the command picks, as `threads_help` says).
+        threads_help: the help of --threads when the command picks its own default.
     """
     p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
-    p.add_argument("--threads", type=int, default=0, help=f"intra-op threads{threads_of} (0: onnxruntime decides)")
+    help_ = threads_help or f"intra-op threads{threads_of} (0: onnxruntime decides)"
+    p.add_argument("--threads", type=int, default=threads_default, help=help_)
 
 
 def load_with_runtime_options(args: argparse.Namespace) -> Any:

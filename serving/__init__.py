@@ -15,6 +15,7 @@ from typing import Any
 _HOMES = {
     "ServeOptions": "app",
     "build_app": "app",
+    "default_threads": "threads",
     "GenerationRequest": "jobs",
     "TokenEvent": "jobs",
     "MicroBatchScheduler": "scheduler",

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from seqport.engine.errors import InputError, SeqportError
 from seqport.engine.inputs import check_ids
+from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.completions import Call, answer
 from seqport.serving.continuous import make_scheduler
 from seqport.serving.embeddings import embeddings_body
@@ -57,6 +58,10 @@ class ServeOptions:
         shutdown_grace_s: on shutdown, running requests get this long to finish, then are cancelled.
         scheduler: "continuous" (iteration-level batching where the artifact supports it, else
             micro-batching, logged) or "micro" (static micro-batching).
+        engine_process: run the scheduler and the model in a child process (serving/process.py)
+            instead of a worker thread of this one.
+        runtime: the engine process's runtime options (None: the server's defaults); a worker
+            thread uses the model as loaded.
     """
 
     model_name: str | None = None
@@ -66,6 +71,8 @@ class ServeOptions:
     kv_budget_mb: float = 0.0
     shutdown_grace_s: float = 5.0
     scheduler: str = "continuous"
+    engine_process: bool = False
+    runtime: RuntimeOptions | None = None
 
 
 class _State:
@@ -81,13 +88,16 @@ class _State:
                 options.batch_wait_ms / 1000,
                 int(options.kv_budget_mb * 2**20),
             )
-            self.scheduler = make_scheduler(
-                model,
-                limits,
-                options.scheduler,
-                on_batch=lambda rows: self.metrics.batch_rows.observe(rows),
-                on_admit=lambda count: self.metrics.admitted_mid_batch.inc(count),
-            )
+            callbacks = {
+                "on_batch": lambda rows: self.metrics.batch_rows.observe(rows),
+                "on_admit": lambda count: self.metrics.admitted_mid_batch.inc(count),
+            }
+            if options.engine_process:
+                from seqport.serving.process import ProcessScheduler
+
+                self.scheduler = ProcessScheduler(model, limits, options.scheduler, options.runtime, **callbacks)
+            else:
+                self.scheduler = make_scheduler(model, limits, options.scheduler, **callbacks)
         scheduler = self.scheduler
         self.metrics = ServerMetrics(
             lambda: scheduler.queue_depth if scheduler else 0, lambda: scheduler.running_rows if scheduler else 0

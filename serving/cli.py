@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from seqport.cli.runtime_args import add_runtime_options
 from seqport.engine.runtime import RuntimeOptions
+from seqport.serving.threads import default_threads
 
 if TYPE_CHECKING:
     from seqport.serving.app import ServeOptions
@@ -25,7 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("artifact", nargs="?", default=None, help="artifact folder (default: the bundled translator)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    add_runtime_options(p)
+    threads_help = (
+        "intra-op threads of the model (default: the CPUs this process may use minus one, at least 1; here "
+        f"{default_threads()}: the event loop, HTTP and a small machine's clients need a core; 0: onnxruntime decides)"
+    )
+    add_runtime_options(p, threads_default=None, threads_help=threads_help)
     p.add_argument("--ort-spinning", action="store_true",
                    help="let onnxruntime's idle intra-op threads spin (its default; off in the server, whose event "
                    "loop and clients need those cores)")
@@ -37,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--scheduler", choices=("continuous", "micro"), default="continuous",
                    help="continuous: iteration-level batching where the artifact supports it (else micro, "
                    "logged); micro: static micro-batching (default: continuous)")
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the scheduler and the model in a child process, the HTTP event loop in this one "
+                   "(no shared GIL; default: a worker thread)")
     p.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running requests get on shutdown")
     ray = p.add_argument_group("Ray Serve (pip install 'seqport[serve,ray]')")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -76,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
         kv_budget_mb=args.kv_budget_mb,
         shutdown_grace_s=args.shutdown_grace,
         scheduler=args.scheduler,
+        engine_process=args.engine_process,
     )
     if getattr(args, "ray", None) is not None:
         return _run_on_ray(args, options)
-    runtime = RuntimeOptions(intra_op_threads=args.threads, allow_spinning=args.ort_spinning)
+    threads = default_threads() if args.threads is None else args.threads
+    runtime = RuntimeOptions(intra_op_threads=threads, allow_spinning=args.ort_spinning)
     run_server(args.artifact, args.host, args.port, provider=args.provider, runtime=runtime, options=options)
     return 0
 
@@ -105,6 +115,6 @@ def _run_on_ray(args: argparse.Namespace, options: ServeOptions) -> int:
             options = dataclasses.replace(options, model_name="translator")
     ray_app.run_on_ray(
         artifact, args.ray, args.host, args.port, options, args.replicas, args.replica_cpus, args.provider,
-        args.threads, args.ship_artifact,
+        args.threads or 0, args.ship_artifact,
     )
     return 0

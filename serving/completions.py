@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import InputError, SeqportError
-from seqport.serving.jobs import GenerationRequest, TokenEvent
+from seqport.serving.jobs import GenerationRequest, TokenEvent, stage_seconds
 from seqport.serving.metrics import ServerMetrics
 from seqport.serving.protocol import APIError
 from seqport.serving.scheduler import QueueFull, Scheduler, ShuttingDown
@@ -40,16 +40,20 @@ class Call:
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=time.perf_counter)
+    stamps: dict[str, float] = field(default_factory=dict)  # the first prompt's way to its first token
 
     def requests(self) -> list[GenerationRequest]:
-        """One scheduler request per prompt; prompt i samples with seed + i, as generate() would."""
+        """One scheduler request per prompt; prompt i samples with seed + i, as generate() would.
+        The first prompt's records its stamps in `self.stamps`."""
         seed = self.config.seed
+        self.stamps = {"arrival": self.started}
         return [
             GenerationRequest(
-                f"{self.id}-{i}", ids, self.config if seed is None else self.config.replace(seed=seed + i)
+                f"{self.id}-{i}", ids, self.config if seed is None else self.config.replace(seed=seed + i),
+                self.stamps if i == 0 else None,
             )
             for i, ids in enumerate(self.prompts)
-        ]
+        ]  # fmt: skip
 
 
 class _Timer:
@@ -161,6 +165,9 @@ async def _sse(
             if event.text or event.finish_reason:
                 choice = _delta_choice(call.kind, prompt * n + event.choice, event.text, event.finish_reason)
                 yield _data({**_head(call), "choices": [choice]})
+                if "written" not in call.stamps:  # the first chunk went to the transport
+                    call.stamps["written"] = time.perf_counter()
+                    metrics.observe_stages(stage_seconds(call.stamps))
         if call.include_usage:
             yield _data({**_head(call), "choices": [], "usage": _usage(call, tokens)})
         yield "data: [DONE]\n\n"

@@ -74,7 +74,8 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
         model: a loaded generating model.
         limits: admission limits.
         kind: "continuous" (falls back to "micro" with a log line) or "micro".
-        **callbacks: on_batch(rows) and, for continuous batching, on_admit(count).
+        **callbacks: on_batch(rows) and, for continuous batching, on_admit(count); `outbox`:
+            where the worker's events go (MicroBatchScheduler's argument).
 
     Raises:
         ConfigError: `kind` is not one of SCHEDULERS.
@@ -87,7 +88,7 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
         return ContinuousScheduler(model, limits, **callbacks)
     log = logger.info if kind == "micro" else logger.warning  # continuous asked for, micro given: say so
     log("static micro-batching: %s", reason)
-    return MicroBatchScheduler(model, limits, on_batch=callbacks.get("on_batch"))
+    return MicroBatchScheduler(model, limits, on_batch=callbacks.get("on_batch"), outbox=callbacks.get("outbox"))
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,19 @@ class ContinuousScheduler(MicroBatchScheduler):
             worst case, rows × the longest request's prompt + max_tokens (batch_wait_s unused).
         on_batch: called with the row count of every step (the batch-size histogram).
         on_admit: called with the number of requests that joined a batch already running.
+        outbox: as MicroBatchScheduler's.
     """
 
-    def __init__(self, model: Any, limits: SchedulerLimits, on_batch: Any = None, on_admit: Any = None) -> None:
+    def __init__(
+        self, model: Any, limits: SchedulerLimits, on_batch: Any = None, on_admit: Any = None, outbox: Any = None
+    ) -> None:
         self._on_admit = on_admit
         self.mid_batch_admissions = 0
         self.placed_in_slots = 0  # rows written into a vacated slot (no copy of the running cache)
         kv = model.manifest.kv
         self._geometry = (kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
         self._eos = tuple(model.manifest.special_ids.eos)
-        super().__init__(model, limits, on_batch)
+        super().__init__(model, limits, on_batch, outbox)
 
     def _work(self) -> None:
         batch, rows = RunningBatch(*self._geometry), []  # rows[i]: slot i's row, None when vacated
@@ -188,6 +192,7 @@ class ContinuousScheduler(MicroBatchScheduler):
             jobs: list[Job] = []
             while self._waiting and self._fits_running(rows, jobs, self._waiting[0], slots):
                 jobs.append(self._waiting.popleft())
+                jobs[-1].stamp("admitted")
                 if _alone(jobs[-1].request):
                     break
             return jobs
@@ -243,6 +248,8 @@ class ContinuousScheduler(MicroBatchScheduler):
             source, source_mask = pad_batch([s.source for s in starts], model.pad_id)  # (M, S)
             encoder = {k: v for k, v in model.encode(source, source_mask).items() if k.startswith("cross_")}
             encoder["encoder_attention_mask"] = source_mask
+            for start in starts:
+                start.job.stamp("encoded")
             prompt = np.array([s.first for s in starts], dtype=np.int64)  # (M, 1 + prefix): same length
             if prompt.shape[1] == 1:  # the decoder start alone: it joins the step about to run
                 return self._join_next_step(batch, rows, starts, encoder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +20,15 @@ class GenerationRequest:
         request_id: unique id; `cancel()` takes it.
         prompt_ids: the checked input token ids (special tokens included).
         config: decoding options; `seed` is this prompt's own seed.
+        stamps: where the time to its first token goes, filled in as it passes each stage
+            (STAGES: perf_counter seconds by stage; the caller may put "arrival" in); None:
+            not recorded.
     """
 
     request_id: str
     prompt_ids: list[int]
     config: GenerationConfig
+    stamps: dict[str, float] | None = field(default=None, compare=False, repr=False)
 
     @property
     def rows(self) -> int:
@@ -36,6 +41,18 @@ class GenerationRequest:
         (the engine seeds input i of a call with seed + i, so a seeded row must be input 0)."""
         c = self.config
         return c.num_beams > 1 or c.num_return_sequences > 1 or (c.do_sample and c.seed is not None)
+
+
+# A first token's way, in order (GenerationRequest.stamps): the HTTP call made, queued in the
+# scheduler, taken by the worker, its source encoded (encoder-decoder, continuous batching), its
+# first token chosen, handed to the event loop's queue, its SSE chunk written.
+STAGES = ("arrival", "submitted", "admitted", "encoded", "first_token", "delivered", "written")
+
+
+def stage_seconds(stamps: dict[str, float]) -> dict[str, float]:
+    """Seconds spent reaching each stage from the one recorded before it ({} for no stamps)."""
+    seen = [(stage, stamps[stage]) for stage in STAGES if stage in stamps]
+    return {stage: max(t - before, 0.0) for (_, before), (stage, t) in zip(seen, seen[1:])}
 
 
 @dataclass(frozen=True)
@@ -62,25 +79,34 @@ class Job:
     The worker thread calls `emit`/`fail`; they hand items to the request's asyncio queue on its
     event loop (call_soon_threadsafe), or, when the job has an `outbox`, `emit` collects them there
     and the worker flushes the outbox once per decoder step. The queue holds TokenEvents, then
-    None at the end, or an exception.
+    None at the end, or an exception. A job without a loop (in the engine process,
+    serving/process.py) has only its outbox: `fail` posts there and flushes.
     """
 
     request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
+    loop: asyncio.AbstractEventLoop | None
+    queue: asyncio.Queue | None
     kv_bytes: int = 0
     cancelled: bool = False
     done: bool = False
     finished_choices: set = field(default_factory=set)
-    outbox: Outbox | None = None
+    outbox: Any = None  # Outbox, or process.PipeOutbox
+    stamps_sent: bool = False  # the engine process sent its stamps (with its first item)
 
     @property
     def live(self) -> bool:
         return not (self.cancelled or self.done)
 
+    def stamp(self, stage: str) -> None:
+        """Record the first time the request reaches `stage` (when its request records stamps)."""
+        stamps = self.request.stamps
+        if stamps is not None and stage not in stamps:
+            stamps[stage] = time.perf_counter()
+
     def emit(self, event: TokenEvent) -> None:
         if not self.live:
             return
+        self.stamp("first_token")
         put = self._put if self.outbox is None else self._post
         put(event)
         if event.finish_reason is not None:
@@ -96,6 +122,10 @@ class Job:
         self._put(error)
 
     def _put(self, item: object) -> None:
+        if self.loop is None:  # in the engine process: the pipe is the only way out
+            self.outbox.add(self, item)
+            self.outbox.flush()
+            return
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
@@ -183,4 +213,5 @@ class Outbox:
         """On the event loop: every item into its queue."""
         for job, item in pairs:
             job.queue.put_nowait(item)
+            job.stamp("delivered")
         self._taken()

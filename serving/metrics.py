@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
+_STAGE = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
 class ServerMetrics:
@@ -42,6 +43,16 @@ class ServerMetrics:
             "seqport_mid_batch_admissions", "Requests admitted into a batch already running", registry=r
         )
         self.cancelled = Counter("seqport_cancelled_requests", "Requests whose client went away", registry=r)
+        self.first_token_stages = Histogram(
+            "seqport_first_token_stage_seconds",
+            "Streams' time to first token by stage (seqport.serving.jobs.STAGES), each since the one before",
+            ["stage"], buckets=_STAGE, registry=r,
+        )  # fmt: skip
+
+    def observe_stages(self, seconds: dict[str, float]) -> None:
+        """Record one request's time to first token by stage (jobs.stage_seconds)."""
+        for stage, value in seconds.items():
+            self.first_token_stages.labels(stage).observe(value)
 
     def render(self) -> bytes:
         """The text exposition format of every metric."""

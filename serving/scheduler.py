@@ -93,16 +93,18 @@ class MicroBatchScheduler:
         model: a loaded generating model (seqport.engine.load()).
         limits: admission limits.
         on_batch: called with the row count of every batch started (metrics).
+        outbox: where the worker's events go (default: an Outbox to the submitters' event loops;
+            serving/process.py gives a pipe to the HTTP process).
     """
 
-    def __init__(self, model: Any, limits: SchedulerLimits, on_batch: Any = None) -> None:
+    def __init__(self, model: Any, limits: SchedulerLimits, on_batch: Any = None, outbox: Any = None) -> None:
         self.model, self.limits, self._on_batch = model, limits, on_batch
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._running: list[Job] = []
         self._closing = False
-        self._outbox = Outbox()  # the worker's events, handed to the event loop once per step
+        self._outbox = outbox or Outbox()  # the worker's events, handed over once per step
         self._thread = threading.Thread(target=self._work, name="seqport-scheduler", daemon=True)
         self._thread.start()
 
@@ -116,6 +118,17 @@ class MicroBatchScheduler:
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), self.kv_bytes(request), outbox=self._outbox)
+        self.enqueue(job)
+        return self._events(job)
+
+    def enqueue(self, job: Job) -> None:
+        """Queue `job` (what `submit` does once it has made the job).
+
+        Raises:
+            ConfigError: the request needs more rows or KV cache than the limits allow.
+            QueueFull, ShuttingDown: as `submit`.
+        """
+        request = job.request
         self._check_size(job)
         with self._cond:
             if self._closing:
@@ -124,8 +137,8 @@ class MicroBatchScheduler:
                 raise QueueFull(f"the waiting queue is full ({self.limits.max_queue} requests); retry shortly")
             self._waiting.append(job)
             self._jobs[request.request_id] = job
+            job.stamp("submitted")
             self._cond.notify()
-        return self._events(job)
 
     def _check_size(self, job: Job) -> None:
         rows, limits = job.request.rows, self.limits
@@ -217,12 +230,15 @@ class MicroBatchScheduler:
             first = self._waiting.popleft()
             batch = [first]
             if first.request.runs_alone:
+                first.stamp("admitted")
                 return batch
             deadline = time.monotonic() + self.limits.batch_wait_s
             while True:
                 self._take_compatible(batch)
                 left = deadline - time.monotonic()
                 if left <= 0 or self._rows(batch) >= self.limits.max_batch_rows or self._closing:
+                    for job in batch:
+                        job.stamp("admitted")
                     return batch
                 self._cond.wait(left)
 

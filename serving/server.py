@@ -11,6 +11,7 @@ from seqport.engine.api import load
 from seqport.engine.errors import ArtifactError
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.app import ServeOptions, build_app
+from seqport.serving.threads import default_threads
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def run_server(
         artifact: an artifact folder written by `seqport export`.
         host, port: where to listen (loopback by default).
         provider: execution provider ("cpu", "cuda", ...); None: `runtime.provider`.
-        runtime: backend knobs (threads, graph optimization).
+        runtime: backend knobs (threads, graph optimization); None: the server's, as `seqport
+            serve` runs it (default_threads() intra-op threads, spinning off).
         options: server settings (batching, admission, shutdown grace).
 
     Raises:
@@ -61,7 +63,11 @@ def run_server(
     if artifact is None:
         artifact = bundled_translator()
         options = options if options.model_name else dataclasses.replace(options, model_name="translator")
-    model = load(artifact, provider=provider, options=runtime)
+    runtime = runtime or RuntimeOptions(intra_op_threads=default_threads(), allow_spinning=False)
+    if provider is not None:
+        runtime = dataclasses.replace(runtime, provider=provider)
+    model = load(artifact, options=runtime)
+    options = dataclasses.replace(options, runtime=runtime)  # what an engine process loads it with
     app = build_app(model, options)
     uvicorn.run(
         app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(options.shutdown_grace_s) + 1

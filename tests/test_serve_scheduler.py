@@ -151,6 +151,35 @@ def test_the_server_turns_onnxruntime_spinning_off(tiny_artifact, monkeypatch):
         assert (calls[-1].allow_spinning, calls[-1].intra_op_threads) == (spinning, 2)
 
 
+def test_the_server_defaults_to_one_intra_op_thread_fewer_than_its_cpus(tiny_artifact, monkeypatch):
+    import seqport.serving.server as server
+    import seqport.serving.threads as serve_threads
+
+    calls = []
+    monkeypatch.setattr(server, "run_server", lambda *a, runtime, **k: calls.append(runtime))
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    for cpus, threads in ((1, 1), (2, 1), (8, 7)):
+        monkeypatch.setattr(serve_threads.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)), raising=False)
+        args = parser.parse_args(["serve", str(tiny_artifact)])
+        assert args.run(args) == 0
+        assert calls[-1].intra_op_threads == threads and serve_threads.default_threads() == threads
+    args = parser.parse_args(["serve", str(tiny_artifact), "--threads", "0"])  # 0: onnxruntime decides
+    assert args.run(args) == 0 and calls[-1].intra_op_threads == 0
+
+
+def test_engine_process_is_an_option_off_by_default(tiny_artifact, monkeypatch):
+    import seqport.serving.server as server
+
+    seen = []
+    monkeypatch.setattr(server, "run_server", lambda *a, options, **k: seen.append(options))
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    for flags, expected in (([], False), (["--engine-process"], True), (["--no-engine-process"], False)):
+        args = parser.parse_args(["serve", str(tiny_artifact), *flags])
+        assert args.run(args) == 0 and seen[-1].engine_process is expected
+
+
 def test_the_cli_module_imports_without_the_serve_extra():
     code = (
         "import sys; import seqport.serving.cli; "
