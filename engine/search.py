@@ -149,14 +149,23 @@ class TokenSearch:
             self._sources = self._active // self._samples
         return self._sources
 
-    def update(self, logits: np.ndarray) -> StepDecision | None:
-        next_ids, logprobs = self._select(logits)  # (N,), (N,)
-        if next_ids.dtype is not _INT64:
+    def update(self, logits: np.ndarray | Chosen) -> StepDecision | None:
+        if type(logits) is Chosen:  # the decoder's greedy head chose: no numpy call over (N, V)
+            next_ids, logprobs = logits
+            if not math.isfinite(sum(logprobs.tolist())):  # a NaN or +inf logit, or a row all -inf
+                check_finite_logprobs(logprobs, self._step + 1, self.row_sources())  # raises, naming the row
+        else:
+            next_ids, logprobs = self._select(logits)  # (N,), (N,)
+        # `is` first: onnxruntime's int64 arrays carry the 'q' dtype, equal to but not the 'l' one
+        if next_ids.dtype is not _INT64 and next_ids.dtype != _INT64:
             next_ids = next_ids.astype(np.int64)
         active = self._active
         self._step += 1
         self._log.append((active, next_ids, logprobs))
-        reasons = self._reasons(active, next_ids)  # None: every row goes on
+        tokens = next_ids.tolist()
+        # the common step costs one set test over the chosen ids, no loop over the rows (and no call)
+        goes_on = self._texts is None and self._step < self._max_new and self._eos.isdisjoint(tokens)
+        reasons = None if goes_on else self._reasons(active, tokens)  # None: every row goes on
         self._last = (active, next_ids, logprobs, reasons)
         # the history only feeds processors: without any, it stays the first tokens (no per-step copy)
         history = np.concatenate([self._history, next_ids[:, None]], axis=1) if self._processors else self._history
@@ -170,13 +179,10 @@ class TokenSearch:
         self._history = history[rows]
         return StepDecision(next_ids[rows], rows) if len(rows) else None
 
-    def _reasons(self, active: np.ndarray, next_ids: np.ndarray) -> list[str | None] | None:
+    def _reasons(self, active: np.ndarray, tokens: list[int]) -> list[str | None] | None:
         """Each row's finish reason at this step (None: it goes on), or None when every row goes
-        on: the common step costs one set test over the chosen ids, no loop over the rows."""
-        tokens = next_ids.tolist()
+        on. `tokens`: the chosen ids as Python ints."""
         at_length = self._step >= self._max_new  # every active row has made `step` tokens
-        if self._texts is None and not at_length and self._eos.isdisjoint(tokens):
-            return None
         reasons: list[str | None] = []
         for row, token in zip(active.tolist(), tokens):
             why = "eos" if token in self._eos else None
@@ -189,11 +195,8 @@ class TokenSearch:
             reasons.append(why)
         return None if reasons.count(None) == len(reasons) else reasons
 
-    def _select(self, logits: np.ndarray | Chosen) -> tuple[np.ndarray, np.ndarray]:
-        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,); or
-        what the decoder's greedy head chose (plain greedy search: no processor, no sampling)."""
-        if type(logits) is Chosen:
-            return self._chosen(logits)
+    def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
         step, sources = self._step + 1, self.row_sources()
         if self._processors or self._choose is not greedy_chooser:
             check_finite_logits(logits, step, sources)
@@ -203,13 +206,6 @@ class TokenSearch:
         check_some_token_allowed(scores.max(axis=-1), step, sources)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
-
-    def _chosen(self, chosen: Chosen) -> tuple[np.ndarray, np.ndarray]:
-        """The head's ids and logprobs, after one check on Python floats (no numpy call): a row
-        whose logits hold NaN or +inf, or are -inf everywhere, has a NaN log-probability."""
-        if not math.isfinite(sum(chosen.logprobs.tolist())):
-            check_finite_logprobs(chosen.logprobs, self._step + 1, self.row_sources())  # raises, naming the row
-        return chosen.ids, chosen.logprobs
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row

@@ -13,6 +13,8 @@ no self-attention slot is masked. Both arrays are views of two buffers:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -33,7 +35,7 @@ class LockstepInputs:
         self._ones = np.ones(rows * capacity, dtype=np.int64)  # (N0·C,) flat
         self._table = np.repeat(np.arange(capacity, dtype=np.int64)[:, None], rows, axis=1)  # (C, N0)
         self._ones.flags.writeable = self._table.flags.writeable = False  # shared by every view handed out
-        self._views: dict[tuple[int, int, int], np.ndarray] = {}  # (kind, rows, size) → view, made once
+        self._views: dict[tuple[int, int, int], Any] = {}  # (kind, rows, size) → view (or pair), made once
 
     def mask(self, rows: int, length: int) -> np.ndarray:
         """int64 (rows, length) of ones: a read-only view, made once per shape."""
@@ -55,7 +57,16 @@ class LockstepInputs:
             view = self._keep((1, rows, past), self._table[past : past + 1, :rows].T)  # (N, 1), C-contiguous
         return view
 
-    def _keep(self, key: tuple[int, int, int], view: np.ndarray) -> np.ndarray:
+    def next_step(self, rows: int, past: int) -> tuple[np.ndarray, np.ndarray]:
+        """position_ids int64 (rows, 1) and the all-ones attention_mask int64 (rows, past + 1) of
+        one new token: `positions(rows, past, 1)` and `mask(rows, past + 1)` in one lookup (the
+        host lane asks for both every decode step)."""
+        pair = self._views.get((2, rows, past))
+        if pair is None:
+            pair = self._keep((2, rows, past), (self.positions(rows, past, 1), self.mask(rows, past + 1)))
+        return pair
+
+    def _keep(self, key: tuple[int, int, int], view: Any) -> Any:
         if len(self._views) >= 8192:  # many row counts × lengths: start over rather than grow without bound
             self._views = {}
         self._views[key] = view
