@@ -25,6 +25,9 @@ from seqport.engine.sampling import greedy, sample
 from seqport.engine.stopping import StopStrings
 
 _INT64 = np.dtype(np.int64)
+#: builds a NamedTuple from a tuple without its Python-level __new__ (one per decode step; a
+#: frame costs several µs right after a decoder call, when the caches are cold)
+_new_tuple = tuple.__new__
 
 #: (processed scores float (N, V), row ids int64 (N,)) → chosen token ids int64 (N,)
 Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -173,7 +176,7 @@ class TokenSearch:
             self._history = history
             if len(self._rows) != len(active):
                 self._rows = np.arange(len(active), dtype=np.int64)
-            return StepDecision(next_ids, self._rows, same_rows=True)
+            return _new_tuple(StepDecision, (next_ids, self._rows, True))  # StepDecision(..., same_rows=True), in C
         rows = np.array([row for row, why in enumerate(reasons) if why is None], dtype=np.int64)
         self._active, self._sources = active[rows], None
         self._history = history[rows]

@@ -13,8 +13,6 @@ no self-attention slot is masked. Both arrays are views of two buffers:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 
@@ -35,7 +33,10 @@ class LockstepInputs:
         self._ones = np.ones(rows * capacity, dtype=np.int64)  # (N0·C,) flat
         self._table = np.repeat(np.arange(capacity, dtype=np.int64)[:, None], rows, axis=1)  # (C, N0)
         self._ones.flags.writeable = self._table.flags.writeable = False  # shared by every view handed out
-        self._views: dict[tuple[int, int, int], Any] = {}  # (kind, rows, size) → view (or pair), made once
+        self._views: dict[tuple[int, int, int], np.ndarray] = {}  # (kind, rows, size) → view, made once
+        # (rows, past) → next_step's pair; cleared in place, never replaced: callers may hold it
+        self.next_views: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = getattr(self, "next_views", {})
+        self.next_views.clear()
 
     def mask(self, rows: int, length: int) -> np.ndarray:
         """int64 (rows, length) of ones: a read-only view, made once per shape."""
@@ -59,14 +60,17 @@ class LockstepInputs:
 
     def next_step(self, rows: int, past: int) -> tuple[np.ndarray, np.ndarray]:
         """position_ids int64 (rows, 1) and the all-ones attention_mask int64 (rows, past + 1) of
-        one new token: `positions(rows, past, 1)` and `mask(rows, past + 1)` in one lookup (the
-        host lane asks for both every decode step)."""
-        pair = self._views.get((2, rows, past))
+        one new token: `positions(rows, past, 1)` and `mask(rows, past + 1)`, kept in
+        `next_views` under (rows, past), where the host lane looks them up without a call."""
+        pair = self.next_views.get((rows, past))
         if pair is None:
-            pair = self._keep((2, rows, past), (self.positions(rows, past, 1), self.mask(rows, past + 1)))
+            pair = (self.positions(rows, past, 1), self.mask(rows, past + 1))
+            if len(self.next_views) >= 8192:  # as _keep: bounded
+                self.next_views.clear()
+            self.next_views[(rows, past)] = pair
         return pair
 
-    def _keep(self, key: tuple[int, int, int], view: Any) -> Any:
+    def _keep(self, key: tuple[int, int, int], view: np.ndarray) -> np.ndarray:
         if len(self._views) >= 8192:  # many row counts × lengths: start over rather than grow without bound
             self._views = {}
         self._views[key] = view
