@@ -25,6 +25,7 @@ from seqport.engine.sampling import greedy, sample
 from seqport.engine.stopping import StopStrings
 
 _INT64 = np.dtype(np.int64)
+_INT64_Q = np.dtype("q")  # long long: what onnxruntime's int64 outputs carry (the same as _INT64 where long is 32-bit)
 #: builds a NamedTuple from a tuple without its Python-level __new__ (one per decode step; a
 #: frame costs several µs right after a decoder call, when the caches are cold)
 _new_tuple = tuple.__new__
@@ -36,8 +37,9 @@ Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 class StepDecision(NamedTuple):
     """tokens: int64 (N',) next input per surviving row; rows: int64 (N',) the row each one
     continues (indices into the current rows: used to reorder/select the KV cache);
-    same_rows: True when rows is 0..N-1 (every row goes on in place), which spares the loop
-    a comparison every step. A NamedTuple, not a frozen dataclass: one is made every step."""
+    same_rows: True when rows is 0..N-1 (every row goes on in place, so row_sources() is
+    unchanged too), which spares the loop a comparison and a call every step. A NamedTuple,
+    not a frozen dataclass: one is made every step."""
 
     tokens: np.ndarray
     rows: np.ndarray
@@ -159,8 +161,8 @@ class TokenSearch:
                 check_finite_logprobs(logprobs, self._step + 1, self.row_sources())  # raises, naming the row
         else:
             next_ids, logprobs = self._select(logits)  # (N,), (N,)
-        # `is` first: onnxruntime's int64 arrays carry the 'q' dtype, equal to but not the 'l' one
-        if next_ids.dtype is not _INT64 and next_ids.dtype != _INT64:
+        dtype = next_ids.dtype  # identity first: onnxruntime's int64 is 'q', equal to but not numpy's 'l'
+        if dtype is not _INT64 and dtype is not _INT64_Q and dtype != _INT64:
             next_ids = next_ids.astype(np.int64)
         active = self._active
         self._step += 1
