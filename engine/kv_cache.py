@@ -133,9 +133,9 @@ class KVCache:
 
     def hold(self, keys: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> None:
         """Hold a growing cache's next arrays, one per layer (B, H, P+T, D): what `update` does
-        from the decoder's logical outputs, for a caller that has them by layer already
-        (engine/host_lane.py passes tuples: keys and values must be the same kind of sequence,
-        as `feeds` and `take` concatenate them)."""
+        from the decoder's logical outputs, for a caller that has them by layer already. Keys and
+        values must be the same kind of sequence (`feeds` and `take` concatenate them):
+        engine/host_lane.py sets both attributes itself, as tuples, which saves this call."""
         self.keys, self.values = keys, values
 
     def take(self, rows: np.ndarray) -> None:
