@@ -131,16 +131,16 @@ class TokenSearch:
         self._step, self._total = 0, rows
         self._rows = np.arange(rows, dtype=np.int64)  # 0..N-1, reused while every row goes on
         self._scratch: np.ndarray | None = None  # the (N, V) log-softmax temporary, reused
-        self._last: tuple | None = None  # the last update's (active, ids, logprobs, reasons)
+        self._last_reasons: list[str | None] | None = None  # the last update's finish reasons (None: all go on)
 
     @property
     def emitted(self) -> list[Emitted]:
         """What the last update chose, one per row that took part (streaming reads it); made on
         demand, so a plain generate() builds no per-row objects."""
-        if self._last is None:
+        if not self._log:
             return []
-        active, ids, logprobs, reasons = self._last
-        reasons = reasons or [None] * len(active)
+        active, ids, logprobs = self._log[-1]
+        reasons = self._last_reasons or [None] * len(active)
         samples = self._samples
         return [
             Emitted(r // samples, t, lp, why)
@@ -170,18 +170,14 @@ class TokenSearch:
         tokens = next_ids.tolist()
         # the common step costs one set test over the chosen ids, no loop over the rows (and no call)
         goes_on = self._texts is None and self._step < self._max_new and self._eos.isdisjoint(tokens)
-        reasons = None if goes_on else self._reasons(active, tokens)  # None: every row goes on
-        self._last = (active, next_ids, logprobs, reasons)
-        # the history only feeds processors: without any, it stays the first tokens (no per-step copy)
-        history = np.concatenate([self._history, next_ids[:, None]], axis=1) if self._processors else self._history
-        if reasons is None:  # every row goes on: no gathers
-            self._history = history
-            if len(self._rows) != len(active):
-                self._rows = np.arange(len(active), dtype=np.int64)
+        reasons = self._last_reasons = None if goes_on else self._reasons(active, tokens)  # None: all go on
+        if self._processors:  # the history only feeds them: without any it stays the first tokens
+            self._history = np.concatenate([self._history, next_ids[:, None]], axis=1)  # (N, T0 + step)
+        if reasons is None:  # every row goes on: no gathers (self._rows is 0..N-1 of the active rows)
             return _new_tuple(StepDecision, (next_ids, self._rows, True))  # StepDecision(..., same_rows=True), in C
         rows = np.array([row for row, why in enumerate(reasons) if why is None], dtype=np.int64)
         self._active, self._sources = active[rows], None
-        self._history = history[rows]
+        self._history, self._rows = self._history[rows], np.arange(len(rows), dtype=np.int64)
         return StepDecision(next_ids[rows], rows) if len(rows) else None
 
     def _reasons(self, active: np.ndarray, tokens: list[int]) -> list[str | None] | None:
