@@ -45,18 +45,19 @@ def decode_steps(
         The search's decision after every step; the last one is None (every row finished).
         The cache is released when the loop ends, fails, or its caller closes it early.
     """
-    tokens = first_tokens[search.row_sources()]  # (N, T0)
+    sources = search.row_sources()
+    tokens = first_tokens[sources]  # (N, T0)
     try:
         while True:
-            logits = step(tokens, cache, search.row_sources())  # (N, V)
+            logits = step(tokens, cache, sources)  # (N, V)
             decision = search.update(logits)
             yield decision
             if decision is None:
                 return
-            if not decision.same_rows and (
-                len(decision.rows) != cache.batch or np.any(decision.rows != np.arange(cache.batch))
-            ):
-                cache.take(decision.rows)  # finished rows leave; beams follow their parent
+            if not decision.same_rows:  # same_rows: the rows and their sources stay as they are
+                if len(decision.rows) != cache.batch or np.any(decision.rows != np.arange(cache.batch)):
+                    cache.take(decision.rows)  # finished rows leave; beams follow their parent
+                sources = search.row_sources()
             tokens = decision.tokens[:, None]  # (N', 1)
     finally:
         cache.release()  # device buffers go now, not when the abandoned generator is collected

@@ -9,6 +9,7 @@ Two allocations, as the manifest's `kv.allocation` says:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -130,10 +131,11 @@ class KVCache:
         if self._filled is not None:
             self._filled += new
 
-    def hold(self, keys: list[np.ndarray], values: list[np.ndarray]) -> None:
+    def hold(self, keys: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> None:
         """Hold a growing cache's next arrays, one per layer (B, H, P+T, D): what `update` does
-        from the decoder's logical outputs, for a caller that has them by layer already
-        (engine/host_lane.py)."""
+        from the decoder's logical outputs, for a caller that has them by layer already. Keys and
+        values must be the same kind of sequence (`feeds` and `take` concatenate them):
+        engine/host_lane.py sets both attributes itself, as tuples, which saves this call."""
         self.keys, self.values = keys, values
 
     def take(self, rows: np.ndarray) -> None:

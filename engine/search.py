@@ -25,6 +25,10 @@ from seqport.engine.sampling import greedy, sample
 from seqport.engine.stopping import StopStrings
 
 _INT64 = np.dtype(np.int64)
+_INT64_Q = np.dtype("q")  # long long: what onnxruntime's int64 outputs carry (the same as _INT64 where long is 32-bit)
+#: builds a NamedTuple from a tuple without its Python-level __new__ (one per decode step; a
+#: frame costs several µs right after a decoder call, when the caches are cold)
+_new_tuple = tuple.__new__
 
 #: (processed scores float (N, V), row ids int64 (N,)) → chosen token ids int64 (N,)
 Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -33,8 +37,9 @@ Chooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 class StepDecision(NamedTuple):
     """tokens: int64 (N',) next input per surviving row; rows: int64 (N',) the row each one
     continues (indices into the current rows: used to reorder/select the KV cache);
-    same_rows: True when rows is 0..N-1 (every row goes on in place), which spares the loop
-    a comparison every step. A NamedTuple, not a frozen dataclass: one is made every step."""
+    same_rows: True when rows is 0..N-1 (every row goes on in place, so row_sources() is
+    unchanged too), which spares the loop a comparison and a call every step. A NamedTuple,
+    not a frozen dataclass: one is made every step."""
 
     tokens: np.ndarray
     rows: np.ndarray
@@ -126,16 +131,16 @@ class TokenSearch:
         self._step, self._total = 0, rows
         self._rows = np.arange(rows, dtype=np.int64)  # 0..N-1, reused while every row goes on
         self._scratch: np.ndarray | None = None  # the (N, V) log-softmax temporary, reused
-        self._last: tuple | None = None  # the last update's (active, ids, logprobs, reasons)
+        self._last_reasons: list[str | None] | None = None  # the last update's finish reasons (None: all go on)
 
     @property
     def emitted(self) -> list[Emitted]:
         """What the last update chose, one per row that took part (streaming reads it); made on
         demand, so a plain generate() builds no per-row objects."""
-        if self._last is None:
+        if not self._log:
             return []
-        active, ids, logprobs, reasons = self._last
-        reasons = reasons or [None] * len(active)
+        active, ids, logprobs = self._log[-1]
+        reasons = self._last_reasons or [None] * len(active)
         samples = self._samples
         return [
             Emitted(r // samples, t, lp, why)
@@ -149,34 +154,36 @@ class TokenSearch:
             self._sources = self._active // self._samples
         return self._sources
 
-    def update(self, logits: np.ndarray) -> StepDecision | None:
-        next_ids, logprobs = self._select(logits)  # (N,), (N,)
-        if next_ids.dtype is not _INT64:
+    def update(self, logits: np.ndarray | Chosen) -> StepDecision | None:
+        if type(logits) is Chosen:  # the decoder's greedy head chose: no numpy call over (N, V)
+            next_ids, logprobs = logits
+            if not math.isfinite(sum(logprobs.tolist())):  # a NaN or +inf logit, or a row all -inf
+                check_finite_logprobs(logprobs, self._step + 1, self.row_sources())  # raises, naming the row
+        else:
+            next_ids, logprobs = self._select(logits)  # (N,), (N,)
+        dtype = next_ids.dtype  # identity first: onnxruntime's int64 is 'q', equal to but not numpy's 'l'
+        if dtype is not _INT64 and dtype is not _INT64_Q and dtype != _INT64:
             next_ids = next_ids.astype(np.int64)
         active = self._active
         self._step += 1
         self._log.append((active, next_ids, logprobs))
-        reasons = self._reasons(active, next_ids)  # None: every row goes on
-        self._last = (active, next_ids, logprobs, reasons)
-        # the history only feeds processors: without any, it stays the first tokens (no per-step copy)
-        history = np.concatenate([self._history, next_ids[:, None]], axis=1) if self._processors else self._history
-        if reasons is None:  # every row goes on: no gathers
-            self._history = history
-            if len(self._rows) != len(active):
-                self._rows = np.arange(len(active), dtype=np.int64)
-            return StepDecision(next_ids, self._rows, same_rows=True)
+        tokens = next_ids.tolist()
+        # the common step costs one set test over the chosen ids, no loop over the rows (and no call)
+        goes_on = self._texts is None and self._step < self._max_new and self._eos.isdisjoint(tokens)
+        reasons = self._last_reasons = None if goes_on else self._reasons(active, tokens)  # None: all go on
+        if self._processors:  # the history only feeds them: without any it stays the first tokens
+            self._history = np.concatenate([self._history, next_ids[:, None]], axis=1)  # (N, T0 + step)
+        if reasons is None:  # every row goes on: no gathers (self._rows is 0..N-1 of the active rows)
+            return _new_tuple(StepDecision, (next_ids, self._rows, True))  # StepDecision(..., same_rows=True), in C
         rows = np.array([row for row, why in enumerate(reasons) if why is None], dtype=np.int64)
         self._active, self._sources = active[rows], None
-        self._history = history[rows]
+        self._history, self._rows = self._history[rows], np.arange(len(rows), dtype=np.int64)
         return StepDecision(next_ids[rows], rows) if len(rows) else None
 
-    def _reasons(self, active: np.ndarray, next_ids: np.ndarray) -> list[str | None] | None:
+    def _reasons(self, active: np.ndarray, tokens: list[int]) -> list[str | None] | None:
         """Each row's finish reason at this step (None: it goes on), or None when every row goes
-        on: the common step costs one set test over the chosen ids, no loop over the rows."""
-        tokens = next_ids.tolist()
+        on. `tokens`: the chosen ids as Python ints."""
         at_length = self._step >= self._max_new  # every active row has made `step` tokens
-        if self._texts is None and not at_length and self._eos.isdisjoint(tokens):
-            return None
         reasons: list[str | None] = []
         for row, token in zip(active.tolist(), tokens):
             why = "eos" if token in self._eos else None
@@ -189,11 +196,8 @@ class TokenSearch:
             reasons.append(why)
         return None if reasons.count(None) == len(reasons) else reasons
 
-    def _select(self, logits: np.ndarray | Chosen) -> tuple[np.ndarray, np.ndarray]:
-        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,); or
-        what the decoder's greedy head chose (plain greedy search: no processor, no sampling)."""
-        if type(logits) is Chosen:
-            return self._chosen(logits)
+    def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float (N, V) logits → chosen ids int64 (N,) and their processed logprobs (N,)."""
         step, sources = self._step + 1, self.row_sources()
         if self._processors or self._choose is not greedy_chooser:
             check_finite_logits(logits, step, sources)
@@ -203,13 +207,6 @@ class TokenSearch:
         check_some_token_allowed(scores.max(axis=-1), step, sources)
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
-
-    def _chosen(self, chosen: Chosen) -> tuple[np.ndarray, np.ndarray]:
-        """The head's ids and logprobs, after one check on Python floats (no numpy call): a row
-        whose logits hold NaN or +inf, or are -inf everywhere, has a NaN log-probability."""
-        if not math.isfinite(sum(chosen.logprobs.tolist())):
-            check_finite_logprobs(chosen.logprobs, self._step + 1, self.row_sources())  # raises, naming the row
-        return chosen.ids, chosen.logprobs
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row

@@ -34,6 +34,9 @@ class LockstepInputs:
         self._table = np.repeat(np.arange(capacity, dtype=np.int64)[:, None], rows, axis=1)  # (C, N0)
         self._ones.flags.writeable = self._table.flags.writeable = False  # shared by every view handed out
         self._views: dict[tuple[int, int, int], np.ndarray] = {}  # (kind, rows, size) → view, made once
+        # (rows, past) → next_step's pair; cleared in place, never replaced: callers may hold it
+        self.next_views: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = getattr(self, "next_views", {})
+        self.next_views.clear()
 
     def mask(self, rows: int, length: int) -> np.ndarray:
         """int64 (rows, length) of ones: a read-only view, made once per shape."""
@@ -54,6 +57,18 @@ class LockstepInputs:
             self._fit(rows, past + 1)
             view = self._keep((1, rows, past), self._table[past : past + 1, :rows].T)  # (N, 1), C-contiguous
         return view
+
+    def next_step(self, rows: int, past: int) -> tuple[np.ndarray, np.ndarray]:
+        """position_ids int64 (rows, 1) and the all-ones attention_mask int64 (rows, past + 1) of
+        one new token: `positions(rows, past, 1)` and `mask(rows, past + 1)`, kept in
+        `next_views` under (rows, past), where the host lane looks them up without a call."""
+        pair = self.next_views.get((rows, past))
+        if pair is None:
+            pair = (self.positions(rows, past, 1), self.mask(rows, past + 1))
+            if len(self.next_views) >= 8192:  # as _keep: bounded
+                self.next_views.clear()
+            self.next_views[(rows, past)] = pair
+        return pair
 
     def _keep(self, key: tuple[int, int, int], view: np.ndarray) -> np.ndarray:
         if len(self._views) >= 8192:  # many row counts × lengths: start over rather than grow without bound

@@ -117,6 +117,15 @@ def test_a_non_finite_head_logprob_fails_naming_the_row():
         search.update(chosen)
 
 
+def test_head_ids_in_onnxruntime_int64_spelling_are_not_copied():
+    search = TokenSearch(np.ones((2, 1), dtype=np.int64), [2], 5, [], greedy_chooser)
+    ids = np.array([4, 5], dtype="q")  # onnxruntime's int64: equal to np.int64, not the same dtype object
+    decision = search.update(Chosen(ids, np.array([-0.5, -1.0], dtype=np.float32)))
+    assert decision.same_rows and decision.tokens is ids and decision.rows.tolist() == [0, 1]
+    finished = search.update(Chosen(np.array([2, 7], dtype=np.int32), np.zeros(2, dtype=np.float32)))
+    assert finished.tokens.dtype == np.int64 and finished.tokens.tolist() == [7] and finished.rows.tolist() == [1]
+
+
 def test_the_head_check_catches_a_head_that_breaks_ties_differently(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper

@@ -29,6 +29,17 @@ def test_lockstep_views_hold_positions_and_ones_without_copies():
     assert prefill.flags.c_contiguous and prefill.tolist() == [[0, 1, 2, 3]] * 3
 
 
+def test_next_step_pairs_match_the_views_and_survive_growth():
+    lockstep = LockstepInputs(rows=2, capacity=4)
+    views = lockstep.next_views  # the host lane keeps this dict: it must stay the same object
+    positions, mask = lockstep.next_step(2, 3)
+    assert positions.ravel().tolist() == [3, 3] and mask.shape == (2, 4) and (mask == 1).all()
+    assert views[(2, 3)] == (positions, mask) and lockstep.next_step(2, 3)[0] is positions  # made once
+    grown_positions, grown_mask = lockstep.next_step(3, 9)  # past the planned rows and capacity
+    assert lockstep.next_views is views and set(views) == {(3, 9)}  # cleared in place, refilled
+    assert grown_positions.ravel().tolist() == [9, 9, 9] and grown_mask.shape == (3, 10)
+
+
 def test_lockstep_buffers_grow_past_the_planned_size():
     lockstep = LockstepInputs(rows=1, capacity=2)
     assert lockstep.positions(4, 9, 1).ravel().tolist() == [9] * 4
