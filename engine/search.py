@@ -126,6 +126,8 @@ class TokenSearch:
         self._step, self._total = 0, rows
         self._rows = np.arange(rows, dtype=np.int64)  # 0..N-1, reused while every row goes on
         self._scratch: np.ndarray | None = None  # the (N, V) log-softmax temporary, reused
+        self._min_new = _min_new_tokens(processors)  # EOS forbidden before this many tokens
+        self._eos_ids = sorted(eos)  # the columns min_new_tokens masks
         self._last: tuple | None = None  # the last update's (active, ids, logprobs, reasons)
 
     @property
@@ -209,7 +211,24 @@ class TokenSearch:
         whose logits hold NaN or +inf, or are -inf everywhere, has a NaN log-probability."""
         if not math.isfinite(sum(chosen.logprobs.tolist())):
             check_finite_logprobs(chosen.logprobs, self._step + 1, self.row_sources())  # raises, naming the row
+        if self._processors and self._step < self._min_new:  # min_new_tokens, the one processor the head allows
+            return self._chosen_without_eos(chosen)
         return chosen.ids, chosen.logprobs
+
+    def _chosen_without_eos(self, chosen: Chosen) -> tuple[np.ndarray, np.ndarray]:
+        """The head's choice while min_new_tokens forbids EOS: the same ids unless a row's argmax
+        is an EOS id (then this step takes the processor path over the full logits), with the
+        log-probability renormalised over the allowed tokens:
+        log p' = log p - log(1 - sum over EOS e of exp(logit_e - logsumexp))."""
+        assert chosen.logits is not None, "a step whose head serves min_new_tokens passes the logits"
+        if not self._eos.isdisjoint(chosen.ids.tolist()):
+            return self._select(chosen.logits)  # the rare step: (N, V) logits through the processors
+        if len(self._rows) != len(chosen.ids):
+            self._rows = np.arange(len(chosen.ids), dtype=np.int64)
+        logprobs = chosen.logprobs.astype(np.float64)  # (N,)
+        lse = chosen.logits[self._rows, chosen.ids] - logprobs  # (N,) each row's logsumexp
+        eos_mass = np.exp(chosen.logits[:, self._eos_ids] - lse[:, None]).sum(axis=-1)  # (N,)
+        return chosen.ids, logprobs - np.log1p(-eos_mass)
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row
@@ -258,6 +277,14 @@ class TokenSearch:
         finish = self._finish.get(row, "length")
         content = ids[:-1] if finish == "eos" else ids
         return Hypothesis(content, logprobs[: len(content)], float(sum(logprobs)), finish)
+
+
+def _min_new_tokens(processors: list[proc.Processor]) -> int:
+    """The `minimum` of a min_new_tokens processor in the list, else 0."""
+    for processor in processors:
+        if getattr(processor, "func", None) is proc.min_new_tokens:
+            return int(processor.keywords["minimum"])  # type: ignore[attr-defined]
+    return 0
 
 
 def greedy_chooser(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -11,9 +11,10 @@ the decoder's outputs and the engine's greedy step touches no (N, V) array:
     greedy_logprobs = ReduceMax(last) - ReduceLogSumExp(last)   # (B,) float32
 
 `logits` stays an output (sampling, beams and processors read it). The head is added to a
-finished encoder-decoder decoder (after --optimize/--quantize/--dtype, which rewrite the
-graphs) and checked against the decoder's own logits before the manifest names it; an engine
-that does not know the two outputs ignores them.
+finished encoder-decoder or decoder-only decoder (after --optimize/--quantize/--dtype/--attention,
+which rewrite the graphs) and checked against the decoder's own logits before the manifest names
+it; an engine that does not know the two outputs ignores them, and an artifact without them
+takes the engine's full-logits path.
 """
 
 from __future__ import annotations
@@ -31,18 +32,20 @@ from seqport.engine.manifest import Manifest, TensorSpec, sha256_of
 #: logical (= graph) names of the head's outputs.
 GREEDY_IDS, GREEDY_LOGPROBS = "greedy_ids", "greedy_logprobs"
 _PREFIX = "seqport_greedy_head"  # node and value names: cannot clash with an exporter's
+_WITH_HEAD = ("encoder-decoder", "decoder-only")  # architectures whose `decoder` gets the head
 
 
 def add_greedy_head(folder: Path, manifest: Manifest) -> Manifest:
     """Give the artifact's decoder the greedy head; returns the manifest naming its outputs.
 
-    An artifact whose decoder already has them, or that is not encoder-decoder, is returned as is.
+    An artifact whose decoder already has them, or that is neither encoder-decoder nor
+    decoder-only (an encoder-only model has no decoder), is returned as is.
 
     Raises:
         ExportError: the decoder has no logits output, or the head disagrees with its logits.
     """
     decoder = manifest.components.get("decoder")
-    if manifest.architecture != "encoder-decoder" or decoder is None or GREEDY_IDS in decoder.outputs:
+    if manifest.architecture not in _WITH_HEAD or decoder is None or GREEDY_IDS in decoder.outputs:
         return manifest
     if "logits" not in decoder.outputs:
         raise ExportError("the greedy head needs the decoder's logits output; the manifest declares none")

@@ -4,8 +4,10 @@ A preallocated decoder feeds the same KV buffers every step and writes its prese
 into them (past and present are one array per layer and K/V). Binding those 2·L arrays anew
 each step (an OrtValue per array, a bind call per input and output) cost about 1.4 ms per
 SmolLM2 step on the CPU (issue #16), a quarter of an int4 step. `InPlaceBinding` binds them
-once and, per run, rebinds only the small inputs that change (ids, mask, positions) and the
-outputs onnxruntime allocates (logits).
+once and, per run, rebinds only the small inputs that are new arrays and the outputs
+onnxruntime allocates. A small input passed as the *same array object* as at the run before
+(a caller that writes its ids, mask and positions in place: engine/causal_lane.py) stays bound
+too, so a step whose every feed and output is such a buffer makes no bind call at all.
 
 The binding holds the buffers only by weak reference: once the engine drops its cache (the
 request ended), the arrays are freed as before and the next request's buffers are bound anew.
@@ -50,6 +52,7 @@ class InPlaceBinding:
         self._shared_refs: tuple[tuple[str, weakref.ref], ...] = ()
         self._shared_names: frozenset[str] = frozenset()
         self._allocated: tuple[str, ...] = ()
+        self._bound: dict[str, weakref.ref] = {}  # other inputs: the array each is bound to now
 
     def run(self, feeds: dict[str, np.ndarray], into: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; outputs named in `into` are written into those arrays and returned as them.
@@ -64,15 +67,22 @@ class InPlaceBinding:
         """
         if not self._still_bound(feeds, into):
             self._bind_in_place(feeds, into)
-        binding = _native(self._binding)
-        keep = []  # arrays bound for this run only: alive until it ends
+        binding, bound = _native(self._binding), self._bound
+        keep = []  # arrays bound for this run: alive until it ends (the caller may keep them longer)
         for name, value in feeds.items():
-            if name not in self._shared_names:
-                keep.append(np.ascontiguousarray(value))
-                binding.bind_ortvalue_input(name, _wrap(keep[-1]))
+            if name in self._shared_names:
+                continue
+            ref = bound.get(name)
+            if ref is not None and ref() is value:  # the same live array: its memory is still bound
+                continue
+            keep.append(np.ascontiguousarray(value))
+            binding.bind_ortvalue_input(name, _wrap(keep[-1]))
+            bound[name] = weakref.ref(keep[-1])  # dead once a temporary goes: then bound anew
         for name in self._allocated:  # allocated anew each run: callers may keep what they get
             binding.bind_output(name, _CPU)
         self._session.run_with_iobinding(self._binding)
+        if not self._allocated:  # every output written in place: nothing to read back
+            return dict(into)
         values = binding.get_outputs()  # only the allocated ones are read back
         return {name: into[name] if name in into else values[i].numpy() for i, name in enumerate(self._outputs)}
 
@@ -103,6 +113,7 @@ class InPlaceBinding:
         self._into_refs = tuple((name, weakref.ref(array)) for name, array in into.items())
         self._shared_refs = tuple((name, weakref.ref(array)) for name, array in shared.items())
         self._shared_names = frozenset(shared)
+        self._bound = {}
 
 
 def _check_in_place(name: str, array: np.ndarray) -> None:
