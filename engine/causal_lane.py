@@ -98,6 +98,7 @@ class CausalLane:
             self._into[self._head[0]] = np.zeros(rows, dtype=np.int64)  # (N,)
             self._into[self._head[1]] = np.zeros(rows, dtype=np.float32)  # (N,)
         self._held = (sources, cache.keys[0], mask)
+        self._last_logits = self._into[self._logits.name][:, -1, :]  # (N, V) view, made once
 
     def step(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray | Chosen:
         """One decoder call for int64 (N, 1) new tokens of the adopted rows; the cache then holds
@@ -115,7 +116,8 @@ class CausalLane:
         else:  # a runtime that returns new arrays: the cache holds them, later steps go the general way
             cache.update(self._signature.by_logical(outputs), 1)
             self._in_place = False
-        logits = outputs[self._logits.name][:, -1, :]  # (N, V) view
+        logits = outputs[self._logits.name]
+        logits = self._last_logits if logits is self._into[self._logits.name] else logits[:, -1, :]  # (N, V)
         if self._graph_greedy:
             ids_name, logprobs_name = self._head  # type: ignore[misc]
             # copies of the (N,) buffers: the search keeps every step's ids and log-probabilities

@@ -220,15 +220,17 @@ class TokenSearch:
         is an EOS id (then this step takes the processor path over the full logits), with the
         log-probability renormalised over the allowed tokens:
         log p' = log p - log(1 - sum over EOS e of exp(logit_e - logsumexp))."""
-        assert chosen.logits is not None, "a step whose head serves min_new_tokens passes the logits"
-        if not self._eos.isdisjoint(chosen.ids.tolist()):
-            return self._select(chosen.logits)  # the rare step: (N, V) logits through the processors
-        if len(self._rows) != len(chosen.ids):
-            self._rows = np.arange(len(chosen.ids), dtype=np.int64)
-        logprobs = chosen.logprobs.astype(np.float64)  # (N,)
-        lse = chosen.logits[self._rows, chosen.ids] - logprobs  # (N,) each row's logsumexp
-        eos_mass = np.exp(chosen.logits[:, self._eos_ids] - lse[:, None]).sum(axis=-1)  # (N,)
-        return chosen.ids, logprobs - np.log1p(-eos_mass)
+        logits, ids = chosen.logits, chosen.ids.tolist()
+        assert logits is not None, "a step whose head serves min_new_tokens passes the logits"
+        if not self._eos.isdisjoint(ids):
+            return self._select(logits)  # the rare step: (N, V) logits through the processors
+        # on Python floats, a few per row: after a decoder call each numpy call costs 10-25 us
+        renormalised = []
+        for row, (token, logprob) in enumerate(zip(ids, chosen.logprobs.tolist())):
+            lse = logits.item(row, token) - logprob  # the row's logsumexp
+            eos_mass = sum(math.exp(logits.item(row, eos) - lse) for eos in self._eos_ids)
+            renormalised.append(logprob - math.log1p(-eos_mass))
+        return chosen.ids, np.array(renormalised)  # (N,) float64
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row
