@@ -35,6 +35,11 @@ class CausalInputs:
         self._mask: np.ndarray | None = None  # (N, W) the rows' mask so far, W = buffers' slots
         self._sources: np.ndarray | None = None  # the rows `_mask` holds
 
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The (N, W) mask array the decode steps mark in place (None before the first one)."""
+        return self._mask
+
     def __call__(self, sources: np.ndarray, cache: KVCache, new: int) -> tuple[np.ndarray, np.ndarray]:
         """The step's attention_mask (N, P+T, or C for preallocated buffers) and position_ids (N, T).
 

@@ -9,15 +9,16 @@ from typing import Any
 import numpy as np
 
 from seqport.engine.causal_inputs import CausalInputs
+from seqport.engine.causal_lane import CausalLane
 from seqport.engine.chat import Message, read_chat_template, render_chat
 from seqport.engine.config import GenerationConfig
 from seqport.engine.decoder_step import DecoderStep, RunDecoder
-from seqport.engine.device_array import Candidates
+from seqport.engine.device_array import Candidates, Chosen
 from seqport.engine.generating_model import GeneratingModel
 from seqport.engine.inputs import as_texts, is_token_input, pad_batch
 from seqport.engine.kv_cache import KVCache
 from seqport.engine.manifest import Manifest
-from seqport.engine.placement import Placement, Selection
+from seqport.engine.placement import HOST, Placement, Selection
 from seqport.engine.results import GenerationResult
 from seqport.engine.runtime import Runtime
 from seqport.engine.scoring import ScoreResult, target_logprobs
@@ -192,6 +193,20 @@ class CausalLMModel(GeneratingModel):
     def _positions_needed(self, longest_input: int) -> int:
         return longest_input  # the prompt and the generated tokens share the positions
 
+    def _graph_greedy(self, config: GenerationConfig, eos: tuple[int, ...]) -> bool:
+        """As GeneratingModel's, and also with min_new_tokens: the search keeps the head's choice
+        unless it is a forbidden EOS, and then reads the logits the step passes beside it
+        (search.TokenSearch._chosen)."""
+        return super()._graph_greedy(config.replace(min_new_tokens=0), eos)
+
+    def _lane(self, cache: KVCache, graph_greedy: bool) -> CausalLane | None:  # type: ignore[override]
+        """The host's short step over preallocated buffers (engine/causal_lane.py), or None where
+        the general step runs (a device, a growing cache, a decoder with other inputs)."""
+        if self.placement is not HOST or type(cache) is not KVCache or not cache.is_preallocated:
+            return None
+        decoder, layers, vocab = self.signatures["decoder"], self.manifest.kv.num_layers, self.manifest.vocab_size
+        return CausalLane.for_decoder(decoder, self.runtimes["decoder"], layers, vocab, graph_greedy)
+
 
 class _CausalStep(DecoderStep):
     """Extends each row's prompt mask with ones for the tokens generated so far, derives
@@ -203,7 +218,10 @@ class _CausalStep(DecoderStep):
         super().__init__(run_decoder, placement, selection)
         self._inputs = CausalInputs(prompt_mask, step_mask)  # prompt_mask: (B, T0) per input, host
 
-    def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates:
+    def __call__(self, tokens: np.ndarray, cache: KVCache, sources: np.ndarray) -> np.ndarray | Candidates | Chosen:
+        lane = self.lane
+        if lane is not None and lane.holds(sources, cache, self._inputs.mask, tokens.shape[1]):
+            return lane.step(tokens, cache)
         mask, position_ids = self._inputs(sources, cache, tokens.shape[1])  # (N, P+T or C), (N, T)
         up = self._placement.upload
         values = {
@@ -211,4 +229,7 @@ class _CausalStep(DecoderStep):
             "attention_mask": up(mask, "attention_mask"),
             "position_ids": up(position_ids, "position_ids"),
         }
-        return self._decode(values, cache)
+        result = self._decode(values, cache)
+        if lane is not None and tokens.shape[1] == 1 and mask is self._inputs.mask:  # checked: the lane takes over
+            lane.adopt(sources, cache, mask, position_ids)
+        return result

@@ -48,7 +48,8 @@ class DecoderStep:
         values["logits_positions"] = self._logits_position(values["input_ids"].shape[1])
         outputs = self._run_decoder(values, cache, trusted)
         if self.graph_greedy:
-            return Chosen(outputs["greedy_ids"], outputs["greedy_logprobs"])  # (N,), (N,)
+            logits = outputs["logits"][:, -1, :]  # (N, V) view: read only on a min_new_tokens step whose argmax is EOS
+            return Chosen(outputs["greedy_ids"], outputs["greedy_logprobs"], logits)  # (N,), (N,)
         return self._placement.logits(outputs["logits"], self._selection)  # from (N, 1, V)
 
     def _logits_position(self, new: int) -> Value:

@@ -98,5 +98,5 @@ class HostLane:
         cache.keys, cache.values = got[:layers], got[layers : 2 * layers]  # KVCache.hold without its call
         self._length = past + 1  # the cache's length, kept here: reading it is a numpy shape lookup
         if self._graph_greedy:
-            return _new_tuple(Chosen, got[-2:])  # Chosen(ids (N,), logprobs (N,)) without a Python __new__
+            return _new_tuple(Chosen, (*got[-2:], None))  # Chosen(ids, logprobs, logits=None) without a Python __new__
         return got[-1][:, -1, :]  # (N, V)

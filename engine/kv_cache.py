@@ -131,6 +131,12 @@ class KVCache:
         if self._filled is not None:
             self._filled += new
 
+    def advance(self, new: int = 1) -> None:
+        """Count `new` more filled slots of preallocated buffers that a runtime wrote in place
+        (what `update` does, for a caller that knows the buffers are the same: engine/causal_lane.py)."""
+        assert self._filled is not None, "only preallocated buffers are written in place"
+        self._filled += new
+
     def hold(self, keys: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> None:
         """Hold a growing cache's next arrays, one per layer (B, H, P+T, D): what `update` does
         from the decoder's logical outputs, for a caller that has them by layer already. Keys and

@@ -132,6 +132,8 @@ class TokenSearch:
         self._rows = np.arange(rows, dtype=np.int64)  # 0..N-1, reused while every row goes on
         self._scratch: np.ndarray | None = None  # the (N, V) log-softmax temporary, reused
         self._last_reasons: list[str | None] | None = None  # the last update's finish reasons (None: all go on)
+        self._min_new = _min_new_tokens(processors)  # EOS forbidden before this many tokens
+        self._eos_ids = sorted(eos)  # the columns min_new_tokens masks
 
     @property
     def emitted(self) -> list[Emitted]:
@@ -156,9 +158,11 @@ class TokenSearch:
 
     def update(self, logits: np.ndarray | Chosen) -> StepDecision | None:
         if type(logits) is Chosen:  # the decoder's greedy head chose: no numpy call over (N, V)
-            next_ids, logprobs = logits
+            next_ids, logprobs = logits[0], logits[1]
             if not math.isfinite(sum(logprobs.tolist())):  # a NaN or +inf logit, or a row all -inf
                 check_finite_logprobs(logprobs, self._step + 1, self.row_sources())  # raises, naming the row
+            if self._processors and self._step < self._min_new:  # min_new_tokens, the one processor the head allows
+                next_ids, logprobs = self._chosen_without_eos(logits)
         else:
             next_ids, logprobs = self._select(logits)  # (N,), (N,)
         dtype = next_ids.dtype  # identity first: onnxruntime's int64 is 'q', equal to but not numpy's 'l'
@@ -208,6 +212,23 @@ class TokenSearch:
         next_ids = self._choose(scores, self._active)  # (N,)
         return next_ids, log_softmax_at(scores, next_ids)
 
+    def _chosen_without_eos(self, chosen: Chosen) -> tuple[np.ndarray, np.ndarray]:
+        """The head's choice while min_new_tokens forbids EOS: the same ids unless a row's argmax
+        is an EOS id (then this step takes the processor path over the full logits), with the
+        log-probability renormalised over the allowed tokens:
+        log p' = log p - log(1 - sum over EOS e of exp(logit_e - logsumexp))."""
+        logits, ids = chosen.logits, chosen.ids.tolist()
+        assert logits is not None, "a step whose head serves min_new_tokens passes the logits"
+        if not self._eos.isdisjoint(ids):
+            return self._select(logits)  # the rare step: (N, V) logits through the processors
+        # on Python floats, a few per row: after a decoder call each numpy call costs 10-25 us
+        renormalised = []
+        for row, (token, logprob) in enumerate(zip(ids, chosen.logprobs.tolist())):
+            lse = logits.item(row, token) - logprob  # the row's logsumexp
+            eos_mass = sum(math.exp(logits.item(row, eos) - lse) for eos in self._eos_ids)
+            renormalised.append(logprob - math.log1p(-eos_mass))
+        return chosen.ids, np.array(renormalised)  # (N,) float64
+
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row
         (the chosen score is the max, read at the argmax rather than by a second pass over (N, V)).
@@ -255,6 +276,14 @@ class TokenSearch:
         finish = self._finish.get(row, "length")
         content = ids[:-1] if finish == "eos" else ids
         return Hypothesis(content, logprobs[: len(content)], float(sum(logprobs)), finish)
+
+
+def _min_new_tokens(processors: list[proc.Processor]) -> int:
+    """The `minimum` of a min_new_tokens processor in the list, else 0."""
+    for processor in processors:
+        if getattr(processor, "func", None) is proc.min_new_tokens:
+            return int(processor.keywords["minimum"])  # type: ignore[attr-defined]
+    return 0
 
 
 def greedy_chooser(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:

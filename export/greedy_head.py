@@ -7,13 +7,20 @@ caches; docs/benchmarks.md "Engine overhead"). Computed inside the graph, they c
 the decoder's outputs and the engine's greedy step touches no (N, V) array:
 
     last      = Gather(logits, -1, axis=1)                  # (B, V), float32
-    greedy_ids      = ArgMax(last, axis=-1)                 # (B,) int64, the first on ties
-    greedy_logprobs = ReduceMax(last) - ReduceLogSumExp(last)   # (B,) float32
+    chosen    = ArgMax(last, axis=-1, keepdims=1)           # (B, 1) int64, the first on ties
+    greedy_ids      = Squeeze(chosen, -1)                   # (B,)
+    greedy_logprobs = Squeeze(GatherElements(LogSoftmax(last), chosen), -1)   # (B,) float32
+
+LogSoftmax, not ReduceMax − ReduceLogSumExp: onnxruntime's vectorised softmax kernel takes 15 µs
+over SmolLM2's 49152 logits on one thread where the two reductions took 200 µs (a third of the
+engine's whole step outside the call), and its float32 result is 20x closer to float64's (4e-6
+against 7e-5; issue #16, docs/benchmarks.md).
 
 `logits` stays an output (sampling, beams and processors read it). The head is added to a
-finished encoder-decoder decoder (after --optimize/--quantize/--dtype, which rewrite the
-graphs) and checked against the decoder's own logits before the manifest names it; an engine
-that does not know the two outputs ignores them.
+finished encoder-decoder or decoder-only decoder (after --optimize/--quantize/--dtype/--attention,
+which rewrite the graphs) and checked against the decoder's own logits before the manifest names
+it; an engine that does not know the two outputs ignores them, and an artifact without them
+takes the engine's full-logits path.
 """
 
 from __future__ import annotations
@@ -31,18 +38,20 @@ from seqport.engine.manifest import Manifest, TensorSpec, sha256_of
 #: logical (= graph) names of the head's outputs.
 GREEDY_IDS, GREEDY_LOGPROBS = "greedy_ids", "greedy_logprobs"
 _PREFIX = "seqport_greedy_head"  # node and value names: cannot clash with an exporter's
+_WITH_HEAD = ("encoder-decoder", "decoder-only")  # architectures whose `decoder` gets the head
 
 
 def add_greedy_head(folder: Path, manifest: Manifest) -> Manifest:
     """Give the artifact's decoder the greedy head; returns the manifest naming its outputs.
 
-    An artifact whose decoder already has them, or that is not encoder-decoder, is returned as is.
+    An artifact whose decoder already has them, or that is neither encoder-decoder nor
+    decoder-only (an encoder-only model has no decoder), is returned as is.
 
     Raises:
         ExportError: the decoder has no logits output, or the head disagrees with its logits.
     """
     decoder = manifest.components.get("decoder")
-    if manifest.architecture != "encoder-decoder" or decoder is None or GREEDY_IDS in decoder.outputs:
+    if manifest.architecture not in _WITH_HEAD or decoder is None or GREEDY_IDS in decoder.outputs:
         return manifest
     if "logits" not in decoder.outputs:
         raise ExportError("the greedy head needs the decoder's logits output; the manifest declares none")
@@ -76,11 +85,13 @@ def _append_head(graph: onnx.GraphProto, logits: str, dtype: str) -> None:
     if dtype != "float32":  # an fp16 graph: the log-probability in float32, as the host computes it
         nodes.append(helper.make_node("Cast", [row], [name("row32")], name=name("cast"), to=TensorProto.FLOAT))
         row = name("row32")
+    chosen, logprobs = name("chosen"), name("logsoftmax")  # (B, 1) ids, (B, V) log-probabilities
     nodes += [
-        helper.make_node("ArgMax", [row], [GREEDY_IDS], name=name("argmax"), axis=-1, keepdims=0),
-        helper.make_node("ReduceMax", [row, name("axes")], [name("max")], name=name("max"), keepdims=0),
-        helper.make_node("ReduceLogSumExp", [row, name("axes")], [name("lse")], name=name("lse"), keepdims=0),
-        helper.make_node("Sub", [name("max"), name("lse")], [GREEDY_LOGPROBS], name=name("logprob")),
+        helper.make_node("ArgMax", [row], [chosen], name=name("argmax"), axis=-1, keepdims=1),
+        helper.make_node("Squeeze", [chosen, name("axes")], [GREEDY_IDS], name=name("ids")),
+        helper.make_node("LogSoftmax", [row], [logprobs], name=name("logsoftmax"), axis=-1),
+        helper.make_node("GatherElements", [logprobs, chosen], [name("picked")], name=name("pick"), axis=-1),
+        helper.make_node("Squeeze", [name("picked"), name("axes")], [GREEDY_LOGPROBS], name=name("logprob")),
     ]
     graph.node.extend(nodes)
     graph.output.extend(

@@ -181,7 +181,7 @@ def _post_process(
 
 
 def _finish(out: Path, manifest: Manifest) -> Manifest:
-    """Last step of every export: an encoder-decoder decoder's greedy head (export/greedy_head.py,
+    """Last step of every export: a generating decoder's greedy head (export/greedy_head.py,
     on the final graph), weights as external data, shared tensors once, then the manifest, read
     back as the engine will before the folder is moved into place."""
     manifest = add_greedy_head(out, manifest)

@@ -302,7 +302,7 @@ def test_manifest_and_graph_names(exported):
     assert [i.name for i in graph.input][4:] == [f"past_key_values.{i}.{kv}" for kv in ("key", "value") for i in (0, 1)]
     assert [o.name for o in graph.output] == ["logits"] + [
         f"present.{i}.{kv}" for kv in ("key", "value") for i in (0, 1)
-    ]
+    ] + ["greedy_ids", "greedy_logprobs"]  # the greedy head (export/greedy_head.py)
     digests: dict[str, str] = {}
     for init in graph.initializer:
         values = numpy_helper.to_array(init)

@@ -108,3 +108,23 @@ def test_threads_sharing_a_session_keep_their_own_buffers(step_graph):
         thread.join(30)
     assert not errors and all(b is seen[0] for seen in bindings for b in seen)
     assert np.array_equal(buffers[0], np.full((2, 5), 4.0)) and np.array_equal(buffers[1], np.full((3, 5), 8.0))
+
+
+def test_a_small_input_passed_as_the_same_array_stays_bound_and_reads_its_new_values(step_graph, monkeypatch):
+    """engine/causal_lane.py writes its step inputs in place into the same arrays: no bind call
+    for them, and each run reads what they hold now; a new array is bound anew."""
+    session = OrtSession(step_graph, RuntimeOptions())
+    buffer, step, logits = np.zeros((2, 5), np.float32), np.ones((2, 1), np.float32), np.zeros((2, 1), np.float32)
+    into = {"present": buffer, "logits": logits}
+    session.run({"past": buffer, "step": step}, into=into)
+    binding = session._in_place.binding
+    native, calls = type(binding._binding._iobinding), []
+    original = native.bind_ortvalue_input
+    monkeypatch.setattr(native, "bind_ortvalue_input", lambda self, *a: calls.append(a[0]) or original(self, *a))
+    step[:] = 5.0  # in place
+    out = session.run({"past": buffer, "step": step}, into=into)
+    assert out["logits"] is logits and np.array_equal(logits, np.full((2, 1), 10.0))
+    assert np.array_equal(buffer, np.full((2, 5), 6.0)) and calls == []
+    other = np.full((2, 1), 100.0, np.float32)  # a new array: bound anew
+    session.run({"past": buffer, "step": other}, into=into)
+    assert np.array_equal(logits, np.full((2, 1), 200.0)) and calls == ["step"]
