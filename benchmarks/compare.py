@@ -47,12 +47,16 @@ sys.path.insert(0, str(PEERS))
 
 from common import cpu_model  # noqa: E402
 from report import add_ratios, bound, markdown, plot  # noqa: E402
+from rounds import Worker, interleave, runner_env, spread  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 
-SCHEMA = "seqport.compare/1"
+SCHEMA = "seqport.compare/1.1"  # 1.1: interleaved, rounds, round_spread, ratio_to_eager_rounds
 SYSTEMS = ("pytorch", "seqport", "optimum", "ctranslate2")
 CT2_TYPES = {"fp32": "float32", "int8": "int8"}  # variant -> converter quantization = compute type
 LLM = "smollm2"  # the real model: measured by benchmarks/smollm2.py (see the module docstring)
+#: seconds between two systems' turns: OpenMP threads spin up to 200 ms after their work
+#: (KMP_BLOCKTIME), which would steal a core from the next system on a 2-core machine.
+SETTLE_S = 0.3
 OPTIMUM_PINS = ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "transformers==4.57.6"]
 
 
@@ -77,7 +81,7 @@ def _subprocess(python: str, script: str, plan: dict[str, Any], timeout: float) 
     """Run one peers/ script on `plan`; its last stdout line is its JSON result. Raises RuntimeError."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(plan, f)
-    env = {k: v for k, v in os.environ.items() if k != "CT2_USE_MKL"}  # MKL on AMD: far slower (peers.md)
+    env = runner_env()
     try:
         done = subprocess.run(
             [python, str(PEERS / script), f.name], capture_output=True, text=True, timeout=timeout, env=env
@@ -168,41 +172,85 @@ def _plan(args, facts: dict, hf: str, system: str, variant: str, where: dict, in
     return plan
 
 
+def _record(args, model: str, facts: dict, batch: int, meta: dict, system: str, variant: str) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "system": system,
+        "variant": variant,
+        "model": model,
+        "shape": {k: facts[k] for k in ("config", "vocab_size", "parameters", "step_parameters")},
+        "batch": batch,
+        "input_tokens": args.input_tokens,
+        "new_tokens": args.new_tokens,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "interleaved": not args.sequential,
+        "cpu": meta["cpu"],
+        "bound": bound(facts["step_parameters"], variant, batch, meta["bandwidth"]["gbs"]),
+        "status": "ok",
+        "note": "",
+    }
+
+
 def measure_group(args, model: str, facts: dict, available: dict, batch: int, meta: dict) -> list[dict]:
-    """Every system on one (model, batch), back to back; one record each."""
+    """Every system on one (model, batch): interleaved rounds (default) or back to back; one record each."""
     inputs = workload(facts, batch, args.input_tokens, args.seed)
-    records = []
+    records, jobs = [], []
     for system, variant, script, where in _runs(available):
-        record = {
-            "schema": SCHEMA,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "system": system,
-            "variant": variant,
-            "model": model,
-            "shape": {k: facts[k] for k in ("config", "vocab_size", "parameters", "step_parameters")},
-            "batch": batch,
-            "input_tokens": args.input_tokens,
-            "new_tokens": args.new_tokens,
-            "threads": args.threads,
-            "warmup": args.warmup,
-            "repeats": args.repeats,
-            "cpu": meta["cpu"],
-            "bound": bound(facts["step_parameters"], variant, batch, meta["bandwidth"]["gbs"]),
-            "status": "ok",
-            "note": "",
-        }
+        record = _record(args, model, facts, batch, meta, system, variant)
+        records.append(record)
         if "skipped" in where:
             record.update(status="skipped", note=where["skipped"])
         else:
-            python = where.get("python", sys.executable)
-            print(f"[{model} batch {batch}] {system} {variant}", file=sys.stderr)
+            plan = _plan(args, facts, available["hf"], system, variant, where, inputs)
+            jobs.append((record, where.get("python", sys.executable), script, plan))
+    if args.sequential:
+        for record, python, script, plan in jobs:
+            print(f"[{model} batch {batch}] {record['system']} {record['variant']}", file=sys.stderr)
             try:
-                plan = _plan(args, facts, available["hf"], system, variant, where, inputs)
                 record.update(_subprocess(python, script, plan, args.timeout))
             except RuntimeError as exc:
                 record.update(status="failed", note=str(exc))
-        records.append(record)
+    else:
+        _interleaved(args, f"[{model} batch {batch}]", jobs)
     return records
+
+
+def _interleaved(args, label: str, jobs: list[tuple[dict, str, str, dict]]) -> None:
+    """Load one worker per job, run args.repeats interleaved rounds, fill each job's record."""
+    workers: list[tuple[dict, Worker]] = []
+    with tempfile.TemporaryDirectory() as plans:
+        try:
+            for i, (record, python, script, plan) in enumerate(jobs):
+                name = f"{record['system']} {record['variant']}"
+                print(f"{label} loading {name}", file=sys.stderr)
+                path = Path(plans) / f"plan{i}.json"
+                path.write_text(json.dumps({**plan, "interleave": True}))
+                command = [python, str(PEERS / script), str(path)]
+                try:
+                    workers.append((record, Worker(name, command, args.timeout, runner_env())))
+                except RuntimeError as exc:
+                    record.update(status="failed", note=str(exc))
+            print(f"{label} {args.repeats} rounds over {len(workers)} systems", file=sys.stderr)
+            _, failed = interleave([w for _, w in workers], args.repeats, SETTLE_S)
+            for record, worker in workers:
+                _finish(record, worker, failed.get(worker.name))
+        finally:
+            for _, worker in workers:
+                worker.close()
+
+
+def _finish(record: dict, worker: Worker, failure: str | None) -> None:
+    """The worker's record (its rounds and their spread), or a failed row."""
+    try:
+        if failure:
+            raise RuntimeError(failure)
+        record.update(worker.finish())
+        record["round_spread"] = spread(record["rounds"])
+    except RuntimeError as exc:
+        record.update(status="failed", note=str(exc))
 
 
 def setup_optimum_venv(folder: Path) -> int:
@@ -226,6 +274,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every system")
     p.add_argument("--repeats", type=int, help="measured rounds (default 3; 1 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run each system's repeats as one block, one system after another (default: interleaved rounds, "
+        "one loaded worker per system, each asked for one round in turn)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes, for tests: the figures mean nothing")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where compare.{json,md,png} go")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "compare", help="HF folders and artifacts (reused)")
