@@ -8,10 +8,13 @@ For each model shape (benchmarks/peers/shapes.py: t5-small, opus-mt-en-de, GPT-2
 weights) one seeded HuggingFace folder is saved, and every system is built from it: seqport's
 exporter (fp32, --optimize, --quantize int8), Optimum's ORTModel export, CTranslate2's
 TransformersConverter (float32, int8); PyTorch eager loads it as it is. Then, per (model, batch),
-the systems run back to back, each in its own process (benchmarks/peers/run_*.py, so ru_maxrss is
-its own peak RSS), on the same input ids for exactly N new tokens, with `threads` intra-op threads:
-warm-up, then repeats (median and p90). A system that is not installed, or a variant whose export
-is not available, is a `skipped` row with the reason; a run that fails is a `failed` row.
+every system runs in its own process (benchmarks/peers/run_*.py, so VmHWM is its own peak RSS),
+on the same input ids for exactly N new tokens, with `threads` intra-op threads: warm-up, then
+repeats (median and p90). The repeats are interleaved rounds (benchmarks/peers/rounds.py): each
+runner stays loaded and each round asks every system for one timed round in turn, so a slow
+minute hits all systems alike; --sequential runs each system's repeats as one block. A system
+that is not installed, or a variant whose export is not available, is a `skipped` row with the
+reason; a run that fails is a `failed` row.
 
 Writes OUT/compare.json (meta + one record per run), OUT/compare.md (tables, ratio to PyTorch
 eager, memory-bandwidth bound beside each figure, targets) and OUT/compare.png (matplotlib).
