@@ -53,7 +53,7 @@ from report import add_ratios, bound, markdown, plot  # noqa: E402
 from rounds import Worker, interleave, runner_env, spread  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 
-SCHEMA = "seqport.compare/1.1"  # 1.1: interleaved, rounds, round_spread, ratio_to_eager_rounds
+SCHEMA = "seqport.compare/1.1"  # 1.1: interleaved, rounds, round_spread, ratio_to_eager_rounds, load_average
 SYSTEMS = ("pytorch", "seqport", "optimum", "ctranslate2")
 CT2_TYPES = {"fp32": "float32", "int8": "int8"}  # variant -> converter quantization = compute type
 LLM = "smollm2"  # the real model: measured by benchmarks/smollm2.py (see the module docstring)
@@ -218,7 +218,21 @@ def measure_group(args, model: str, facts: dict, available: dict, batch: int, me
                 record.update(status="failed", note=str(exc))
     else:
         _interleaved(args, f"[{model} batch {batch}]", jobs)
+        meta["notes"] += _busy_note(model, batch, records)
     return records
+
+
+def _busy_note(model: str, batch: int, records: list[dict]) -> list[str]:
+    """A note when the 1-minute load average during a group's rounds was above the CPU count."""
+    loads = [r["load_average"] for r in records if "load_average" in r][:1]
+    peak = max((x for load in loads for x in (load["rounds_start"][0], load["rounds_end"][0])), default=0.0)
+    if peak <= (os.cpu_count() or 1) + 0.5:
+        return []
+    return [
+        f"{model} batch {batch}: 1-minute load average up to {peak:.1f} on {os.cpu_count()} CPUs during the "
+        "rounds: other work shared the cores and slows the systems very unevenly (PyTorch and CTranslate2 "
+        "fp32 most, their threads spin-wait); these speed ratios are not a fair comparison."
+    ]
 
 
 def _interleaved(args, label: str, jobs: list[tuple[dict, str, str, dict]]) -> None:
@@ -237,9 +251,12 @@ def _interleaved(args, label: str, jobs: list[tuple[dict, str, str, dict]]) -> N
                 except RuntimeError as exc:
                     record.update(status="failed", note=str(exc))
             print(f"{label} {args.repeats} rounds over {len(workers)} systems", file=sys.stderr)
+            start = os.getloadavg()
             _, failed = interleave([w for _, w in workers], args.repeats, SETTLE_S)
+            load = {"rounds_start": [round(x, 2) for x in start], "rounds_end": [round(x, 2) for x in os.getloadavg()]}
             for record, worker in workers:
                 _finish(record, worker, failed.get(worker.name))
+                record["load_average"] = load  # 1, 5, 15 min: other work on the machine during the rounds
         finally:
             for _, worker in workers:
                 worker.close()

@@ -57,6 +57,7 @@ def test_json_has_meta_and_every_record_field(quick_run):
             assert record["tokens_per_s"] > 0 and record["peak_rss_mb"] > 0 and record["versions"]["python"]
             assert record["generate_ms"]["n"] == record["repeats"] == len(record["rounds"]) == 1
             assert record["interleaved"] and record["round_spread"]["spread_pct"] == 0
+            assert len(record["load_average"]["rounds_start"]) == 3
 
 
 def test_seqport_and_pytorch_rows_are_measured(quick_run):

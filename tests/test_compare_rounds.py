@@ -104,3 +104,18 @@ def test_a_dead_worker_is_an_error_that_names_it(fake_runner):
     (tmp_path / "plan.json").write_text("{}")  # the runner dies on a KeyError before it is ready
     with pytest.raises(RuntimeError, match=r"fake gave no 'ready' reply .*KeyError"):
         rounds.Worker("fake", command, timeout=30)
+
+
+def test_a_busy_machine_is_noted_beside_the_group():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.path.remove(str(ROOT / "benchmarks" / "peers"))
+    busy = [{"load_average": {"rounds_start": [1.0, 1.0, 1.0], "rounds_end": [99.0, 9.0, 9.0]}}]
+    quiet = [{"load_average": {"rounds_start": [0.1, 0.1, 0.1], "rounds_end": [0.2, 0.1, 0.1]}}]
+    assert compare._busy_note("gpt2", 8, quiet) == []
+    (note,) = compare._busy_note("gpt2", 8, busy)
+    assert note.startswith("gpt2 batch 8: 1-minute load average up to 99.0") and "not a fair comparison" in note

@@ -149,17 +149,20 @@ def _spread_lines(records: list[dict[str, Any]]) -> list[str]:
         "## Rounds",
         "",
         "Each round ran every system of its (model, batch) once, one after another, starting one system later "
-        "each round; spread = (max − min) / median of the rounds' tokens/s.",
+        "each round; spread = (max − min) / median of the rounds' tokens/s; load = the machine's 1-minute load "
+        "average when the group's rounds started → ended (above the thread count, other work shared the cores).",
         "",
-        "| model | batch | system | variant | tokens/s per round | spread | × eager per round |",
-        "|---|---|---|---|---|---|---|",
+        "| model | batch | system | variant | tokens/s per round | spread | × eager per round | load 1 min |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_round = " / ".join(_num(x["tokens_per_s"]) for x in r["rounds"])
         ratios = " / ".join(f"{x:.2f}" for x in r.get("ratio_to_eager_rounds", [])) or "–"
+        load = r.get("load_average")
+        load_cell = f"{load['rounds_start'][0]:.1f} → {load['rounds_end'][0]:.1f}" if load else "–"
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['system']} | {r['variant']} | {per_round} "
-            f"| {r['round_spread']['spread_pct']:.0f} % | {ratios} |"
+            f"| {r['round_spread']['spread_pct']:.0f} % | {ratios} | {load_cell} |"
         )
     return lines + [""]
 
