@@ -65,7 +65,7 @@ class Worker:
 
     def finish(self) -> dict[str, Any]:
         """The runner's record (its last line); the process has exited."""
-        record = self._ask("finish", "generate_ms")
+        record = self._ask("finish", "peak_rss_mb")  # only the final record has it
         self.process.wait(self.timeout)
         return record
 
