@@ -8,10 +8,13 @@ For each model shape (benchmarks/peers/shapes.py: t5-small, opus-mt-en-de, GPT-2
 weights) one seeded HuggingFace folder is saved, and every system is built from it: seqport's
 exporter (fp32, --optimize, --quantize int8), Optimum's ORTModel export, CTranslate2's
 TransformersConverter (float32, int8); PyTorch eager loads it as it is. Then, per (model, batch),
-the systems run back to back, each in its own process (benchmarks/peers/run_*.py, so ru_maxrss is
-its own peak RSS), on the same input ids for exactly N new tokens, with `threads` intra-op threads:
-warm-up, then repeats (median and p90). A system that is not installed, or a variant whose export
-is not available, is a `skipped` row with the reason; a run that fails is a `failed` row.
+every system runs in its own process (benchmarks/peers/run_*.py, so VmHWM is its own peak RSS),
+on the same input ids for exactly N new tokens, with `threads` intra-op threads: warm-up, then
+repeats (median and p90). The repeats are interleaved rounds (benchmarks/peers/rounds.py): each
+runner stays loaded and each round asks every system for one timed round in turn, so a slow
+minute hits all systems alike; --sequential runs each system's repeats as one block. A system
+that is not installed, or a variant whose export is not available, is a `skipped` row with the
+reason; a run that fails is a `failed` row.
 
 Writes OUT/compare.json (meta + one record per run), OUT/compare.md (tables, ratio to PyTorch
 eager, memory-bandwidth bound beside each figure, targets) and OUT/compare.png (matplotlib).
@@ -47,12 +50,16 @@ sys.path.insert(0, str(PEERS))
 
 from common import cpu_model  # noqa: E402
 from report import add_ratios, bound, markdown, plot  # noqa: E402
+from rounds import Worker, interleave, runner_env, spread  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 
-SCHEMA = "seqport.compare/1"
+SCHEMA = "seqport.compare/1.1"  # 1.1: interleaved, rounds, round_spread, ratio_to_eager_rounds, load_average
 SYSTEMS = ("pytorch", "seqport", "optimum", "ctranslate2")
 CT2_TYPES = {"fp32": "float32", "int8": "int8"}  # variant -> converter quantization = compute type
 LLM = "smollm2"  # the real model: measured by benchmarks/smollm2.py (see the module docstring)
+#: seconds between two systems' turns: OpenMP threads spin up to 200 ms after their work
+#: (KMP_BLOCKTIME), which would steal a core from the next system on a 2-core machine.
+SETTLE_S = 0.3
 OPTIMUM_PINS = ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "transformers==4.57.6"]
 
 
@@ -77,7 +84,7 @@ def _subprocess(python: str, script: str, plan: dict[str, Any], timeout: float) 
     """Run one peers/ script on `plan`; its last stdout line is its JSON result. Raises RuntimeError."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(plan, f)
-    env = {k: v for k, v in os.environ.items() if k != "CT2_USE_MKL"}  # MKL on AMD: far slower (peers.md)
+    env = runner_env()
     try:
         done = subprocess.run(
             [python, str(PEERS / script), f.name], capture_output=True, text=True, timeout=timeout, env=env
@@ -168,41 +175,102 @@ def _plan(args, facts: dict, hf: str, system: str, variant: str, where: dict, in
     return plan
 
 
+def _record(args, model: str, facts: dict, batch: int, meta: dict, system: str, variant: str) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "system": system,
+        "variant": variant,
+        "model": model,
+        "shape": {k: facts[k] for k in ("config", "vocab_size", "parameters", "step_parameters")},
+        "batch": batch,
+        "input_tokens": args.input_tokens,
+        "new_tokens": args.new_tokens,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "interleaved": not args.sequential,
+        "cpu": meta["cpu"],
+        "bound": bound(facts["step_parameters"], variant, batch, meta["bandwidth"]["gbs"]),
+        "status": "ok",
+        "note": "",
+    }
+
+
 def measure_group(args, model: str, facts: dict, available: dict, batch: int, meta: dict) -> list[dict]:
-    """Every system on one (model, batch), back to back; one record each."""
+    """Every system on one (model, batch): interleaved rounds (default) or back to back; one record each."""
     inputs = workload(facts, batch, args.input_tokens, args.seed)
-    records = []
+    records, jobs = [], []
     for system, variant, script, where in _runs(available):
-        record = {
-            "schema": SCHEMA,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "system": system,
-            "variant": variant,
-            "model": model,
-            "shape": {k: facts[k] for k in ("config", "vocab_size", "parameters", "step_parameters")},
-            "batch": batch,
-            "input_tokens": args.input_tokens,
-            "new_tokens": args.new_tokens,
-            "threads": args.threads,
-            "warmup": args.warmup,
-            "repeats": args.repeats,
-            "cpu": meta["cpu"],
-            "bound": bound(facts["step_parameters"], variant, batch, meta["bandwidth"]["gbs"]),
-            "status": "ok",
-            "note": "",
-        }
+        record = _record(args, model, facts, batch, meta, system, variant)
+        records.append(record)
         if "skipped" in where:
             record.update(status="skipped", note=where["skipped"])
         else:
-            python = where.get("python", sys.executable)
-            print(f"[{model} batch {batch}] {system} {variant}", file=sys.stderr)
+            plan = _plan(args, facts, available["hf"], system, variant, where, inputs)
+            jobs.append((record, where.get("python", sys.executable), script, plan))
+    if args.sequential:
+        for record, python, script, plan in jobs:
+            print(f"[{model} batch {batch}] {record['system']} {record['variant']}", file=sys.stderr)
             try:
-                plan = _plan(args, facts, available["hf"], system, variant, where, inputs)
                 record.update(_subprocess(python, script, plan, args.timeout))
             except RuntimeError as exc:
                 record.update(status="failed", note=str(exc))
-        records.append(record)
+    else:
+        _interleaved(args, f"[{model} batch {batch}]", jobs)
+        meta["notes"] += _busy_note(model, batch, records)
     return records
+
+
+def _busy_note(model: str, batch: int, records: list[dict]) -> list[str]:
+    """A note when the 1-minute load average during a group's rounds was above the CPU count."""
+    loads = [r["load_average"] for r in records if "load_average" in r][:1]
+    peak = max((x for load in loads for x in (load["rounds_start"][0], load["rounds_end"][0])), default=0.0)
+    if peak <= (os.cpu_count() or 1) + 0.5:
+        return []
+    return [
+        f"{model} batch {batch}: 1-minute load average up to {peak:.1f} on {os.cpu_count()} CPUs during the "
+        "rounds: other work shared the cores and slows the systems very unevenly (PyTorch and CTranslate2 "
+        "fp32 most, their threads spin-wait); these speed ratios are not a fair comparison."
+    ]
+
+
+def _interleaved(args, label: str, jobs: list[tuple[dict, str, str, dict]]) -> None:
+    """Load one worker per job, run args.repeats interleaved rounds, fill each job's record."""
+    workers: list[tuple[dict, Worker]] = []
+    with tempfile.TemporaryDirectory() as plans:
+        try:
+            for i, (record, python, script, plan) in enumerate(jobs):
+                name = f"{record['system']} {record['variant']}"
+                print(f"{label} loading {name}", file=sys.stderr)
+                path = Path(plans) / f"plan{i}.json"
+                path.write_text(json.dumps({**plan, "interleave": True}))
+                command = [python, str(PEERS / script), str(path)]
+                try:
+                    workers.append((record, Worker(name, command, args.timeout, runner_env())))
+                except RuntimeError as exc:
+                    record.update(status="failed", note=str(exc))
+            print(f"{label} {args.repeats} rounds over {len(workers)} systems", file=sys.stderr)
+            start = os.getloadavg()
+            _, failed = interleave([w for _, w in workers], args.repeats, SETTLE_S)
+            load = {"rounds_start": [round(x, 2) for x in start], "rounds_end": [round(x, 2) for x in os.getloadavg()]}
+            for record, worker in workers:
+                _finish(record, worker, failed.get(worker.name))
+                record["load_average"] = load  # 1, 5, 15 min: other work on the machine during the rounds
+        finally:
+            for _, worker in workers:
+                worker.close()
+
+
+def _finish(record: dict, worker: Worker, failure: str | None) -> None:
+    """The worker's record (its rounds and their spread), or a failed row."""
+    try:
+        if failure:
+            raise RuntimeError(failure)
+        record.update(worker.finish())
+        record["round_spread"] = spread(record["rounds"])
+    except RuntimeError as exc:
+        record.update(status="failed", note=str(exc))
 
 
 def setup_optimum_venv(folder: Path) -> int:
@@ -226,6 +294,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every system")
     p.add_argument("--repeats", type=int, help="measured rounds (default 3; 1 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run each system's repeats as one block, one system after another (default: interleaved rounds, "
+        "one loaded worker per system, each asked for one round in turn)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes, for tests: the figures mean nothing")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where compare.{json,md,png} go")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "compare", help="HF folders and artifacts (reused)")

@@ -22,11 +22,11 @@ pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {
     "schema", "created", "system", "variant", "model", "shape", "batch", "input_tokens", "new_tokens", "threads",
-    "warmup", "repeats", "cpu", "bound", "status", "note", "ratio_to_eager",
+    "warmup", "repeats", "interleaved", "cpu", "bound", "status", "note", "ratio_to_eager",
 }  # fmt: skip
 MEASURED = {
     "tokens_per_s", "ms_per_step", "generate_ms", "first_token_ms", "load_s", "import_s", "peak_rss_mb",
-    "rss_after_load_mb", "versions",
+    "rss_after_load_mb", "versions", "rounds", "round_spread",
 }  # fmt: skip
 
 
@@ -43,7 +43,7 @@ def quick_run(tmp_path_factory) -> tuple[dict, str]:
 
 def test_json_has_meta_and_every_record_field(quick_run):
     document, _ = quick_run
-    assert document["schema"] == "seqport.compare/1"
+    assert document["schema"] == "seqport.compare/1.1"
     meta = document["meta"]
     assert meta["bandwidth"]["gbs"] > 0 and "MB float32 array" in meta["bandwidth"]["method"]
     assert set(meta["models"]) == {"t5", "gpt2"}
@@ -55,7 +55,9 @@ def test_json_has_meta_and_every_record_field(quick_run):
         if record["status"] == "ok":
             assert MEASURED <= set(record), MEASURED - set(record)
             assert record["tokens_per_s"] > 0 and record["peak_rss_mb"] > 0 and record["versions"]["python"]
-            assert record["generate_ms"]["n"] == record["repeats"] == 1
+            assert record["generate_ms"]["n"] == record["repeats"] == len(record["rounds"]) == 1
+            assert record["interleaved"] and record["round_spread"]["spread_pct"] == 0
+            assert len(record["load_average"]["rounds_start"]) == 3
 
 
 def test_seqport_and_pytorch_rows_are_measured(quick_run):
@@ -64,7 +66,7 @@ def test_seqport_and_pytorch_rows_are_measured(quick_run):
     for model in ("t5", "gpt2"):
         assert {(model, "seqport", "fp32"), (model, "pytorch", "eager")} <= measured
     eager = [r for r in document["records"] if r["system"] == "pytorch"]
-    assert all(r["ratio_to_eager"] == 1.0 for r in eager)
+    assert all(r["ratio_to_eager"] == 1.0 and r["ratio_to_eager_rounds"] == [1.0] for r in eager)
     assert all(r["versions"]["seqport"] for r in document["records"] if r["system"] == "seqport")
 
 
@@ -84,4 +86,6 @@ def test_markdown_has_tables_bandwidth_and_targets(quick_run):
     _, text = quick_run
     assert "GB/s" in text and "## t5" in text and "## gpt2" in text and "## Targets" in text
     assert "| system | variant | tokens/s | bound tokens/s | × eager |" in text
-    assert text.count("| pytorch | eager |") == 2 and text.count("| seqport | fp32 |") == 2
+    tables = text.split("## Targets")[0]
+    assert tables.count("| pytorch | eager |") == 2 and tables.count("| seqport | fp32 |") == 2
+    assert "median of 1 interleaved rounds" in text and "## Rounds" in text and "| t5 | 1 | seqport | fp32 |" in text

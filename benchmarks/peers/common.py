@@ -8,6 +8,11 @@ Timing protocol, identical for every system: `warmup` unmeasured calls, then `re
 one generate call for exactly N new tokens per input and one for exactly 1. Per-step time is
 (median t(N) − median t(1)) / (N − 1): the same decode-step definition for every system, whatever
 it exposes (encoder pass and prompt prefill are in t(1), not in the step).
+
+Interleaved rounds (plan["interleave"], compare.py's default): the runner loads and warms up,
+says `{"ready": ...}`, then times one round per "round" line on stdin (`{"round": ...}` back)
+until "finish", when it emits its record. compare.py keeps one such worker per system and asks
+each for a round in turn, so a slow minute on the shared machine hits every system alike.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -94,24 +99,63 @@ def _timed(generate: Generate, inputs: list[list[int]], n: int) -> float:
     return elapsed
 
 
-def measure(generate: Generate, plan: dict[str, Any]) -> dict[str, Any]:
-    """Run the protocol above on plan["inputs"] with plan["new_tokens"]; returns the timing fields."""
-    inputs, n = plan["inputs"], plan["new_tokens"]
-    for _ in range(plan["warmup"]):
-        _timed(generate, inputs, n)
-        _timed(generate, inputs, 1)
-    full, first = [], []
-    for _ in range(plan["repeats"]):
-        full.append(_timed(generate, inputs, n))
-        first.append(_timed(generate, inputs, 1))
+def one_round(generate: Generate, inputs: list[list[int]], n: int) -> tuple[float, float]:
+    """One timed round: seconds for exactly n new tokens per input, then for exactly 1."""
+    return _timed(generate, inputs, n), _timed(generate, inputs, 1)
+
+
+def summarise(full: Sequence[float], first: Sequence[float], batch: int, n: int) -> dict[str, Any]:
+    """The timing fields of a record from each round's seconds for n tokens and for 1 token."""
     generate_ms, first_ms = _percentiles(full), _percentiles(first)
     step = (generate_ms["p50"] - first_ms["p50"]) / (n - 1) if n > 1 else None
     return {
         "generate_ms": generate_ms,
         "first_token_ms": first_ms,
         "ms_per_step": round(step, 3) if step is not None else None,
-        "tokens_per_s": round(len(inputs) * n / (generate_ms["p50"] / 1e3), 2),
+        "tokens_per_s": round(batch * n / (generate_ms["p50"] / 1e3), 2),
     }
+
+
+def measure(generate: Generate, plan: dict[str, Any]) -> dict[str, Any]:
+    """Run the protocol above on plan["inputs"] with plan["new_tokens"]; returns the timing fields."""
+    inputs, n = plan["inputs"], plan["new_tokens"]
+    for _ in range(plan["warmup"]):
+        one_round(generate, inputs, n)
+    rounds = [one_round(generate, inputs, n) for _ in range(plan["repeats"])]
+    return summarise([r[0] for r in rounds], [r[1] for r in rounds], len(inputs), n)
+
+
+def serve_rounds(generate: Generate, plan: dict[str, Any], lines: Iterable[str]) -> dict[str, Any]:
+    """Interleaved mode: warm up, say ready, time one round per "round" line until "finish".
+
+    Returns the timing fields of `measure` plus `rounds`: each round's generate and first-token
+    milliseconds and tokens/s, in order (compare.py lines them up with the other systems').
+    """
+    inputs, n = plan["inputs"], plan["new_tokens"]
+    for _ in range(plan["warmup"]):
+        one_round(generate, inputs, n)
+    emit({"ready": True, "rss_after_warmup_mb": peak_rss_mb()})
+    rounds = []
+    for line in lines:
+        command = line.strip()
+        if command == "finish":
+            break
+        if command != "round":
+            raise RuntimeError(f"unknown command {command!r}: expected 'round' or 'finish'")
+        full, first = one_round(generate, inputs, n)
+        rounds.append(
+            {
+                "generate_ms": round(full * 1e3, 3),
+                "first_token_ms": round(first * 1e3, 3),
+                "tokens_per_s": round(len(inputs) * n / full, 2),
+            }
+        )
+        emit({"round": len(rounds), **rounds[-1]})
+    if not rounds:
+        raise RuntimeError("finished before any round was asked for")
+    full = [r["generate_ms"] / 1e3 for r in rounds]
+    first = [r["first_token_ms"] / 1e3 for r in rounds]
+    return {**summarise(full, first, len(inputs), n), "rounds": rounds}
 
 
 def run(
@@ -136,7 +180,7 @@ def run(
         "load_s": round(load_s, 3),
         "rss_after_load_mb": peak_rss_mb(),
     }
-    record.update(measure(generate, plan))
+    record.update(serve_rounds(generate, plan, sys.stdin) if plan.get("interleave") else measure(generate, plan))
     record.update(peak_rss_mb=peak_rss_mb(), versions=versions(*names))
     if plan.get("agreement_prompts") and greedy_ids is not None:
         record["agreement_ids"] = [greedy_ids(p, plan["agreement_new"]) for p in plan["agreement_prompts"]]

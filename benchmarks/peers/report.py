@@ -52,14 +52,23 @@ def bound(step_parameters: int, variant: str, batch: int, bandwidth_gbs: float) 
 
 
 def add_ratios(records: list[dict[str, Any]]) -> None:
-    """ratio_to_eager on every measured record: tokens/s over PyTorch eager's in its (model, batch)."""
-    eager = {
-        (r["model"], r["batch"]): r["tokens_per_s"] for r in records if r["system"] == "pytorch" and r["status"] == "ok"
-    }
+    """ratio_to_eager on every measured record: tokens/s over PyTorch eager's in its (model, batch).
+
+    Interleaved records (with `rounds`) also get ratio_to_eager_rounds: round i's tokens/s over
+    eager's in the same round i, so each ratio comes from the same minute.
+    """
+    eager = {(r["model"], r["batch"]): r for r in records if r["system"] == "pytorch" and r["status"] == "ok"}
     for r in records:
         base = eager.get((r["model"], r["batch"]))
-        ok = r["status"] == "ok" and base
-        r["ratio_to_eager"] = round(r["tokens_per_s"] / base, 2) if ok else None
+        ok = r["status"] == "ok" and base and base["tokens_per_s"]
+        r["ratio_to_eager"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2) if ok else None
+        if ok and r.get("rounds") and len(r["rounds"]) == len(base.get("rounds", [])):
+            r["ratio_to_eager_rounds"] = round_ratios(r, base, "tokens_per_s")
+
+
+def round_ratios(ours: dict[str, Any], peer: dict[str, Any], field: str) -> list[float]:
+    """ours / peer round by round (both interleaved, same number of rounds)."""
+    return [round(a[field] / b[field], 3) for a, b in zip(ours["rounds"], peer["rounds"])]
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -111,9 +120,51 @@ def _targets(records: list[dict[str, Any]], models: list[str]) -> list[str]:
             met = ratio <= target if lower_is_better else ratio >= target
             lines.append(
                 f"| {model} | {batch} | {check} | {best[field]:,.1f} ({best['variant']}) | {peer[0][field]:,.1f} "
-                f"| {ratio:.2f}× | {'yes' if met else '**no**'} |"
+                f"| {ratio:.2f}×{_round_range(best, peer[0], field)} | {'yes' if met else '**no**'} |"
             )
     return lines
+
+
+def _protocol(settings: dict[str, Any]) -> str:
+    """How the repeats ran: "repeats" (one block per system) or interleaved rounds."""
+    if settings.get("sequential", True):  # runs before interleaving have no such setting
+        return "repeats"
+    return "interleaved rounds (one loaded process per system; each round runs every system once, in turn)"
+
+
+def _round_range(ours: dict[str, Any], peer: dict[str, Any], field: str) -> str:
+    """The per-round ratio range of interleaved tokens/s records; empty otherwise (RSS is one figure)."""
+    if field != "tokens_per_s" or not ours.get("rounds") or len(ours["rounds"]) != len(peer.get("rounds", [])):
+        return ""
+    ratios = round_ratios(ours, peer, field)
+    return f" (rounds {min(ratios):.2f}–{max(ratios):.2f}×)"
+
+
+def _spread_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The per-round table of interleaved records: tokens/s of each round and the spread."""
+    rows = [r for r in records if r["status"] == "ok" and r.get("rounds")]
+    if not rows:
+        return []
+    lines = [
+        "## Rounds",
+        "",
+        "Each round ran every system of its (model, batch) once, one after another, starting one system later "
+        "each round; spread = (max − min) / median of the rounds' tokens/s; load = the machine's 1-minute load "
+        "average when the group's rounds started → ended (above the thread count, other work shared the cores).",
+        "",
+        "| model | batch | system | variant | tokens/s per round | spread | × eager per round | load 1 min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_round = " / ".join(_num(x["tokens_per_s"]) for x in r["rounds"])
+        ratios = " / ".join(f"{x:.2f}" for x in r.get("ratio_to_eager_rounds", [])) or "–"
+        load = r.get("load_average")
+        load_cell = f"{load['rounds_start'][0]:.1f} → {load['rounds_end'][0]:.1f}" if load else "–"
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['system']} | {r['variant']} | {per_round} "
+            f"| {r['round_spread']['spread_pct']:.0f} % | {ratios} | {load_cell} |"
+        )
+    return lines + [""]
 
 
 def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
@@ -125,7 +176,7 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
         f"Measured {meta['created']} on {meta['cpu']} ({meta['cpu_count']} logical CPUs) by "
         f"`python benchmarks/compare.py{''.join(' ' + a for a in meta['argv'])}`; "
         f"{s['threads']} threads, {s['input_tokens']} input tokens, exactly {s['new_tokens']} new tokens per input, "
-        f"warm-up {s['warmup']}, median of {s['repeats']} repeats. Random-weight models built from configs"
+        f"warm-up {s['warmup']}, median of {s['repeats']} {_protocol(s)}. Random-weight models built from configs"
         + (" (tiny --quick shapes: figures mean nothing)." if s["quick"] else "."),
         "",
         f"Memory read bandwidth: **{meta['bandwidth']['gbs']:.1f} GB/s** ({meta['bandwidth']['method']}). "
@@ -146,6 +197,7 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
         lines.append("")
     targets = _targets(records, list(meta["models"]))
     lines += ["## Targets", "", *(targets if len(targets) > 2 else ["No target applies to these batch sizes."]), ""]
+    lines += _spread_lines(records)
     if meta.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in meta["notes"]], ""]
     return "\n".join(lines)
