@@ -17,6 +17,7 @@ pytestmark = pytest.mark.export
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from fast_paths import generate_sequences  # noqa: E402
 from test_fused_attention import ROWS, _checkpoint  # noqa: E402
 from test_hf_causal import MAX_NEW, PROMPTS, _hf_generate  # noqa: E402
 
@@ -36,16 +37,6 @@ def llama(tmp_path_factory):
     export_model(checkpoint, root / "artifact", progress=False, attention="fused")
     hf = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     return hf, sp.load(root / "artifact")
-
-
-def _generate(model, batch, config, head: bool, lane: bool, monkeypatch):
-    """generate_ids with the head and the lane each on or off (instance attributes shadow the methods)."""
-    with monkeypatch.context() as patch:
-        if not head:
-            patch.setattr(model, "_graph_greedy", lambda config, eos: False, raising=False)
-        if not lane:
-            patch.setattr(model, "_lane", lambda cache, graph_greedy: None, raising=False)
-        return [r.sequences[0] for r in model.generate_ids(batch, config)]
 
 
 def _counting(monkeypatch, name: str) -> list[int]:
@@ -78,14 +69,14 @@ def test_head_and_lane_equal_the_general_path_and_transformers(llama, monkeypatc
     hf, model = llama
     batch = model.input_ids(PROMPTS)
     config = model.default_config.replace(max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW)
-    general = _generate(model, batch, config, head=False, lane=False, monkeypatch=monkeypatch)
+    general = generate_sequences(model, batch, config, head=False, lane=False, monkeypatch=monkeypatch)
     hf_tokens, _ = _hf_generate(hf, batch, model.manifest.special_ids.pad)
     assert [s.ids for s in general] == hf_tokens.tolist()
     assert len({tuple(s.ids) for s in general}) > 1, "rows should differ for the test to mean much"
     steps = _counting(monkeypatch, "_greedy")  # the full-logits argmax
     for head, lane in ((True, False), (False, True), (True, True)):
         steps.clear()
-        fast = _generate(model, batch, config, head=head, lane=lane, monkeypatch=monkeypatch)
+        fast = generate_sequences(model, batch, config, head=head, lane=lane, monkeypatch=monkeypatch)
         assert [s.ids for s in fast] == [s.ids for s in general], (head, lane)
         for ours, theirs in zip(fast, general):
             np.testing.assert_allclose(ours.token_logprobs, theirs.token_logprobs, atol=2e-5, rtol=0)
@@ -99,13 +90,13 @@ def test_min_new_tokens_takes_the_logits_on_a_forbidden_eos_step(llama, monkeypa
     _, model = llama
     batch = model.input_ids(PROMPTS)
     plain = model.default_config.replace(max_new_tokens=MAX_NEW, min_new_tokens=0)
-    free = _generate(model, batch, plain, head=False, lane=False, monkeypatch=monkeypatch)
+    free = generate_sequences(model, batch, plain, head=False, lane=False, monkeypatch=monkeypatch)
     eos = free[0].ids[4]  # row 0's 5th token, now an EOS id
     for minimum in (MAX_NEW, 2):
         config = plain.replace(eos_token_ids=(eos,), min_new_tokens=minimum)
-        general = _generate(model, batch, config, head=False, lane=False, monkeypatch=monkeypatch)
+        general = generate_sequences(model, batch, config, head=False, lane=False, monkeypatch=monkeypatch)
         steps = _counting(monkeypatch, "_greedy")
-        fast = _generate(model, batch, config, head=True, lane=True, monkeypatch=monkeypatch)
+        fast = generate_sequences(model, batch, config, head=True, lane=True, monkeypatch=monkeypatch)
         monkeypatch.undo()
         assert [(s.ids, s.finish_reason) for s in fast] == [(s.ids, s.finish_reason) for s in general]
         for ours, theirs in zip(fast, general):
@@ -122,6 +113,6 @@ def test_lane_steps_with_sampling_and_beams_equal_the_general_path(llama, monkey
     batch = model.input_ids(PROMPTS)
     for options in ({"do_sample": True, "seed": 3, "top_k": 0}, {"num_beams": 2}, {"repetition_penalty": 1.3}):
         config = model.default_config.replace(max_new_tokens=MAX_NEW, **options)
-        general = _generate(model, batch, config, head=False, lane=False, monkeypatch=monkeypatch)
-        laned = _generate(model, batch, config, head=True, lane=True, monkeypatch=monkeypatch)
+        general = generate_sequences(model, batch, config, head=False, lane=False, monkeypatch=monkeypatch)
+        laned = generate_sequences(model, batch, config, head=True, lane=True, monkeypatch=monkeypatch)
         assert [s.ids for s in laned] == [s.ids for s in general], options

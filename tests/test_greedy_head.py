@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fast_paths import generate_sequences
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.device_array import Chosen
@@ -30,28 +31,18 @@ def head_model(fresh_export):
     return sp.load(fresh_export[1])
 
 
-def _generate(model, config, graph_greedy: bool, lane: bool, monkeypatch):
-    """generate_ids with the head and the lane each on or off (instance attributes shadow the methods)."""
-    with monkeypatch.context() as patch:
-        if not graph_greedy:
-            patch.setattr(model, "_graph_greedy", lambda config, eos: False, raising=False)
-        if not lane:
-            patch.setattr(model, "_lane", lambda cache, graph_greedy: None, raising=False)
-        return [r.sequences[0] for r in model.generate_ids(SOURCES, config)]
-
-
 def test_the_export_adds_the_head_and_plain_greedy_reads_only_it(head_model, monkeypatch):
     outputs = head_model.manifest.components["decoder"].outputs
     assert outputs["greedy_ids"].dtype == "int64" and outputs["greedy_logprobs"].dtype == "float32"
     config = GenerationConfig(max_new_tokens=12, eos_token_ids=(head_model.manifest.vocab_size - 1,))
-    general = _generate(head_model, config, graph_greedy=False, lane=False, monkeypatch=monkeypatch)
+    general = generate_sequences(head_model, SOURCES, config, head=False, lane=False, monkeypatch=monkeypatch)
 
     def no_logits(*args, **kwargs):
         raise AssertionError("plain greedy with the head must not take the argmax of full logits")
 
     monkeypatch.setattr(TokenSearch, "_greedy", no_logits)
     for lane in (False, True):
-        fast = _generate(head_model, config, graph_greedy=True, lane=lane, monkeypatch=monkeypatch)
+        fast = generate_sequences(head_model, SOURCES, config, head=True, lane=lane, monkeypatch=monkeypatch)
         assert [s.ids for s in fast] == [s.ids for s in general]
         assert len({tuple(s.ids) for s in fast}) > 1, "rows should differ for the test to mean much"
         for ours, theirs in zip(fast, general):
@@ -63,7 +54,8 @@ def test_the_lane_equals_the_general_step_with_rows_leaving(head_model, monkeypa
     hands over to the general step, then takes the rows left); a processor makes the search read
     full logits through the lane."""
     free = GenerationConfig(max_new_tokens=15, eos_token_ids=(head_model.manifest.vocab_size - 1,))
-    made = [s.ids for s in _generate(head_model, free, graph_greedy=True, lane=False, monkeypatch=monkeypatch)]
+    sequences = generate_sequences(head_model, SOURCES, free, head=True, lane=False, monkeypatch=monkeypatch)
+    made = [s.ids for s in sequences]
     rows = [set(ids) for ids in made]
     first = {t: min(ids.index(t) for ids in made if t in ids) for t in set.union(*rows) - set.intersection(*rows)}
     # made by some rows, not all, first at a step that leaves the lane steps before and after
@@ -77,8 +69,8 @@ def test_the_lane_equals_the_general_step_with_rows_leaving(head_model, monkeypa
     monkeypatch.setattr(HostLane, "step", counted)
     for extra in ({}, {"repetition_penalty": 1.3}):
         config = GenerationConfig(max_new_tokens=15, eos_token_ids=(stop,), **extra)
-        general = _generate(head_model, config, graph_greedy=True, lane=False, monkeypatch=monkeypatch)
-        laned = _generate(head_model, config, graph_greedy=True, lane=True, monkeypatch=monkeypatch)
+        general = generate_sequences(head_model, SOURCES, config, head=True, lane=False, monkeypatch=monkeypatch)
+        laned = generate_sequences(head_model, SOURCES, config, head=True, lane=True, monkeypatch=monkeypatch)
         assert [(s.ids, s.token_logprobs, s.finish_reason) for s in laned] == [
             (s.ids, s.token_logprobs, s.finish_reason) for s in general
         ]
@@ -105,8 +97,8 @@ def test_the_torch_backend_computes_the_head_too(head_model, fresh_export, monke
     reference = sp.load(fresh_export[1], options=sp.RuntimeOptions(backend="torch"))
     assert "greedy_ids" in reference.runtimes["decoder"].output_names
     config = GenerationConfig(max_new_tokens=10)
-    ours = _generate(head_model, config, graph_greedy=True, lane=True, monkeypatch=monkeypatch)
-    theirs = _generate(reference, config, graph_greedy=True, lane=True, monkeypatch=monkeypatch)
+    ours = generate_sequences(head_model, SOURCES, config, head=True, lane=True, monkeypatch=monkeypatch)
+    theirs = generate_sequences(reference, SOURCES, config, head=True, lane=True, monkeypatch=monkeypatch)
     assert [s.ids for s in ours] == [s.ids for s in theirs]
 
 
