@@ -193,12 +193,6 @@ class CausalLMModel(GeneratingModel):
     def _positions_needed(self, longest_input: int) -> int:
         return longest_input  # the prompt and the generated tokens share the positions
 
-    def _graph_greedy(self, config: GenerationConfig, eos: tuple[int, ...]) -> bool:
-        """As GeneratingModel's, and also with min_new_tokens: the search keeps the head's choice
-        unless it is a forbidden EOS, and then reads the logits the step passes beside it
-        (search.TokenSearch._chosen)."""
-        return super()._graph_greedy(config.replace(min_new_tokens=0), eos)
-
     def _lane(self, cache: KVCache, graph_greedy: bool) -> CausalLane | None:  # type: ignore[override]
         """The host's short step over preallocated buffers (engine/causal_lane.py), or None where
         the general step runs (a device, a growing cache, a decoder with other inputs)."""

@@ -75,9 +75,9 @@ class Chosen(NamedTuple):
     Args:
         ids: int64 (N,) each row's argmax (the first on ties).
         logprobs: float32 (N,) its log-softmax over the whole vocabulary.
-        logits: the step's last-position logits float (N, V) beside them, or None: a decoder-only
-            step passes them so that min_new_tokens can be honoured on the rare step whose
-            argmax is a forbidden EOS (search.TokenSearch._chosen) without reading them otherwise.
+        logits: the step's last-position logits float (N, V) beside them, or None: a step passes
+            them so that min_new_tokens can be honoured on the rare step whose argmax is a
+            forbidden EOS (search.TokenSearch._chosen_without_eos), unread otherwise.
     """
 
     ids: np.ndarray

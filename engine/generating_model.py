@@ -271,12 +271,15 @@ class GeneratingModel:
         return step, search, cache, first_tokens
 
     def _graph_greedy(self, config: GenerationConfig, eos: tuple[int, ...]) -> bool:
-        """Whether the decoder's greedy head can choose for `config`: plain greedy search (no
-        processor) on the host, and a decoder that has the head (export/greedy_head.py)."""
+        """Whether the decoder's greedy head can choose for `config`: greedy search on the host with
+        no processor but min_new_tokens (the search keeps the head's choice unless it is a forbidden
+        EOS, and then reads the logits the step passes beside it: search.TokenSearch), and a
+        decoder that has the head (export/greedy_head.py)."""
         outputs = self.manifest.components["decoder"].outputs
         if self.placement is not HOST or "greedy_ids" not in outputs or "greedy_logprobs" not in outputs:
             return False
-        return plan_selection(config, eos, self.manifest.vocab_size) == Selection("greedy", 1)
+        plain = config.replace(min_new_tokens=0)
+        return plan_selection(plain, eos, self.manifest.vocab_size) == Selection("greedy", 1)
 
     def _lane(self, cache: KVCache, graph_greedy: bool) -> HostLane | None:
         """The host's short step (engine/host_lane.py) for lockstep encoder-decoder rows on a

@@ -59,8 +59,9 @@ class HostLane:
         self._past = tuple(inputs[name].name for name in layer_names("past", num_layers))  # keys, then values
         present = [outputs[name].name for name in layer_names("present", num_layers)]  # keys, then values
         chosen = [outputs["greedy_ids"].name, outputs["greedy_logprobs"].name] if graph_greedy else []
-        # one C call reads every output the lane uses: present keys, values, then the head's or the logits
-        self._pick = itemgetter(*present, *(chosen or [outputs["logits"].name]))
+        # one C call reads every output the lane uses: present keys, values, the head's if it chooses,
+        # then the logits (beside the head's choice for a min_new_tokens step whose argmax is EOS)
+        self._pick = itemgetter(*present, *chosen, outputs["logits"].name)
         self._graph_greedy = graph_greedy
         self._graph_names = tuple((logical, spec.name) for logical, spec in inputs.items())
         self._feeds: dict[str, np.ndarray] = {}
@@ -93,10 +94,11 @@ class HostLane:
         # (N, 1) positions and (N, P+1) mask, made once per shape for every request
         views = self._next_views.get((rows, past)) or self._lockstep.next_step(rows, past)
         feeds[self._positions], feeds[self._mask] = views
-        got = self._pick(self._runtime.run(feeds))  # L keys, L values (N, H, P+1, D), then ids/logprobs or logits
+        got = self._pick(self._runtime.run(feeds))  # L keys, L values (N, H, P+1, D), [ids, logprobs,] logits
         feeds.update(zip(self._past, got))  # the first 2L: the next step's past
         cache.keys, cache.values = got[:layers], got[layers : 2 * layers]  # KVCache.hold without its call
         self._length = past + 1  # the cache's length, kept here: reading it is a numpy shape lookup
+        logits = got[-1][:, -1, :]  # (N, V)
         if self._graph_greedy:
-            return _new_tuple(Chosen, (*got[-2:], None))  # Chosen(ids, logprobs, logits=None) without a Python __new__
-        return got[-1][:, -1, :]  # (N, V)
+            return _new_tuple(Chosen, (got[-3], got[-2], logits))  # Chosen(...) without a Python __new__
+        return logits

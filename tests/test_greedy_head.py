@@ -49,6 +49,31 @@ def test_the_export_adds_the_head_and_plain_greedy_reads_only_it(head_model, mon
             np.testing.assert_allclose(ours.token_logprobs, theirs.token_logprobs, atol=2e-5, rtol=0)
 
 
+def test_min_new_tokens_reads_the_head_and_the_logits_only_when_eos_is_forbidden(head_model, monkeypatch):
+    """An encoder-decoder with the head keeps its choice under min_new_tokens (the lane too); on
+    the step whose argmax is the forbidden EOS the search reads the logits passed beside it: the
+    ids equal the general path's, the log-probabilities match after renormalisation."""
+    free = GenerationConfig(max_new_tokens=15, eos_token_ids=(head_model.manifest.vocab_size - 1,))
+    stop = generate_sequences(head_model, SOURCES, free, head=True, lane=False, monkeypatch=monkeypatch)[0].ids[2]
+    config = GenerationConfig(max_new_tokens=15, min_new_tokens=12, eos_token_ids=(stop,))
+    general = generate_sequences(head_model, SOURCES, config, head=False, lane=False, monkeypatch=monkeypatch)
+    assert all(stop not in s.ids[:12] for s in general)
+    forbidden, real = [], TokenSearch._select
+
+    def counted(search, logits):
+        forbidden.append(len(logits))
+        return real(search, logits)
+
+    monkeypatch.setattr(TokenSearch, "_select", counted)
+    for lane in (False, True):
+        forbidden.clear()
+        fast = generate_sequences(head_model, SOURCES, config, head=True, lane=lane, monkeypatch=monkeypatch)
+        assert [s.ids for s in fast] == [s.ids for s in general]
+        assert 1 <= len(forbidden) < 12, "the full logits are read on the forbidden-EOS steps only"
+        for ours, theirs in zip(fast, general):
+            np.testing.assert_allclose(ours.token_logprobs, theirs.token_logprobs, atol=2e-5, rtol=0)
+
+
 def test_the_lane_equals_the_general_step_with_rows_leaving(head_model, monkeypatch):
     """A stop id that some rows make and others do not ends rows at different steps (the lane
     hands over to the general step, then takes the rows left); a processor makes the search read
