@@ -211,7 +211,12 @@ class Outbox:
 
     def _deliver(self, pairs: list[tuple[Job, Any]]) -> None:
         """On the event loop: every item into its queue."""
-        for job, item in pairs:
-            job.queue.put_nowait(item)
-            job.stamp("delivered")
+        deliver(pairs)
         self._taken()
+
+
+def deliver(pairs: list[tuple[Job, Any]]) -> None:
+    """On the event loop: every item into its request's queue, stamped `delivered`."""
+    for job, item in pairs:
+        job.queue.put_nowait(item)
+        job.stamp("delivered")

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from seqport.engine.runtime import RuntimeOptions
-from seqport.serving.jobs import GenerationRequest, Job, TokenEvent
+from seqport.serving.jobs import GenerationRequest, Job, TokenEvent, deliver
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits, ShuttingDown
 from seqport.serving.threads import default_threads
 
@@ -192,11 +192,10 @@ class ProcessScheduler:
                 self._jobs.pop(request_id, None)
                 self._started.discard(request_id)
             if job.loop is self._loop:
-                job.queue.put_nowait(item)
-                job.stamp("delivered")
+                deliver([(job, item)])
             else:  # a job of another event loop than the one reading (tests that run several)
                 try:
-                    job.loop.call_soon_threadsafe(_deliver, [(job, item)])
+                    job.loop.call_soon_threadsafe(deliver, [(job, item)])
                 except RuntimeError:  # that event loop closed: nobody is listening
                     pass
 
@@ -209,13 +208,6 @@ class ProcessScheduler:
                     job.loop.call_soon_threadsafe(job.queue.put_nowait, ShuttingDown(message))
                 except RuntimeError:
                     pass
-
-
-def _deliver(pairs: list[tuple[Job, Any]]) -> None:
-    """On the event loop: every item into its request's queue."""
-    for job, item in pairs:
-        job.queue.put_nowait(item)
-        job.stamp("delivered")
 
 
 class PipeOutbox:
