@@ -2,11 +2,12 @@
 
     python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads N]
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
-        [--ort-spinning] [--engine default|thread|process|both]
+        [--ort-spinning] [--engine default|thread|process|both] [--prompts auto|words|sentences]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
-sends the same requests (seeded prompts of 2-8 words, greedy, max_tokens drawn from 4-64,
-streamed with a usage chunk) three ways: one at a time (continuous server; its median TTFT is
+sends the same requests (greedy, max_tokens drawn from 4-64, streamed with a usage chunk;
+--prompts: real sentences of mixed length for encoder-decoder artifacts, seeded prompts of 2-8
+words for the others) three ways: one at a time (continuous server; its median TTFT is
 the idle TTFT), from N concurrent clients to the continuous server, and from N concurrent
 clients to the micro-batching server (`--scheduler micro`). Reports requests/s, tokens/s and
 p50/p99 time to first token and end-to-end latency, with the CPU kind and the load average
@@ -49,14 +50,50 @@ from serve_engine_only import engine_only
 from seqport.serving import default_threads
 
 WORDS = "the house is small where dog cat tea home cold big red blue one two we go today".split()
+# 50 held-out English source sentences of the bundled translator (public domain: LICENSE-DATA.md there)
+SENTENCES = Path(__file__).resolve().parents[1] / "export" / "models" / "translator" / "test_sentences.tsv"
+PROMPTS = ("auto", "words", "sentences")
 
 
-def make_requests(count: int) -> list[dict[str, Any]]:
+def word_requests(count: int) -> list[dict[str, Any]]:
+    """Seeded prompts of 2-8 words from a 17-word list, max_tokens 4-64 (the translator answers
+    every one with ~13 tokens and EOS, so max_tokens almost never binds there)."""
     rng = random.Random(0)
     return [
         {"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))), "max_tokens": rng.randint(4, 64)}
         for _ in range(count)
     ]
+
+
+def sentence_requests(count: int) -> list[dict[str, Any]]:
+    """Real source sentences of mixed length: the translator's held-out sentences in a seeded
+    order (cycled), each cut to its first 1..all words, max_tokens 4-64."""
+    rng = random.Random(0)
+    lines = SENTENCES.read_text(encoding="utf-8").splitlines()
+    sources = [line.split("\t", 1)[0].split() for line in lines if line.strip()]
+    order: list[list[str]] = []
+    while len(order) < count:
+        order += rng.sample(sources, len(sources))
+    return [
+        {"prompt": " ".join(words[: rng.randint(1, len(words))]), "max_tokens": rng.randint(4, 64)}
+        for words in order[:count]
+    ]
+
+
+def prompts_for(artifact: str | None, prompts: str) -> str:
+    """The workload `--prompts auto` means: sentences for an encoder-decoder artifact (the bundled
+    translator when none is given), words for the others."""
+    if prompts != "auto":
+        return prompts
+    if artifact is None:
+        return "sentences"
+    manifest = json.loads((Path(artifact) / "seqport.json").read_text(encoding="utf-8"))
+    return "sentences" if manifest.get("architecture") == "encoder-decoder" else "words"
+
+
+def make_requests(count: int, prompts: str = "words") -> list[dict[str, Any]]:
+    """`count` request bodies of the workload `prompts` ("words" or "sentences")."""
+    return sentence_requests(count) if prompts == "sentences" else word_requests(count)
 
 
 def free_port() -> int:
@@ -303,13 +340,18 @@ def main() -> None:
     parser.add_argument("--no-engine-only", action="store_true", help="skip the in-process runs without HTTP")
     parser.add_argument("--ort-spinning", action="store_true", help="servers (and engine-only runs) spin, as before")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode, alternating; ratios: median")
+    parser.add_argument("--prompts", choices=PROMPTS, default="auto",
+                        help="the workload: 'sentences' (the translator's held-out English sentences cut to 1..all "
+                        "words: mixed lengths), 'words' (2-8 words from a 17-word list), or 'auto' (default: "
+                        "sentences for an encoder-decoder artifact, words for the others)")
     parser.add_argument("--engine", choices=("default", "thread", "process", "both"), default="default",
                         help="the servers' engine: the server's default, a worker thread (--no-engine-process), "
                         "a process of its own (--engine-process), or both in turn (ratios of each)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     engines_of = ENGINES.get(args.engine, ENGINES["both"])
-    rounds, engines = run_rounds(args, make_requests(min(args.requests, 256)), engines_of)
+    workload = prompts_for(args.artifact, args.prompts)
+    rounds, engines = run_rounds(args, make_requests(min(args.requests, 256), workload), engines_of)
     per_round = [
         round_ratios(runs, engine, list(engines_of)) for runs, engine in zip(rounds, engines or [{}] * len(rounds))
     ]
@@ -318,7 +360,7 @@ def main() -> None:
     engine = _labelled(engines)
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "artifact": args.artifact or "bundled translator", "cpu": cpu_kind(),
+        "artifact": args.artifact or "bundled translator", "prompts": workload, "cpu": cpu_kind(),
         "threads": args.threads if args.threads is not None else f"server default ({default_threads()})",
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "runs": runs, "engine_only": engine, "ratios": ratios, "ratios_per_round": per_round,
@@ -330,7 +372,7 @@ def main() -> None:
     flags = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of the listed"
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
     md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after; "
-    md += f"intra-op threads: {record['threads']}.\n\n"
+    md += f"intra-op threads: {record['threads']}; prompts: {workload}.\n\n"
     md += table(runs) + "\n" + stages_table(runs) + "\n" + engine_table(engine) + "\n"
     md += "median of the rounds: " if args.repeat > 1 else ""
     md += "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items())
