@@ -151,31 +151,59 @@ async def _sse(
     timer: _Timer,
     metrics: ServerMetrics,
 ) -> AsyncIterator[str]:
+    """The call's SSE body. A chunk that the next one follows without waiting (a finish, the
+    usage chunk, `[DONE]`) goes out in the same write."""
     n, tokens, complete = call.config.num_return_sequences, 0, False
+    chunks = _ChunkFormat(call)
+    pending = chunks.role(n * len(streams)) if call.kind == "chat" else ""
+    single = n == 1 and len(streams) == 1  # its finish is the last event: usage and [DONE] follow at once
     try:
-        if call.kind == "chat":
-            yield _data(
-                {
-                    **_head(call),
-                    "choices": [_delta_choice(call.kind, i, "", None, True) for i in range(n * len(streams))],
-                }
-            )
         async for prompt, event in _events(streams, firsts, timer):
             tokens += event.tokens
             if event.text or event.finish_reason:
-                choice = _delta_choice(call.kind, prompt * n + event.choice, event.text, event.finish_reason)
-                yield _data({**_head(call), "choices": [choice]})
-                if "written" not in call.stamps:  # the first chunk went to the transport
-                    call.stamps["written"] = time.perf_counter()
-                    metrics.observe_stages(stage_seconds(call.stamps))
+                pending += chunks.choice(prompt * n + event.choice, event.text, event.finish_reason)
+            if pending and not (single and event.finish_reason):
+                yield pending
+                pending = ""
+                _written(call, metrics)
         if call.include_usage:
-            yield _data({**_head(call), "choices": [], "usage": _usage(call, tokens)})
-        yield "data: [DONE]\n\n"
+            pending += _data({**_head(call), "choices": [], "usage": _usage(call, tokens)})
+        yield pending + "data: [DONE]\n\n"
+        _written(call, metrics)
         complete = True
     finally:
         if not complete:
             metrics.cancelled.inc()
         await _close(streams)
+
+
+class _ChunkFormat:
+    """A call's stream chunks from a preformatted template: the same text as json.dumps of the
+    chunk dict (keys in the same order), built with one json.dumps of the text piece per token
+    instead of one of the whole nested chunk."""
+
+    def __init__(self, call: Call) -> None:
+        self.kind = call.kind
+        self.head = _data({**_head(call), "choices": []})[: -len("]}\n\n")]  # 'data: {"id": ..., "choices": ['
+
+    def role(self, count: int) -> str:
+        """Chat's first chunk: every choice's `delta.role`."""
+        choices = (json.dumps(_delta_choice("chat", i, "", None, True), ensure_ascii=False) for i in range(count))
+        return f"{self.head}{', '.join(choices)}]}}\n\n"
+
+    def choice(self, index: int, text: str, reason: str | None) -> str:
+        """One choice's chunk: its new text and finish reason (None until its last)."""
+        piece = json.dumps(text, ensure_ascii=False)
+        field = f'"delta": {{"content": {piece}}}' if self.kind == "chat" else f'"text": {piece}'
+        finish = "null" if reason is None else json.dumps(reason)
+        return f'{self.head}{{"index": {index}, {field}, "logprobs": null, "finish_reason": {finish}}}]}}\n\n'
+
+
+def _written(call: Call, metrics: ServerMetrics) -> None:
+    """Stamp the call's first chunk as handed to the transport (once)."""
+    if "written" not in call.stamps:
+        call.stamps["written"] = time.perf_counter()
+        metrics.observe_stages(stage_seconds(call.stamps))
 
 
 async def _close(streams: list[AsyncIterator[TokenEvent]]) -> None:
