@@ -3,6 +3,7 @@
     python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads N]
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
         [--ort-spinning] [--engine default|thread|process|both] [--prompts auto|words|sentences]
+        [--client lean|httpx]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
 sends the same requests (greedy, max_tokens drawn from 4-64, streamed with a usage chunk;
@@ -45,6 +46,7 @@ from typing import Any
 import httpx
 import numpy as np
 from batch_scale import cpu_kind
+from serve_client import SSEConnection
 from serve_engine_only import engine_only
 
 from seqport.serving import default_threads
@@ -157,15 +159,29 @@ async def one_request(client: httpx.AsyncClient, url: str, request: dict[str, An
     return {"ttft": (first or end) - start, "e2e": end - start, "tokens": tokens}
 
 
-async def drive(url: str, requests: list[dict[str, Any]], clients: int, time_limit: float) -> dict[str, Any]:
-    """`clients` concurrent streaming clients work through `requests`; summary figures."""
+async def drive(
+    url: str, requests: list[dict[str, Any]], clients: int, time_limit: float, lean: bool = True
+) -> dict[str, Any]:
+    """`clients` concurrent streaming clients work through `requests`; summary figures.
+    `lean`: each client is one SSEConnection (serve_client.py), else one shared httpx client."""
     queue = list(reversed(requests))
     records: list[dict[str, float]] = []
     async with httpx.AsyncClient(timeout=time_limit) as client:
 
         async def worker() -> None:
-            while queue:
-                records.append(await one_request(client, url, queue.pop()))
+            connection = SSEConnection(url) if lean else None
+            try:
+                while queue:
+                    request = queue.pop()
+                    if connection is None:
+                        records.append(await one_request(client, url, request))
+                    else:
+                        body = {"model": "m", "temperature": 0, "stream": True,
+                                "stream_options": {"include_usage": True}, **request}
+                        records.append(await connection.post("/v1/completions", body))
+            finally:
+                if connection is not None:
+                    await connection.close()
 
         start = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(clients))), time_limit)
@@ -205,10 +221,11 @@ def run_mode(
 ) -> dict[str, Any]:
     server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads, args.ort_spinning, extra)
     try:
-        asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit))  # warm-up
+        lean = args.client == "lean"
+        asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit, lean))  # warm-up
         stages = stage_totals(url)
         server_cpu, client_cpu = process_cpu_s(server.pid), time.process_time()
-        result = asyncio.run(drive(url, requests, clients, args.time_limit))
+        result = asyncio.run(drive(url, requests, clients, args.time_limit, lean))
         server_used = process_cpu_s(server.pid)
         result["first_token_stages_ms"] = stage_means_ms(stages, stage_totals(url))
         if server_cpu is not None and server_used is not None:
@@ -344,6 +361,9 @@ def main() -> None:
                         help="the workload: 'sentences' (the translator's held-out English sentences cut to 1..all "
                         "words: mixed lengths), 'words' (2-8 words from a 17-word list), or 'auto' (default: "
                         "sentences for an encoder-decoder artifact, words for the others)")
+    parser.add_argument("--client", choices=("lean", "httpx"), default="lean",
+                        help="the clients: 'lean' (default: asyncio streams, serve_client.py; the clients share "
+                        "the server's cores, so they should cost it little) or 'httpx' (as before)")
     parser.add_argument("--engine", choices=("default", "thread", "process", "both"), default="default",
                         help="the servers' engine: the server's default, a worker thread (--no-engine-process), "
                         "a process of its own (--engine-process), or both in turn (ratios of each)")
@@ -360,7 +380,8 @@ def main() -> None:
     engine = _labelled(engines)
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "artifact": args.artifact or "bundled translator", "prompts": workload, "cpu": cpu_kind(),
+        "artifact": args.artifact or "bundled translator", "prompts": workload, "client": args.client,
+        "cpu": cpu_kind(),
         "threads": args.threads if args.threads is not None else f"server default ({default_threads()})",
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "runs": runs, "engine_only": engine, "ratios": ratios, "ratios_per_round": per_round,
@@ -372,7 +393,7 @@ def main() -> None:
     flags = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of the listed"
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
     md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after; "
-    md += f"intra-op threads: {record['threads']}; prompts: {workload}.\n\n"
+    md += f"intra-op threads: {record['threads']}; prompts: {workload}; client: {args.client}.\n\n"
     md += table(runs) + "\n" + stages_table(runs) + "\n" + engine_table(engine) + "\n"
     md += "median of the rounds: " if args.repeat > 1 else ""
     md += "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items())
