@@ -56,3 +56,22 @@ def test_new_streams_are_delivered_first_and_each_stream_keeps_its_order():
         return [f"{name}:{item.text if item else None}" for name, item in order]
 
     assert asyncio.run(run()) == ["b:b1", "b:b2", "a:a1", "c:c1", "c:None"]
+
+
+def test_access_log_is_off_unless_asked_for(tiny_artifact, monkeypatch):
+    import argparse
+
+    import uvicorn
+
+    import seqport.serving.server as server
+    from seqport.serving.cli import add_parser
+
+    seen = []
+    monkeypatch.setattr(server, "load", lambda *a, **k: object())
+    monkeypatch.setattr(server, "build_app", lambda *a, **k: "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **k: seen.append(k["access_log"]))
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    for flags, expected in (([], False), (["--access-log"], True), (["--no-access-log"], False)):
+        args = parser.parse_args(["serve", str(tiny_artifact), *flags])
+        assert args.run(args) == 0 and seen[-1] is expected
