@@ -196,20 +196,36 @@ async def drive(
 
 
 def stage_totals(url: str) -> dict[str, list[float]]:
-    """{stage: [seconds summed, count]} of the server's seqport_first_token_stage_seconds so far."""
+    """{stage: [seconds summed, count]} of the server's seqport_first_token_stage_seconds so far,
+    and "_rows": [rows summed, batches] of its seqport_batch_rows (continuous batching: steps)."""
     totals: dict[str, list[float]] = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         for kind, index in (("_sum{", 0), ("_count{", 1)):
             if line.startswith("seqport_first_token_stage_seconds" + kind):
                 stage = line.split('stage="', 1)[1].split('"', 1)[0]
                 totals.setdefault(stage, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+        for kind, index in (("_sum ", 0), ("_count ", 1)):
+            if line.startswith("seqport_batch_rows" + kind):
+                totals.setdefault("_rows", [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
     return totals
+
+
+def batch_figures(before: dict[str, list[float]], after: dict[str, list[float]], requests: int) -> dict[str, float]:
+    """Rows per decoded batch (continuous batching: per step) and batches per request between
+    two stage_totals() reads."""
+    rows0, count0 = before.get("_rows", [0.0, 0.0])
+    rows, count = after.get("_rows", [0.0, 0.0])
+    if count <= count0:
+        return {}
+    return {"rows_per_batch": (rows - rows0) / (count - count0), "batches_per_request": (count - count0) / requests}
 
 
 def stage_means_ms(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
     """Mean ms per stage of a first token between two stage_totals() reads."""
     out = {}
     for stage, (total, count) in after.items():
+        if stage.startswith("_"):
+            continue
         total0, count0 = before.get(stage, [0.0, 0.0])
         if count > count0:
             out[stage] = 1000 * (total - total0) / (count - count0)
@@ -227,7 +243,9 @@ def run_mode(
         server_cpu, client_cpu = process_cpu_s(server.pid), time.process_time()
         result = asyncio.run(drive(url, requests, clients, args.time_limit, lean))
         server_used = process_cpu_s(server.pid)
-        result["first_token_stages_ms"] = stage_means_ms(stages, stage_totals(url))
+        stages_after = stage_totals(url)
+        result["first_token_stages_ms"] = stage_means_ms(stages, stages_after)
+        result.update(batch_figures(stages, stages_after, result["requests"]))
         if server_cpu is not None and server_used is not None:
             result["server_cpu_ms_per_request"] = 1000 * (server_used - server_cpu) / result["requests"]
         result["client_cpu_ms_per_request"] = 1000 * (time.process_time() - client_cpu) / result["requests"]
@@ -260,13 +278,16 @@ def stages_table(runs: dict[str, dict[str, Any]]) -> str:
     """Server-side stamps of each run's first tokens: mean ms spent reaching each stage."""
     stages = ("submitted", "admitted", "encoded", "first_token", "delivered", "written")
     head = "Where a first token's time goes, server side (mean ms to reach each stage from the one before; "
-    head += "seqport_first_token_stage_seconds):\n\n| run | " + " | ".join(stages) + " | sum |\n"
-    head += "|---|" + "---|" * (len(stages) + 1) + "\n"
+    head += "seqport_first_token_stage_seconds), and the server's rows per decoded batch (continuous "
+    head += "batching: per step) and batches per request (seqport_batch_rows):\n\n| run | " + " | ".join(stages)
+    head += " | sum | rows per batch | batches per request |\n"
+    head += "|---|" + "---|" * (len(stages) + 3) + "\n"
     rows = []
     for name, r in runs.items():
         means = r.get("first_token_stages_ms", {})
         cells = [f"{means[s]:.2f}" if s in means else "-" for s in stages]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} |")
+        batches = f"{r.get('rows_per_batch', float('nan')):.1f} | {r.get('batches_per_request', float('nan')):.2f}"
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} | {batches} |")
     return head + "\n".join(rows) + "\n"
 
 

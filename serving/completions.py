@@ -4,13 +4,16 @@ or as server-sent events (`data: {chunk}` lines ending with `data: [DONE]`)."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import InputError, SeqportError
@@ -18,6 +21,9 @@ from seqport.serving.jobs import GenerationRequest, TokenEvent, stage_seconds
 from seqport.serving.metrics import ServerMetrics
 from seqport.serving.protocol import APIError
 from seqport.serving.scheduler import QueueFull, Scheduler, ShuttingDown
+
+if sys.version_info < (3, 11):  # anyio's backport on Python 3.10
+    from exceptiongroup import BaseExceptionGroup
 
 # (object of a whole answer, object of a stream chunk) per endpoint kind
 OBJECTS = {
@@ -83,11 +89,41 @@ async def answer(call: Call, scheduler: Scheduler, metrics: ServerMetrics) -> Re
     timer = _Timer(metrics, call.started)
     if call.stream:
         body = _sse(call, streams, firsts, timer, metrics)
-        return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return EventStream(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
         return JSONResponse(await _whole(call, streams, firsts, timer))
     finally:
         await _close(streams)
+
+
+class EventStream(StreamingResponse):
+    """A StreamingResponse whose body the request's own task writes, while a task of its own
+    listens for the client's disconnect (Starlette does the reverse for ASGI < 2.4, as uvicorn
+    speaks). The first chunk is ready when the response starts (the first token came first), so
+    it goes out at once, not after a new task has waited behind every running stream's task
+    that the same step woke. A disconnect cancels the writing as before."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        spec = tuple(map(int, scope.get("asgi", {}).get("spec_version", "2.0").split(".")))
+        if scope["type"] != "http" or spec >= (2, 4):
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def listen() -> None:
+                    await self.listen_for_disconnect(receive)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(listen)
+                await self.stream_response(send)
+                group.cancel_scope.cancel()
+        except BaseExceptionGroup as exc:  # one error (the stream's): raise it as Starlette does
+            if len(exc.exceptions) == 1:
+                raise exc.exceptions[0] from None
+            raise
+        if self.background is not None:
+            await self.background()
 
 
 async def _start(call: Call, scheduler: Scheduler) -> tuple[list[AsyncIterator[TokenEvent]], list[TokenEvent]]:
