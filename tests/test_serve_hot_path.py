@@ -75,3 +75,42 @@ def test_access_log_is_off_unless_asked_for(tiny_artifact, monkeypatch):
     for flags, expected in (([], False), (["--access-log"], True), (["--no-access-log"], False)):
         args = parser.parse_args(["serve", str(tiny_artifact), *flags])
         assert args.run(args) == 0 and seen[-1] is expected
+
+
+@pytest.mark.parametrize("ending", ["error", "disconnect"])
+def test_event_stream_ends_as_starlettes_streaming_response(ending):
+    from starlette.responses import StreamingResponse
+
+    from seqport.serving.completions import EventStream
+
+    async def run(cls) -> tuple:
+        sent, closed = [], []
+
+        async def body():
+            try:
+                yield "data: 1\n\n"
+                if ending == "error":
+                    raise RuntimeError("the stream failed")
+                await asyncio.sleep(30)  # the client leaves meanwhile
+                yield "data: 2\n\n"
+            finally:
+                closed.append(True)
+
+        async def receive():
+            await asyncio.sleep(0.05 if ending == "disconnect" else 30)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}}  # as uvicorn says
+        try:
+            await asyncio.wait_for(cls(body(), media_type="text/event-stream")(scope, receive, send), 10)
+        except RuntimeError as exc:
+            return str(exc), [m.get("body") for m in sent], closed
+        return None, [m.get("body") for m in sent], closed
+
+    expected = asyncio.run(run(StreamingResponse))
+    assert asyncio.run(run(EventStream)) == expected
+    assert expected[0] == ("the stream failed" if ending == "error" else None)
+    assert expected[1] == [None, b"data: 1\n\n"] and expected[2] == [True]
