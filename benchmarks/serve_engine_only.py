@@ -2,6 +2,7 @@
 on a workload when the HTTP side costs nothing (used by serve_load.py; runs on its own too).
 
     python benchmarks/serve_engine_only.py [--artifact DIR] [--clients 16] [--requests 96] [--threads N]
+        [--prompts auto|words|sentences]
 
 Loads the artifact in this process (intra-op spinning off, as `seqport serve` runs it), turns the
 serve_load requests into scheduler requests the way /v1/completions does, and has N concurrent
@@ -103,15 +104,17 @@ def engine_only(
 
 
 def main() -> None:
-    from serve_load import make_requests
+    from serve_load import PROMPTS, make_requests, prompts_for
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", default=None, help="artifact folder (default: the bundled translator)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the server's)")
+    parser.add_argument("--prompts", choices=PROMPTS, default="auto", help="the workload, as serve_load.py's")
     args = parser.parse_args()
-    runs = engine_only(args.artifact, make_requests(min(args.requests, 256)), args.clients, args.threads)
+    bodies = make_requests(min(args.requests, 256), prompts_for(args.artifact, args.prompts))
+    runs = engine_only(args.artifact, bodies, args.clients, args.threads)
     print(json.dumps(runs, indent=2))
 
 

@@ -2,11 +2,13 @@
 
     python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads N]
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
-        [--ort-spinning] [--engine default|thread|process|both]
+        [--ort-spinning] [--engine default|thread|process|both] [--prompts auto|words|sentences]
+        [--client lean|httpx]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
-sends the same requests (seeded prompts of 2-8 words, greedy, max_tokens drawn from 4-64,
-streamed with a usage chunk) three ways: one at a time (continuous server; its median TTFT is
+sends the same requests (greedy, max_tokens drawn from 4-64, streamed with a usage chunk;
+--prompts: real sentences of mixed length for encoder-decoder artifacts, seeded prompts of 2-8
+words for the others) three ways: one at a time (continuous server; its median TTFT is
 the idle TTFT), from N concurrent clients to the continuous server, and from N concurrent
 clients to the micro-batching server (`--scheduler micro`). Reports requests/s, tokens/s and
 p50/p99 time to first token and end-to-end latency, with the CPU kind and the load average
@@ -44,19 +46,56 @@ from typing import Any
 import httpx
 import numpy as np
 from batch_scale import cpu_kind
+from serve_client import SSEConnection
 from serve_engine_only import engine_only
 
 from seqport.serving import default_threads
 
 WORDS = "the house is small where dog cat tea home cold big red blue one two we go today".split()
+# 50 held-out English source sentences of the bundled translator (public domain: LICENSE-DATA.md there)
+SENTENCES = Path(__file__).resolve().parents[1] / "export" / "models" / "translator" / "test_sentences.tsv"
+PROMPTS = ("auto", "words", "sentences")
 
 
-def make_requests(count: int) -> list[dict[str, Any]]:
+def word_requests(count: int) -> list[dict[str, Any]]:
+    """Seeded prompts of 2-8 words from a 17-word list, max_tokens 4-64 (the translator answers
+    every one with ~13 tokens and EOS, so max_tokens almost never binds there)."""
     rng = random.Random(0)
     return [
         {"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))), "max_tokens": rng.randint(4, 64)}
         for _ in range(count)
     ]
+
+
+def sentence_requests(count: int) -> list[dict[str, Any]]:
+    """Real source sentences of mixed length: the translator's held-out sentences in a seeded
+    order (cycled), each cut to its first 1..all words, max_tokens 4-64."""
+    rng = random.Random(0)
+    lines = SENTENCES.read_text(encoding="utf-8").splitlines()
+    sources = [line.split("\t", 1)[0].split() for line in lines if line.strip()]
+    order: list[list[str]] = []
+    while len(order) < count:
+        order += rng.sample(sources, len(sources))
+    return [
+        {"prompt": " ".join(words[: rng.randint(1, len(words))]), "max_tokens": rng.randint(4, 64)}
+        for words in order[:count]
+    ]
+
+
+def prompts_for(artifact: str | None, prompts: str) -> str:
+    """The workload `--prompts auto` means: sentences for an encoder-decoder artifact (the bundled
+    translator when none is given), words for the others."""
+    if prompts != "auto":
+        return prompts
+    if artifact is None:
+        return "sentences"
+    manifest = json.loads((Path(artifact) / "seqport.json").read_text(encoding="utf-8"))
+    return "sentences" if manifest.get("architecture") == "encoder-decoder" else "words"
+
+
+def make_requests(count: int, prompts: str = "words") -> list[dict[str, Any]]:
+    """`count` request bodies of the workload `prompts` ("words" or "sentences")."""
+    return sentence_requests(count) if prompts == "sentences" else word_requests(count)
 
 
 def free_port() -> int:
@@ -120,15 +159,29 @@ async def one_request(client: httpx.AsyncClient, url: str, request: dict[str, An
     return {"ttft": (first or end) - start, "e2e": end - start, "tokens": tokens}
 
 
-async def drive(url: str, requests: list[dict[str, Any]], clients: int, time_limit: float) -> dict[str, Any]:
-    """`clients` concurrent streaming clients work through `requests`; summary figures."""
+async def drive(
+    url: str, requests: list[dict[str, Any]], clients: int, time_limit: float, lean: bool = True
+) -> dict[str, Any]:
+    """`clients` concurrent streaming clients work through `requests`; summary figures.
+    `lean`: each client is one SSEConnection (serve_client.py), else one shared httpx client."""
     queue = list(reversed(requests))
     records: list[dict[str, float]] = []
     async with httpx.AsyncClient(timeout=time_limit) as client:
 
         async def worker() -> None:
-            while queue:
-                records.append(await one_request(client, url, queue.pop()))
+            connection = SSEConnection(url) if lean else None
+            try:
+                while queue:
+                    request = queue.pop()
+                    if connection is None:
+                        records.append(await one_request(client, url, request))
+                    else:
+                        body = {"model": "m", "temperature": 0, "stream": True,
+                                "stream_options": {"include_usage": True}, **request}
+                        records.append(await connection.post("/v1/completions", body))
+            finally:
+                if connection is not None:
+                    await connection.close()
 
         start = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(clients))), time_limit)
@@ -143,20 +196,36 @@ async def drive(url: str, requests: list[dict[str, Any]], clients: int, time_lim
 
 
 def stage_totals(url: str) -> dict[str, list[float]]:
-    """{stage: [seconds summed, count]} of the server's seqport_first_token_stage_seconds so far."""
+    """{stage: [seconds summed, count]} of the server's seqport_first_token_stage_seconds so far,
+    and "_rows": [rows summed, batches] of its seqport_batch_rows (continuous batching: steps)."""
     totals: dict[str, list[float]] = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         for kind, index in (("_sum{", 0), ("_count{", 1)):
             if line.startswith("seqport_first_token_stage_seconds" + kind):
                 stage = line.split('stage="', 1)[1].split('"', 1)[0]
                 totals.setdefault(stage, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+        for kind, index in (("_sum ", 0), ("_count ", 1)):
+            if line.startswith("seqport_batch_rows" + kind):
+                totals.setdefault("_rows", [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
     return totals
+
+
+def batch_figures(before: dict[str, list[float]], after: dict[str, list[float]], requests: int) -> dict[str, float]:
+    """Rows per decoded batch (continuous batching: per step) and batches per request between
+    two stage_totals() reads."""
+    rows0, count0 = before.get("_rows", [0.0, 0.0])
+    rows, count = after.get("_rows", [0.0, 0.0])
+    if count <= count0:
+        return {}
+    return {"rows_per_batch": (rows - rows0) / (count - count0), "batches_per_request": (count - count0) / requests}
 
 
 def stage_means_ms(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
     """Mean ms per stage of a first token between two stage_totals() reads."""
     out = {}
     for stage, (total, count) in after.items():
+        if stage.startswith("_"):
+            continue
         total0, count0 = before.get(stage, [0.0, 0.0])
         if count > count0:
             out[stage] = 1000 * (total - total0) / (count - count0)
@@ -168,12 +237,15 @@ def run_mode(
 ) -> dict[str, Any]:
     server, url = start_server(args.artifact, scheduler, max(clients, 2), args.threads, args.ort_spinning, extra)
     try:
-        asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit))  # warm-up
+        lean = args.client == "lean"
+        asyncio.run(drive(url, requests[:4], min(clients, 4), args.time_limit, lean))  # warm-up
         stages = stage_totals(url)
         server_cpu, client_cpu = process_cpu_s(server.pid), time.process_time()
-        result = asyncio.run(drive(url, requests, clients, args.time_limit))
+        result = asyncio.run(drive(url, requests, clients, args.time_limit, lean))
         server_used = process_cpu_s(server.pid)
-        result["first_token_stages_ms"] = stage_means_ms(stages, stage_totals(url))
+        stages_after = stage_totals(url)
+        result["first_token_stages_ms"] = stage_means_ms(stages, stages_after)
+        result.update(batch_figures(stages, stages_after, result["requests"]))
         if server_cpu is not None and server_used is not None:
             result["server_cpu_ms_per_request"] = 1000 * (server_used - server_cpu) / result["requests"]
         result["client_cpu_ms_per_request"] = 1000 * (time.process_time() - client_cpu) / result["requests"]
@@ -206,13 +278,16 @@ def stages_table(runs: dict[str, dict[str, Any]]) -> str:
     """Server-side stamps of each run's first tokens: mean ms spent reaching each stage."""
     stages = ("submitted", "admitted", "encoded", "first_token", "delivered", "written")
     head = "Where a first token's time goes, server side (mean ms to reach each stage from the one before; "
-    head += "seqport_first_token_stage_seconds):\n\n| run | " + " | ".join(stages) + " | sum |\n"
-    head += "|---|" + "---|" * (len(stages) + 1) + "\n"
+    head += "seqport_first_token_stage_seconds), and the server's rows per decoded batch (continuous "
+    head += "batching: per step) and batches per request (seqport_batch_rows):\n\n| run | " + " | ".join(stages)
+    head += " | sum | rows per batch | batches per request |\n"
+    head += "|---|" + "---|" * (len(stages) + 3) + "\n"
     rows = []
     for name, r in runs.items():
         means = r.get("first_token_stages_ms", {})
         cells = [f"{means[s]:.2f}" if s in means else "-" for s in stages]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} |")
+        batches = f"{r.get('rows_per_batch', float('nan')):.1f} | {r.get('batches_per_request', float('nan')):.2f}"
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} | {batches} |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -303,13 +378,21 @@ def main() -> None:
     parser.add_argument("--no-engine-only", action="store_true", help="skip the in-process runs without HTTP")
     parser.add_argument("--ort-spinning", action="store_true", help="servers (and engine-only runs) spin, as before")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode, alternating; ratios: median")
+    parser.add_argument("--prompts", choices=PROMPTS, default="auto",
+                        help="the workload: 'sentences' (the translator's held-out English sentences cut to 1..all "
+                        "words: mixed lengths), 'words' (2-8 words from a 17-word list), or 'auto' (default: "
+                        "sentences for an encoder-decoder artifact, words for the others)")
+    parser.add_argument("--client", choices=("lean", "httpx"), default="lean",
+                        help="the clients: 'lean' (default: asyncio streams, serve_client.py; the clients share "
+                        "the server's cores, so they should cost it little) or 'httpx' (as before)")
     parser.add_argument("--engine", choices=("default", "thread", "process", "both"), default="default",
                         help="the servers' engine: the server's default, a worker thread (--no-engine-process), "
                         "a process of its own (--engine-process), or both in turn (ratios of each)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     engines_of = ENGINES.get(args.engine, ENGINES["both"])
-    rounds, engines = run_rounds(args, make_requests(min(args.requests, 256)), engines_of)
+    workload = prompts_for(args.artifact, args.prompts)
+    rounds, engines = run_rounds(args, make_requests(min(args.requests, 256), workload), engines_of)
     per_round = [
         round_ratios(runs, engine, list(engines_of)) for runs, engine in zip(rounds, engines or [{}] * len(rounds))
     ]
@@ -318,7 +401,8 @@ def main() -> None:
     engine = _labelled(engines)
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "artifact": args.artifact or "bundled translator", "cpu": cpu_kind(),
+        "artifact": args.artifact or "bundled translator", "prompts": workload, "client": args.client,
+        "cpu": cpu_kind(),
         "threads": args.threads if args.threads is not None else f"server default ({default_threads()})",
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "runs": runs, "engine_only": engine, "ratios": ratios, "ratios_per_round": per_round,
@@ -330,7 +414,7 @@ def main() -> None:
     flags = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of the listed"
     md = f"# serve_load: {record['artifact']}\n\n{record['date']}; {cpu['model_name']}, {cpu['cpus']} CPUs ({flags}); "
     md += f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after; "
-    md += f"intra-op threads: {record['threads']}.\n\n"
+    md += f"intra-op threads: {record['threads']}; prompts: {workload}; client: {args.client}.\n\n"
     md += table(runs) + "\n" + stages_table(runs) + "\n" + engine_table(engine) + "\n"
     md += "median of the rounds: " if args.repeat > 1 else ""
     md += "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items())

@@ -156,7 +156,7 @@ def _endpoint(state: _State, handler):
         finally:
             if status == 429 or status == 503:
                 state.metrics.rejected.inc()
-            state.metrics.requests.labels(request.url.path, str(status)).inc()
+            state.metrics.requests.labels(request.scope["path"], str(status)).inc()  # no URL object
 
     return endpoint
 

@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="run the scheduler and the model in a child process, the HTTP event loop in this one "
                    "(no shared GIL; default: a worker thread)")
     p.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running requests get on shutdown")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
+                   help="log a line per HTTP request (uvicorn's access log; default: off, as vLLM's request log: "
+                   "it costs the event loop CPU on every request)")
     ray = p.add_argument_group("Ray Serve (pip install 'seqport[serve,ray]')")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                      help="serve as a Ray Serve deployment: no ADDRESS starts or joins the local Ray as ray.init() "
@@ -90,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_on_ray(args, options)
     threads = default_threads() if args.threads is None else args.threads
     runtime = RuntimeOptions(intra_op_threads=threads, allow_spinning=args.ort_spinning)
-    run_server(args.artifact, args.host, args.port, provider=args.provider, runtime=runtime, options=options)
+    run_server(
+        args.artifact, args.host, args.port, provider=args.provider, runtime=runtime, options=options,
+        access_log=args.access_log,
+    )
     return 0
 
 

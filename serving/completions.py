@@ -4,13 +4,16 @@ or as server-sent events (`data: {chunk}` lines ending with `data: [DONE]`)."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import InputError, SeqportError
@@ -18,6 +21,9 @@ from seqport.serving.jobs import GenerationRequest, TokenEvent, stage_seconds
 from seqport.serving.metrics import ServerMetrics
 from seqport.serving.protocol import APIError
 from seqport.serving.scheduler import QueueFull, Scheduler, ShuttingDown
+
+if sys.version_info < (3, 11):  # anyio's backport on Python 3.10
+    from exceptiongroup import BaseExceptionGroup
 
 # (object of a whole answer, object of a stream chunk) per endpoint kind
 OBJECTS = {
@@ -83,11 +89,41 @@ async def answer(call: Call, scheduler: Scheduler, metrics: ServerMetrics) -> Re
     timer = _Timer(metrics, call.started)
     if call.stream:
         body = _sse(call, streams, firsts, timer, metrics)
-        return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return EventStream(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
         return JSONResponse(await _whole(call, streams, firsts, timer))
     finally:
         await _close(streams)
+
+
+class EventStream(StreamingResponse):
+    """A StreamingResponse whose body the request's own task writes, while a task of its own
+    listens for the client's disconnect (Starlette does the reverse for ASGI < 2.4, as uvicorn
+    speaks). The first chunk is ready when the response starts (the first token came first), so
+    it goes out at once, not after a new task has waited behind every running stream's task
+    that the same step woke. A disconnect cancels the writing as before."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        spec = tuple(map(int, scope.get("asgi", {}).get("spec_version", "2.0").split(".")))
+        if scope["type"] != "http" or spec >= (2, 4):
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def listen() -> None:
+                    await self.listen_for_disconnect(receive)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(listen)
+                await self.stream_response(send)
+                group.cancel_scope.cancel()
+        except BaseExceptionGroup as exc:  # one error (the stream's): raise it as Starlette does
+            if len(exc.exceptions) == 1:
+                raise exc.exceptions[0] from None
+            raise
+        if self.background is not None:
+            await self.background()
 
 
 async def _start(call: Call, scheduler: Scheduler) -> tuple[list[AsyncIterator[TokenEvent]], list[TokenEvent]]:
@@ -151,31 +187,59 @@ async def _sse(
     timer: _Timer,
     metrics: ServerMetrics,
 ) -> AsyncIterator[str]:
+    """The call's SSE body. A chunk that the next one follows without waiting (a finish, the
+    usage chunk, `[DONE]`) goes out in the same write."""
     n, tokens, complete = call.config.num_return_sequences, 0, False
+    chunks = _ChunkFormat(call)
+    pending = chunks.role(n * len(streams)) if call.kind == "chat" else ""
+    single = n == 1 and len(streams) == 1  # its finish is the last event: usage and [DONE] follow at once
     try:
-        if call.kind == "chat":
-            yield _data(
-                {
-                    **_head(call),
-                    "choices": [_delta_choice(call.kind, i, "", None, True) for i in range(n * len(streams))],
-                }
-            )
         async for prompt, event in _events(streams, firsts, timer):
             tokens += event.tokens
             if event.text or event.finish_reason:
-                choice = _delta_choice(call.kind, prompt * n + event.choice, event.text, event.finish_reason)
-                yield _data({**_head(call), "choices": [choice]})
-                if "written" not in call.stamps:  # the first chunk went to the transport
-                    call.stamps["written"] = time.perf_counter()
-                    metrics.observe_stages(stage_seconds(call.stamps))
+                pending += chunks.choice(prompt * n + event.choice, event.text, event.finish_reason)
+            if pending and not (single and event.finish_reason):
+                yield pending
+                pending = ""
+                _written(call, metrics)
         if call.include_usage:
-            yield _data({**_head(call), "choices": [], "usage": _usage(call, tokens)})
-        yield "data: [DONE]\n\n"
+            pending += _data({**_head(call), "choices": [], "usage": _usage(call, tokens)})
+        yield pending + "data: [DONE]\n\n"
+        _written(call, metrics)
         complete = True
     finally:
         if not complete:
             metrics.cancelled.inc()
         await _close(streams)
+
+
+class _ChunkFormat:
+    """A call's stream chunks from a preformatted template: the same text as json.dumps of the
+    chunk dict (keys in the same order), built with one json.dumps of the text piece per token
+    instead of one of the whole nested chunk."""
+
+    def __init__(self, call: Call) -> None:
+        self.kind = call.kind
+        self.head = _data({**_head(call), "choices": []})[: -len("]}\n\n")]  # 'data: {"id": ..., "choices": ['
+
+    def role(self, count: int) -> str:
+        """Chat's first chunk: every choice's `delta.role`."""
+        choices = (json.dumps(_delta_choice("chat", i, "", None, True), ensure_ascii=False) for i in range(count))
+        return f"{self.head}{', '.join(choices)}]}}\n\n"
+
+    def choice(self, index: int, text: str, reason: str | None) -> str:
+        """One choice's chunk: its new text and finish reason (None until its last)."""
+        piece = json.dumps(text, ensure_ascii=False)
+        field = f'"delta": {{"content": {piece}}}' if self.kind == "chat" else f'"text": {piece}'
+        finish = "null" if reason is None else json.dumps(reason)
+        return f'{self.head}{{"index": {index}, {field}, "logprobs": null, "finish_reason": {finish}}}]}}\n\n'
+
+
+def _written(call: Call, metrics: ServerMetrics) -> None:
+    """Stamp the call's first chunk as handed to the transport (once)."""
+    if "written" not in call.stamps:
+        call.stamps["written"] = time.perf_counter()
+        metrics.observe_stages(stage_seconds(call.stamps))
 
 
 async def _close(streams: list[AsyncIterator[TokenEvent]]) -> None:

@@ -92,6 +92,7 @@ class Job:
     finished_choices: set = field(default_factory=set)
     outbox: Any = None  # Outbox, or process.PipeOutbox
     stamps_sent: bool = False  # the engine process sent its stamps (with its first item)
+    delivered: bool = False  # an item reached its queue (the event loop sets it)
 
     @property
     def live(self) -> bool:
@@ -216,7 +217,11 @@ class Outbox:
 
 
 def deliver(pairs: list[tuple[Job, Any]]) -> None:
-    """On the event loop: every item into its request's queue, stamped `delivered`."""
-    for job, item in pairs:
+    """On the event loop: every item into its request's queue, stamped `delivered`. Streams
+    that receive their first items (a first token) go first: their tasks then run, and write
+    their chunks, before the running streams' (each stream's items keep their order)."""
+    ordered = [pair for pair in pairs if not pair[0].delivered] + [pair for pair in pairs if pair[0].delivered]
+    for job, item in ordered:
         job.queue.put_nowait(item)
+        job.delivered = True
         job.stamp("delivered")

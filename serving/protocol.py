@@ -8,6 +8,7 @@ OpenAI's. docs/serving.md has the full table.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from seqport.engine.config import GenerationConfig
@@ -109,7 +110,22 @@ def generation_config(body: dict[str, Any], defaults: GenerationConfig) -> Gener
             overrides[option] = body[name]
     overrides.update(_choices(body, overrides.get("do_sample", defaults.do_sample)))
     try:
+        return _configured(defaults, tuple((name, type(v), v) for name, v in sorted(overrides.items())))
+    except TypeError:  # an unhashable option value (a list): not cached
+        pass
+    try:
         return defaults.replace(**overrides)
+    except (ConfigError, TypeError) as exc:
+        raise bad_request(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _configured(defaults: GenerationConfig, overrides: tuple[tuple[str, type, Any], ...]) -> GenerationConfig:
+    """defaults.replace(overrides) for (name, type, value) triples, cached: requests repeat the
+    same few option sets, and building a GenerationConfig validates every field. The type is in
+    the key, so 5 and 5.0 (equal, same hash) are checked apart."""
+    try:
+        return defaults.replace(**{name: value for name, _, value in overrides})
     except (ConfigError, TypeError) as exc:
         raise bad_request(str(exc)) from None
 

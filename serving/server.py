@@ -43,6 +43,7 @@ def run_server(
     provider: str | None = None,
     runtime: RuntimeOptions | None = None,
     options: ServeOptions | None = None,
+    access_log: bool = False,
 ) -> None:
     """Load `artifact` (None: the bundled translator) and serve it until interrupted.
 
@@ -53,6 +54,8 @@ def run_server(
         runtime: backend knobs (threads, graph optimization); None: the server's, as `seqport
             serve` runs it (default_threads() intra-op threads, spinning off).
         options: server settings (batching, admission, shutdown grace).
+        access_log: log a line per HTTP request (uvicorn's access log; off by default: it costs
+            the event loop CPU on every request).
 
     Raises:
         ArtifactError, ManifestError, ProviderError: as seqport.engine.load() raises them.
@@ -70,5 +73,6 @@ def run_server(
     options = dataclasses.replace(options, runtime=runtime)  # what an engine process loads it with
     app = build_app(model, options)
     uvicorn.run(
-        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(options.shutdown_grace_s) + 1
+        app, host=host, port=port, log_level="info", access_log=access_log,
+        timeout_graceful_shutdown=int(options.shutdown_grace_s) + 1,
     )
