@@ -143,7 +143,7 @@ def test_head_ids_in_onnxruntime_int64_spelling_are_not_copied():
     assert finished.tokens.dtype == np.int64 and finished.tokens.tolist() == [7] and finished.rows.tolist() == [1]
 
 
-def test_the_head_check_catches_a_head_that_breaks_ties_differently(tmp_path):
+def test_the_head_check_catches_a_head_that_picks_other_ids(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
@@ -160,8 +160,8 @@ def test_the_head_check_catches_a_head_that_breaks_ties_differently(tmp_path):
     path = tmp_path / "toy.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     check_greedy_head(path, "logits", 50)  # the head as added agrees with numpy
-    argmax = next(node for node in graph.node if node.op_type == "ArgMax")
-    argmax.attribute.append(helper.make_attribute("select_last_index", 1))  # the last id on ties
+    topk = next(node for node in graph.node if node.op_type == "TopK")
+    topk.attribute.append(helper.make_attribute("largest", 0))  # the smallest logit: a wrong head
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     with pytest.raises(ExportError, match="greedy head added to toy.onnx disagrees with numpy"):
         check_greedy_head(path, "logits", 50)
