@@ -167,6 +167,32 @@ def test_the_head_check_catches_a_head_that_picks_other_ids(tmp_path):
         check_greedy_head(path, "logits", 50)
 
 
+def test_the_head_chooses_as_numpy_argmax_on_ties_and_nan():
+    """TopK(k=1) (not onnxruntime's ArgMax, a scalar loop): the first id on ties, and the NaN of
+    a row that holds one (as numpy's argmax and the host path; ArgMax would skip it)."""
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, _append_head
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["logits"])],
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 9])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", 9])],
+    )
+    _append_head(graph, "logits", "float32")
+    assert [n.op_type for n in graph.node].count("TopK") == 1 and "ArgMax" not in [n.op_type for n in graph.node]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.random.default_rng(3).integers(-2, 3, size=(5, 2, 9)).astype(np.float32)  # many ties
+    logits[3, -1, 6] = np.nan
+    ids, logprobs = session.run([GREEDY_IDS, GREEDY_LOGPROBS], {"x": logits})
+    assert ids.tolist() == logits[:, -1, :].argmax(axis=-1).tolist()
+    assert ids[3] == 6 and np.isnan(logprobs[3]) and np.isfinite(np.delete(logprobs, 3)).all()
+
+
 def test_without_torch_the_bundled_cache_falls_back_to_an_entry_without_the_head(fresh_export, tmp_path, monkeypatch):
     """A runtime-only install (no torch, so no export) keeps using a translator cached before the head existed."""
     import dataclasses
