@@ -7,14 +7,18 @@ caches; docs/benchmarks.md "Engine overhead"). Computed inside the graph, they c
 the decoder's outputs and the engine's greedy step touches no (N, V) array:
 
     last      = Gather(logits, -1, axis=1)                  # (B, V), float32
-    chosen    = ArgMax(last, axis=-1, keepdims=1)           # (B, 1) int64, the first on ties
+    _, chosen = TopK(last, k=1, axis=-1)                    # (B, 1) int64, the first on ties
     greedy_ids      = Squeeze(chosen, -1)                   # (B,)
     greedy_logprobs = Squeeze(GatherElements(LogSoftmax(last), chosen), -1)   # (B,) float32
 
 LogSoftmax, not ReduceMax − ReduceLogSumExp: onnxruntime's vectorised softmax kernel takes 15 µs
 over SmolLM2's 49152 logits on one thread where the two reductions took 200 µs (a third of the
 engine's whole step outside the call), and its float32 result is 20x closer to float64's (4e-6
-against 7e-5; issue #16, docs/benchmarks.md).
+against 7e-5; issue #16, docs/benchmarks.md). TopK with k=1, not ArgMax: onnxruntime's CPU
+ArgMax is a scalar loop (40 µs over 49152 logits, 340 µs over 8 rows, where numpy's argmax
+takes 3 and 26); TopK's k=1 path takes about 70 % of that, picks the same id on ties (ONNX:
+the lower index first) and, like numpy's argmax and the host path, the NaN where a row holds one
+(ArgMax skips it). Measured head alone, docs/benchmarks.md "The greedy head at batch 8".
 
 `logits` stays an output (sampling, beams and processors read it). The head is added to a
 finished encoder-decoder or decoder-only decoder (after --optimize/--quantize/--dtype/--attention,
@@ -78,6 +82,7 @@ def _append_head(graph: onnx.GraphProto, logits: str, dtype: str) -> None:
         [
             numpy_helper.from_array(np.array(-1, dtype=np.int64), name("last")),  # scalar: drops axis 1
             numpy_helper.from_array(np.array([-1], dtype=np.int64), name("axes")),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), name("k")),
         ]
     )
     nodes = [helper.make_node("Gather", [logits, name("last")], [name("row")], name=name("gather"), axis=1)]
@@ -87,7 +92,7 @@ def _append_head(graph: onnx.GraphProto, logits: str, dtype: str) -> None:
         row = name("row32")
     chosen, logprobs = name("chosen"), name("logsoftmax")  # (B, 1) ids, (B, V) log-probabilities
     nodes += [
-        helper.make_node("ArgMax", [row], [chosen], name=name("argmax"), axis=-1, keepdims=1),
+        helper.make_node("TopK", [row, name("k")], [name("top"), chosen], name=name("topk"), axis=-1),
         helper.make_node("Squeeze", [chosen, name("axes")], [GREEDY_IDS], name=name("ids")),
         helper.make_node("LogSoftmax", [row], [logprobs], name=name("logsoftmax"), axis=-1),
         helper.make_node("GatherElements", [logprobs, chosen], [name("picked")], name=name("pick"), axis=-1),

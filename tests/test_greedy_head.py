@@ -143,7 +143,7 @@ def test_head_ids_in_onnxruntime_int64_spelling_are_not_copied():
     assert finished.tokens.dtype == np.int64 and finished.tokens.tolist() == [7] and finished.rows.tolist() == [1]
 
 
-def test_the_head_check_catches_a_head_that_breaks_ties_differently(tmp_path):
+def test_the_head_check_catches_a_head_that_picks_other_ids(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
@@ -160,11 +160,37 @@ def test_the_head_check_catches_a_head_that_breaks_ties_differently(tmp_path):
     path = tmp_path / "toy.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     check_greedy_head(path, "logits", 50)  # the head as added agrees with numpy
-    argmax = next(node for node in graph.node if node.op_type == "ArgMax")
-    argmax.attribute.append(helper.make_attribute("select_last_index", 1))  # the last id on ties
+    topk = next(node for node in graph.node if node.op_type == "TopK")
+    topk.attribute.append(helper.make_attribute("largest", 0))  # the smallest logit: a wrong head
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     with pytest.raises(ExportError, match="greedy head added to toy.onnx disagrees with numpy"):
         check_greedy_head(path, "logits", 50)
+
+
+def test_the_head_chooses_as_numpy_argmax_on_ties_and_nan():
+    """TopK(k=1) (not onnxruntime's ArgMax, a scalar loop): the first id on ties, and the NaN of
+    a row that holds one (as numpy's argmax and the host path; ArgMax would skip it)."""
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, _append_head
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["logits"])],
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 9])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", 9])],
+    )
+    _append_head(graph, "logits", "float32")
+    assert [n.op_type for n in graph.node].count("TopK") == 1 and "ArgMax" not in [n.op_type for n in graph.node]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.random.default_rng(3).integers(-2, 3, size=(5, 2, 9)).astype(np.float32)  # many ties
+    logits[3, -1, 6] = np.nan
+    ids, logprobs = session.run([GREEDY_IDS, GREEDY_LOGPROBS], {"x": logits})
+    assert ids.tolist() == logits[:, -1, :].argmax(axis=-1).tolist()
+    assert ids[3] == 6 and np.isnan(logprobs[3]) and np.isfinite(np.delete(logprobs, 3)).all()
 
 
 def test_without_torch_the_bundled_cache_falls_back_to_an_entry_without_the_head(fresh_export, tmp_path, monkeypatch):
