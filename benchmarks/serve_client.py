@@ -19,6 +19,30 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
+class StreamTally:
+    """A streamed completion's figures from its `data:` payloads, for either client: the time of
+    the first chunk with choices and the usage chunk's completion tokens."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.tokens = start, 0
+        self.first: float | None = None
+
+    def event(self, payload: str | bytes) -> None:
+        """Take one event's payload (what follows `data: `)."""
+        if payload in ("[DONE]", b"[DONE]"):
+            return
+        chunk = json.loads(payload)
+        if chunk.get("choices") and self.first is None:
+            self.first = time.perf_counter()
+        if chunk.get("usage"):
+            self.tokens = chunk["usage"]["completion_tokens"]
+
+    def result(self) -> dict[str, float]:
+        """{"ttft", "e2e", "tokens"} (seconds), the stream having just ended."""
+        end = time.perf_counter()
+        return {"ttft": (self.first or end) - self.start, "e2e": end - self.start, "tokens": self.tokens}
+
+
 class SSEConnection:
     """One keep-alive HTTP/1.1 connection that posts streaming requests, one at a time."""
 
@@ -37,20 +61,14 @@ class SSEConnection:
         start = time.perf_counter()
         self.writer.write(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
         await self._headers()
-        first, tokens, buffer = None, 0, b""
+        tally, buffer = StreamTally(start), b""
         async for data in self._body():
             buffer += data
             *events, buffer = buffer.split(b"\n\n")
             for event in events:
-                if not event.startswith(b"data: ") or event == b"data: [DONE]":
-                    continue
-                chunk = json.loads(event[6:])
-                if chunk.get("choices") and first is None:
-                    first = time.perf_counter()
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-        end = time.perf_counter()
-        return {"ttft": (first or end) - start, "e2e": end - start, "tokens": tokens}
+                if event.startswith(b"data: "):
+                    tally.event(event[6:])
+        return tally.result()
 
     async def _headers(self) -> None:
         """Read the status line and headers. Raises on a non-200 or a body that is not chunked."""

@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 import numpy as np
 from batch_scale import cpu_kind
-from serve_client import SSEConnection
+from serve_client import SSEConnection, StreamTally
 from serve_engine_only import engine_only
 
 from seqport.serving import default_threads
@@ -144,19 +144,13 @@ def process_cpu_s(pid: int, children: bool = True) -> float | None:
 
 async def one_request(client: httpx.AsyncClient, url: str, request: dict[str, Any]) -> dict[str, float]:
     body = {"model": "m", "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, **request}
-    start, first, tokens = time.perf_counter(), None, 0
+    tally = StreamTally(time.perf_counter())
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("choices") and first is None:
-                first = time.perf_counter()
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    end = time.perf_counter()
-    return {"ttft": (first or end) - start, "e2e": end - start, "tokens": tokens}
+            if line.startswith("data: "):
+                tally.event(line[6:])
+    return tally.result()
 
 
 async def drive(
