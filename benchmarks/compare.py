@@ -305,7 +305,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=ROOT / "build" / "compare", help="HF folders and artifacts (reused)")
     p.add_argument(
         "--seqport-variants",
-        help="seqport exports to measure, from fp32, optimized, int8, optimized-int8 "
+        help="seqport exports to measure, from fp32, optimized, int8, optimized-int8, fused, optimized-fused "
         "(default fp32,optimized,int8; fp32 with --quick)",
     )
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from: {', '.join(SYSTEMS)}")
@@ -342,7 +342,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     problems += [
         f"unknown seqport variant {v!r}"
         for v in args.seqport_variants
-        if v not in ("fp32", "optimized", "int8", "optimized-int8")
+        if v not in ("fp32", "optimized", "int8", "optimized-int8", "fused", "optimized-fused")
     ]
     if args.new_tokens < 2 or args.input_tokens < 2 or args.repeats < 1 or min(args.batch_sizes) < 1:
         problems.append("--new-tokens and --input-tokens must be >= 2, --repeats and batch sizes >= 1")

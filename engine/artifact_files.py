@@ -9,6 +9,8 @@ opts out, to match the sha256 the manifest records for it (docs/manifest.md).
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -20,12 +22,29 @@ Manifest = Any
 WeightsFile = Any
 
 
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+def blocks(path: str | Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of a file in `size` blocks, read so that the page cache keeps it in 4 KiB pages.
+
+    Why: a file read with the kernel's default readahead may land in the page cache in large
+    folios (up to 2 MiB on Linux 6.x), and a memory-mapped file is then mapped a whole folio at
+    a time: one token Gather reading a 3 KiB row of a shared embedding (engine/weights.py) made
+    2 MiB resident. GPT-2's batch-8 peak RSS was 719 MiB or 828 MiB for the same run, depending
+    only on whether this sha256 check had read the file from disk (docs/benchmarks.md, "Where
+    seqport's batch-8 peak comes from"). POSIX_FADV_RANDOM keeps the reads large but the pages
+    small; a no-op where the platform has no posix_fadvise.
+    """
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is not None:
+            advise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        yield from iter(lambda: handle.read(size), b"")
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (`blocks`)."""
+    digest = hashlib.sha256()
+    for block in blocks(path):
+        digest.update(block)
     return digest.hexdigest()
 
 

@@ -8,13 +8,14 @@ and the same array goes to every session that uses it, which onnxruntime reads i
 
 from __future__ import annotations
 
+import collections
 import math
 import mmap
 from pathlib import Path
 
 import numpy as np
 
-from seqport.engine.artifact_files import artifact_file, check_sha256, weights_path
+from seqport.engine.artifact_files import artifact_file, blocks, check_sha256, weights_path
 from seqport.engine.errors import IntegrityError
 from seqport.engine.manifest import Manifest, SharedTensor, WeightsFile
 
@@ -46,6 +47,8 @@ def open_shared_weights(
     users = sorted({c for tensor in shared.tensors.values() for c in tensor.components})
     what = f"shared by {', '.join(users)}"
     path = weights_path(folder, WeightsFile(shared.file, shared.sha256), what, verify, "$.shared_weights.file")
+    if not verify:  # the sha256 check reads the file into 4 KiB pages; without it, read it so here
+        collections.deque(blocks(path), maxlen=0)
     for name in users:
         component = manifest.components[name]
         check_sha256(artifact_file(folder, component.file, f"$.components.{name}.file"), component.sha256)

@@ -119,3 +119,27 @@ def test_a_busy_machine_is_noted_beside_the_group():
     assert compare._busy_note("gpt2", 8, quiet) == []
     (note,) = compare._busy_note("gpt2", 8, busy)
     assert note.startswith("gpt2 batch 8: 1-minute load average up to 99.0") and "not a fair comparison" in note
+
+
+def test_float32_speed_targets_take_the_best_float32_variant_and_rss_the_plain_export():
+    """A fused export counts for the speed targets (it is float32), never for peak RSS."""
+
+    def record(system, variant, speed, rss):
+        return {"model": "t5", "batch": 1, "status": "ok", "system": system, "variant": variant}, {
+            "tokens_per_s": speed,
+            "peak_rss_mb": rss,
+        }
+
+    rows = [
+        record("seqport", "fp32", 100.0, 300.0),
+        record("seqport", "optimized-fused", 130.0, 280.0),
+        record("seqport", "int8", 400.0, 150.0),
+        record("optimum", "fp32", 100.0, 1000.0),
+        record("ctranslate2", "fp32", 120.0, 290.0),
+        record("pytorch", "eager", 50.0, 600.0),
+    ]
+    lines = report._targets([{**a, **b} for a, b in rows], ["t5"])
+    optimum = next(line for line in lines if "1.2× Optimum" in line)
+    assert "130.0 (optimized-fused)" in optimum and "1.30×" in optimum and "| yes |" in optimum
+    rss = next(line for line in lines if "peak RSS" in line)
+    assert "300.0 (fp32)" in rss  # not the fused export's 280

@@ -90,6 +90,32 @@ def test_each_session_gets_the_one_mapped_copy(layout_export):
     assert isinstance(arrays[0].base.base.obj, mmap.mmap)  # a read-only mapping of shared.data, not a copy
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_shared_file_is_read_into_small_pages(layout_export, monkeypatch, verify):
+    """The shared file goes through the page cache in 4 KiB pages (POSIX_FADV_RANDOM) before it
+    is mapped, with or without the sha256 check: a token Gather then maps 4 KiB, not a 2 MiB
+    folio (engine/artifact_files.blocks)."""
+    import os
+
+    import seqport.engine.artifact_files as files
+
+    advised = []
+    real = getattr(os, "posix_fadvise", None)
+    if real is None:
+        pytest.skip("this platform has no posix_fadvise")
+
+    def spy(fd, offset, length, advice):
+        advised.append((os.readlink(f"/proc/self/fd/{fd}"), advice))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(files.os, "posix_fadvise", spy)
+    model = sp.load(layout_export, verify=verify)
+    shared = str((layout_export / SHARED_FILE).resolve())
+    assert (shared, os.POSIX_FADV_RANDOM) in advised
+    assert files.sha256_of(layout_export / SHARED_FILE) == load_manifest(layout_export).shared_weights.sha256
+    assert model.generate(SOURCES, max_new_tokens=4, min_new_tokens=4)[0].ids  # the mapping still serves
+
+
 def test_optimized_graph_cache_keeps_external_weights(layout_export, tmp_path):
     cache = tmp_path / "cache"
     first = _generate(layout_export, optimized_model_dir=str(cache))

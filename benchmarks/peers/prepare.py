@@ -27,6 +27,10 @@ SEQPORT_VARIANTS = {
     "optimized": {"optimize": True},
     "int8": {"quantize": "int8"},
     "optimized-int8": {"optimize": True, "quantize": "int8"},
+    # onnxruntime's contrib attention (MultiHeadAttention / GroupQueryAttention; a decoder-only
+    # export then preallocates its KV cache): fewer nodes per decode step (docs/benchmarks.md)
+    "fused": {"attention": "fused"},
+    "optimized-fused": {"optimize": True, "attention": "fused"},
 }
 
 
