@@ -212,6 +212,7 @@ def run_group(args, available: dict, names: list[str], group: dict[str, Any], me
             "pad_id": 2,
             "agreement_prompts": group.get("agreement_prompts", []),
             "agreement_new": args.agreement_new,
+            "decode_in_call": group.get("decode_in_call", False),
             **where,
         }
         print(f"[{group['kind']} batch {record['batch']} x {record['input_tokens']}] {name}", file=sys.stderr)
@@ -319,6 +320,7 @@ def measure_all(args: argparse.Namespace, available: dict, meta: dict) -> list[d
             "new_tokens": args.long_new,
             "warmup": 1,
             "repeats": args.long_repeats,
+            "decode_in_call": True,  # peers/common.py: decode timed inside the N-token call too
         }
         records += run_group(args, available, [n for n in args.long_systems if n in available], group, meta)
         _write(args, meta, records)
