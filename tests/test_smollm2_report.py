@@ -118,3 +118,20 @@ def test_long_context_targets_read_the_in_call_decode(modules):
     assert "| 2048-token decode ≥ 1.0× GenAI int4 | 1 | int4-sym-pre | 1.09× (met) |" in lines
     table = "\n".join(report._long(records))
     assert "| 2048 | seqport | int4-sym-pre | 100 | 90.9 | 83.3 | 500 |" in table
+
+
+def test_interleaved_rounds_carry_the_in_call_decode(modules, capsys):
+    """common.serve_rounds (smollm2.py's long context runs in interleaved rounds): each round's
+    reply has its in-call decode ms per step, and the record their median."""
+    import common
+
+    steps = iter([0.02, 0.01, 0.03, 0.05])  # warm-up, then three rounds: s per step after the first token
+
+    def split(inputs, n):
+        return 1.0, 1.0 + next(steps) * (n - 1)
+
+    plan = {"inputs": [[4, 5]], "new_tokens": 9, "warmup": 1, "decode_in_call": True}
+    record = common.serve_rounds(lambda inputs, n: [n] * len(inputs), plan, ["round"] * 3 + ["finish"], split)
+    assert [r["decode_ms_per_step"] for r in record["rounds"]] == pytest.approx([10.0, 30.0, 50.0])
+    assert record["decode_ms_per_step"]["p50"] == pytest.approx(30.0)
+    assert '"round": 3' in capsys.readouterr().out

@@ -31,6 +31,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -154,15 +155,22 @@ def measure(generate: Generate, plan: dict[str, Any], split: Split | None = None
     return summarise([r[0] for r in rounds], [r[1] for r in rounds], len(inputs), n)
 
 
-def serve_rounds(generate: Generate, plan: dict[str, Any], lines: Iterable[str]) -> dict[str, Any]:
+def serve_rounds(
+    generate: Generate, plan: dict[str, Any], lines: Iterable[str], split: Split | None = None
+) -> dict[str, Any]:
     """Interleaved mode: warm up, say ready, time one round per "round" line until "finish".
 
     Returns the timing fields of `measure` plus `rounds`: each round's generate and first-token
-    milliseconds and tokens/s, in order (compare.py lines them up with the other systems').
+    milliseconds and tokens/s (and its in-call decode ms per step with plan["decode_in_call"]
+    and a `split`), in order (compare.py lines them up with the other systems').
     """
     inputs, n = plan["inputs"], plan["new_tokens"]
+    if plan.get("decode_in_call") and split is not None and n > 1:
+        timed = partial(split_round, split, generate, inputs, n)
+    else:
+        timed = partial(one_round, generate, inputs, n)
     for _ in range(plan["warmup"]):
-        one_round(generate, inputs, n)
+        timed()
     emit({"ready": True, "rss_after_warmup_mb": peak_rss_mb()})
     rounds = []
     for line in lines:
@@ -171,12 +179,13 @@ def serve_rounds(generate: Generate, plan: dict[str, Any], lines: Iterable[str])
             break
         if command != "round":
             raise RuntimeError(f"unknown command {command!r}: expected 'round' or 'finish'")
-        full, first = one_round(generate, inputs, n)
+        full, first, *in_call = timed()
         rounds.append(
             {
                 "generate_ms": round(full * 1e3, 3),
                 "first_token_ms": round(first * 1e3, 3),
                 "tokens_per_s": round(len(inputs) * n / full, 2),
+                **({"decode_ms_per_step": round(in_call[0] * 1e3, 3)} if in_call else {}),
             }
         )
         emit({"round": len(rounds), **rounds[-1]})
@@ -184,7 +193,8 @@ def serve_rounds(generate: Generate, plan: dict[str, Any], lines: Iterable[str])
         raise RuntimeError("finished before any round was asked for")
     full = [r["generate_ms"] / 1e3 for r in rounds]
     first = [r["first_token_ms"] / 1e3 for r in rounds]
-    return {**summarise(full, first, len(inputs), n), "rounds": rounds}
+    in_call = [r["decode_ms_per_step"] / 1e3 for r in rounds if "decode_ms_per_step" in r]
+    return {**summarise(full, first, len(inputs), n, in_call), "rounds": rounds}
 
 
 def run(
@@ -210,7 +220,8 @@ def run(
         "load_s": round(load_s, 3),
         "rss_after_load_mb": peak_rss_mb(),
     }
-    record.update(serve_rounds(generate, plan, sys.stdin) if plan.get("interleave") else measure(generate, plan, split))
+    interleaved = plan.get("interleave")
+    record.update(serve_rounds(generate, plan, sys.stdin, split) if interleaved else measure(generate, plan, split))
     record.update(peak_rss_mb=peak_rss_mb(), versions=versions(*names))
     if plan.get("agreement_prompts") and greedy_ids is not None:
         record["agreement_ids"] = [greedy_ids(p, plan["agreement_new"]) for p in plan["agreement_prompts"]]
