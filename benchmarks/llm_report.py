@@ -59,17 +59,28 @@ def _throughput(records: list[dict], batches: list[int]) -> list[str]:
     return lines
 
 
+def decode_ms(record: dict) -> float | None:
+    """A long-context record's decode ms per step: measured inside the N-token call where the
+    runner could (peers/common.py, decode_in_call), else (t(N) − t(1)) / (N − 1)."""
+    in_call = record.get("decode_ms_per_step")
+    return in_call["p50"] if in_call else record["ms_per_step"]
+
+
 def _long(records: list[dict]) -> list[str]:
-    lines = ["| prompt | system | variant | TTFT ms | decode tokens/s | peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| prompt | system | variant | TTFT ms | decode tokens/s | (t(N) − t(1)) tokens/s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in (r for r in records if r["kind"] == "long"):
         if r["status"] != "ok":
             why = f"{r['status']}: {r['note'][:80]}"
-            lines.append(f"| {r['input_tokens']} | {r['system']} | {r['variant']} | {why} | | |")
+            lines.append(f"| {r['input_tokens']} | {r['system']} | {r['variant']} | {why} | | | |")
             continue
-        decode = 1e3 / r["ms_per_step"] if r["ms_per_step"] else None
+        decode, subtracted = decode_ms(r), r["ms_per_step"]
         lines.append(
             f"| {r['input_tokens']} | {r['system']} | {r['variant']} | {_num(r['first_token_ms']['p50'], 0)} "
-            f"| {_num(decode)} | {_num(r['peak_rss_mb'], 0)} |"
+            f"| {_num(decode and 1e3 / decode)} | {_num(subtracted and 1e3 / subtracted)} "
+            f"| {_num(r['peak_rss_mb'], 0)} |"
         )
     return lines
 
@@ -112,7 +123,7 @@ def targets(records: list[dict], batches: list[int]) -> list[str]:
         gen = _one(records, kind="long", system="genai", variant=theirs, input_tokens=longest)
         ours = seq["variant"] if seq else "–"
         ttft = seq and gen and seq["first_token_ms"]["p50"] / gen["first_token_ms"]["p50"]
-        decode = seq and gen and gen["ms_per_step"] / seq["ms_per_step"]
+        decode = seq and gen and decode_ms(gen) / decode_ms(seq)
         lines.append(f"| {longest}-token TTFT ≤ 1.0× GenAI {theirs} | 1 | {ours} | {_verdict(ttft, 1.0, False)} |")
         lines.append(f"| {longest}-token decode ≥ 1.0× GenAI {theirs} | 1 | {ours} | {_verdict(decode, 1.0, True)} |")
     return lines
@@ -148,7 +159,10 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
         *_throughput(records, batches),
         "",
         f"Long context: one prompt, {settings.get('long_new')} new tokens, batch 1; TTFT = a 1-token generate call "
-        "(prefill + first token), decode = tokens/s of the steps after it.",
+        "(prefill + first token), decode = tokens/s of the steps after the first token inside the "
+        f"{settings.get('long_new')}-token call "
+        "(peers/common.py decode_in_call); the column after it is the older (t(N) − t(1)) / (N − 1), which takes "
+        "one call's prefill from another's.",
         "",
         *_long(records),
         "",

@@ -17,7 +17,9 @@ Three measurements, each system in its own process (peers/run_*.py), systems bac
 - agreement: a handful of English sentences tokenized by the model's tokenizer, 32 greedy new
   tokens each at batch 1; the fraction of positions whose id equals the fp32 PyTorch reference's;
 - long context: one prompt of each `--long` length, `--long-new` new tokens, batch 1: time to
-  first token (a 1-token generate call) and decode tokens/s, seqport's fused and int4 against GenAI.
+  first token (a 1-token generate call) and decode tokens/s timed inside the `--long-new`-token
+  call (peers/common.py decode_in_call), seqport's fused and int4 against GenAI, in interleaved
+  rounds (compare.py's workers: every system loaded at once, one round each in turn).
 
 Writes OUT/smollm2.json (meta: CPU kind and flags, load average before and after, bandwidth;
 one record per run) and OUT/smollm2.md (tables and the issue's targets, met or not).
@@ -41,7 +43,7 @@ sys.path.insert(0, str(PEERS))
 sys.path.insert(0, str(HERE))
 
 from common import cpu_model  # noqa: E402
-from compare import _subprocess, measure_bandwidth  # noqa: E402
+from compare import _interleaved, _subprocess, measure_bandwidth  # noqa: E402
 from llm_report import cpu_flags, markdown  # noqa: E402
 
 SCHEMA = "seqport.smollm2/1"
@@ -181,6 +183,39 @@ def _script(system: str) -> str:
 def run_group(args, available: dict, names: list[str], group: dict[str, Any], meta: dict) -> list[dict]:
     """The systems `names` on one workload (group: kind, batch, inputs, new_tokens, ...), back to back."""
     records = []
+    for record, where, plan in _jobs(args, available, names, group):
+        if plan is None:
+            records.append(record)
+            continue
+        name = f"{record['system']}:{record['variant']}"
+        print(f"[{group['kind']} batch {record['batch']} x {record['input_tokens']}] {name}", file=sys.stderr)
+        try:
+            python = where.get("python", sys.executable)
+            record.update(_subprocess(python, _script(record["system"]), plan, args.timeout))
+        except RuntimeError as exc:
+            record.update(status="failed", note=str(exc))
+        records.append(record)
+    return records
+
+
+def run_interleaved(args, available: dict, names: list[str], group: dict[str, Any]) -> list[dict]:
+    """The systems `names` on one workload in interleaved rounds (compare.py's workers, one loaded
+    process per system, one round each in turn): a slow minute on a shared machine then hits
+    every system, not the one that happened to run in it. The long-context group uses this."""
+    made = _jobs(args, available, names, group)
+    jobs = [
+        (record, where.get("python", sys.executable), _script(record["system"]), plan)
+        for record, where, plan in made
+        if plan is not None
+    ]
+    label = f"[{group['kind']} batch {len(group['inputs'])} x {len(group['inputs'][0])}]"
+    _interleaved(argparse.Namespace(timeout=args.timeout, repeats=group["repeats"]), label, jobs)
+    return [record for record, _, _ in made]  # in the order of `names`, the skipped ones too
+
+
+def _jobs(args, available: dict, names: list[str], group: dict[str, Any]) -> list[tuple[dict, dict, dict | None]]:
+    """(record, where, plan) per system of `names`; plan None for one not prepared (record says so)."""
+    jobs = []
     for name in names:
         system, variant = name.split(":")
         where = available.get(name, {"skipped": "not prepared"})
@@ -200,7 +235,7 @@ def run_group(args, available: dict, names: list[str], group: dict[str, Any], me
         }
         if "skipped" in where:
             record.update(status="skipped", note=where["skipped"])
-            records.append(record)
+            jobs.append((record, where, None))
             continue
         plan = {
             "inputs": group["inputs"],
@@ -212,15 +247,11 @@ def run_group(args, available: dict, names: list[str], group: dict[str, Any], me
             "pad_id": 2,
             "agreement_prompts": group.get("agreement_prompts", []),
             "agreement_new": args.agreement_new,
+            "decode_in_call": group.get("decode_in_call", False),
             **where,
         }
-        print(f"[{group['kind']} batch {record['batch']} x {record['input_tokens']}] {name}", file=sys.stderr)
-        try:
-            record.update(_subprocess(where.get("python", sys.executable), _script(system), plan, args.timeout))
-        except RuntimeError as exc:
-            record.update(status="failed", note=str(exc))
-        records.append(record)
-    return records
+        jobs.append((record, where, plan))
+    return jobs
 
 
 def add_agreement(records: list[dict]) -> None:
@@ -319,8 +350,10 @@ def measure_all(args: argparse.Namespace, available: dict, meta: dict) -> list[d
             "new_tokens": args.long_new,
             "warmup": 1,
             "repeats": args.long_repeats,
+            "decode_in_call": True,  # peers/common.py: decode timed inside the N-token call too
         }
-        records += run_group(args, available, [n for n in args.long_systems if n in available], group, meta)
+        names = [n for n in args.long_systems if n in available]
+        records += run_interleaved(args, available, names, group)
         _write(args, meta, records)
     return records
 

@@ -116,3 +116,36 @@ def test_lane_steps_with_sampling_and_beams_equal_the_general_path(llama, monkey
         general = generate_sequences(model, batch, config, head=False, lane=False, monkeypatch=monkeypatch)
         laned = generate_sequences(model, batch, config, head=True, lane=True, monkeypatch=monkeypatch)
         assert [s.ids for s in laned] == [s.ids for s in general], options
+
+
+def test_a_step_writes_in_place_and_reads_only_the_filled_slots(llama):
+    """Long context (issue #16): the fused node takes each preallocated buffer as both its past
+    and its present, so onnxruntime's GroupQueryAttention neither zero-fills the present nor
+    copies the past into it (what it does when the two are different arrays: O(C) per layer and
+    step), and it attends over the filled slots only (seqlens_k and total_sequence_length are
+    the filled length, not the capacity). NaN in every buffer's unwritten slots must come out of
+    the prefill and a decode step untouched, and the logits must equal a run without NaN."""
+    from seqport.engine.causal_lm import step_mask
+
+    _, model = llama
+    prompt, capacity = np.array([[3, 17, 8, 29, 5]], dtype=np.int64), 12
+
+    def run(poison: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        cache, logits = model.new_cache(1, capacity), []
+        for ids in (prompt, np.array([[11]], dtype=np.int64)):
+            mask, position_ids = step_mask(np.ones_like(prompt), cache, ids.shape[1])
+            end = cache.length + ids.shape[1]  # the slots this call fills end here
+            for buffer in cache.keys + cache.values if poison else []:
+                buffer[:, :, end:] = np.nan  # (1, H_kv, C - end, D)
+            values = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+            values["logits_positions"] = np.array([ids.shape[1] - 1], dtype=np.int64)
+            logits.append(model.run_decoder(values, cache)["logits"])
+        assert cache.length == end and all(np.isfinite(b[:, :, :end]).all() for b in cache.keys + cache.values)
+        return cache.keys + cache.values, logits
+
+    buffers, poisoned = run(poison=True)
+    assert all(np.isnan(buffer[:, :, prompt.shape[1] + 1 :]).all() for buffer in buffers)
+    _, clean = run(poison=False)
+    for ours, theirs in zip(poisoned, clean):
+        assert np.isfinite(ours).all()
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)

@@ -77,3 +77,61 @@ def test_compare_models_smollm2_runs_the_llm_benchmark_with_the_shared_settings(
     argv = seen[0]
     assert argv[argv.index("--batch-sizes") + 1] == "1,8" and argv[argv.index("--out") + 1] == str(tmp_path)
     assert argv[-4:] == ["--genai-python", "/venv/bin/python", "--long", ""]
+
+
+def test_long_context_decode_is_timed_inside_the_n_token_call(modules, monkeypatch):
+    """peers/common.py with decode_in_call: the N-token call goes through the runner's split and
+    the record's decode_ms_per_step is (call − its first token) / (N − 1), whatever the separate
+    1-token call took; without a split (or the flag) the protocol is the old one."""
+    import common
+
+    calls: list[int] = []
+
+    def generate(inputs, n):
+        calls.append(n)
+        return [n] * len(inputs)
+
+    def split(inputs, n):  # first token after 2.0 s, then 0.01 s per step
+        calls.append(-n)
+        return 2.0, 2.0 + 0.01 * (n - 1)
+
+    plan = {"inputs": [[1, 2, 3]], "new_tokens": 11, "warmup": 1, "repeats": 3, "decode_in_call": True}
+    record = common.measure(generate, plan, split)
+    assert calls == [-11, 1] * 4 and record["decode_ms_per_step"]["p50"] == pytest.approx(10.0)
+    assert record["generate_ms"]["p50"] == pytest.approx(2100.0)
+    calls.clear()
+    ticks = iter(range(100))  # a clock that advances 1 s per reading: every generate call takes 1 s
+    monkeypatch.setattr(common.time, "perf_counter", lambda: float(next(ticks)))
+    assert "decode_ms_per_step" not in common.measure(generate, {**plan, "decode_in_call": False}, split)
+    assert calls == [11, 1] * 4
+
+
+def test_long_context_targets_read_the_in_call_decode(modules):
+    _, report = modules
+    records = [
+        _record("genai", "int4", 1, 100.0, kind="long"),
+        _record("seqport", "int4-sym-pre", 1, 100.0, kind="long"),
+    ]
+    records[0].update(input_tokens=2048, ms_per_step=10.0, decode_ms_per_step={"p50": 12.0})
+    records[1].update(input_tokens=2048, ms_per_step=12.0, decode_ms_per_step={"p50": 11.0})
+    lines = "\n".join(report.targets(records, []))
+    assert "| 2048-token decode ≥ 1.0× GenAI int4 | 1 | int4-sym-pre | 1.09× (met) |" in lines
+    table = "\n".join(report._long(records))
+    assert "| 2048 | seqport | int4-sym-pre | 100 | 90.9 | 83.3 | 500 |" in table
+
+
+def test_interleaved_rounds_carry_the_in_call_decode(modules, capsys):
+    """common.serve_rounds (smollm2.py's long context runs in interleaved rounds): each round's
+    reply has its in-call decode ms per step, and the record their median."""
+    import common
+
+    steps = iter([0.02, 0.01, 0.03, 0.05])  # warm-up, then three rounds: s per step after the first token
+
+    def split(inputs, n):
+        return 1.0, 1.0 + next(steps) * (n - 1)
+
+    plan = {"inputs": [[4, 5]], "new_tokens": 9, "warmup": 1, "decode_in_call": True}
+    record = common.serve_rounds(lambda inputs, n: [n] * len(inputs), plan, ["round"] * 3 + ["finish"], split)
+    assert [r["decode_ms_per_step"] for r in record["rounds"]] == pytest.approx([10.0, 30.0, 50.0])
+    assert record["decode_ms_per_step"]["p50"] == pytest.approx(30.0)
+    assert '"round": 3' in capsys.readouterr().out

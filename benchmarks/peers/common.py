@@ -9,6 +9,14 @@ one generate call for exactly N new tokens per input and one for exactly 1. Per-
 (median t(N) − median t(1)) / (N − 1): the same decode-step definition for every system, whatever
 it exposes (encoder pass and prompt prefill are in t(1), not in the step).
 
+Decode measured inside the call (plan["decode_in_call"], benchmarks/smollm2.py's long context):
+t(N) − t(1) takes the prefill of one call from the prefill of another. After a 2048-token prompt
+the prefill is ~3.6 s and the decode ~1.8 s, so a 2 % difference between the two prefills (noise,
+or a cost that grows with the KV capacity, P+N against P+1) moves the per-step figure by ~0.6 ms
+(docs/benchmarks.md, "Long context"). A runner that can say when its first new token came out
+gives `split`; the N-token call of each round is then timed through it, and the record also
+carries `decode_ms_per_step`: (t(N) − t(first token)) / (N − 1) of that same call, per round.
+
 Interleaved rounds (plan["interleave"], compare.py's default): the runner loads and warms up,
 says `{"ready": ...}`, then times one round per "round" line on stdin (`{"round": ...}` back)
 until "finish", when it emits its record. compare.py keeps one such worker per system and asks
@@ -23,6 +31,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -33,6 +42,9 @@ import numpy as np
 Generate = Callable[[list[list[int]], int], list[int]]
 #: greedy_ids(prompt_ids, n) -> the n new ids of one prompt (batch 1), for the agreement column.
 GreedyIds = Callable[[list[int], int], list[int]]
+#: split(batch_ids, n) -> (seconds until the call's first new token, seconds for the whole call):
+#: one call for exactly n new tokens per input, as generate makes.
+Split = Callable[[list[list[int]], int], tuple[float, float]]
 
 
 def read_plan() -> dict[str, Any]:
@@ -104,36 +116,61 @@ def one_round(generate: Generate, inputs: list[list[int]], n: int) -> tuple[floa
     return _timed(generate, inputs, n), _timed(generate, inputs, 1)
 
 
-def summarise(full: Sequence[float], first: Sequence[float], batch: int, n: int) -> dict[str, Any]:
-    """The timing fields of a record from each round's seconds for n tokens and for 1 token."""
+def split_round(split: Split, generate: Generate, inputs: list[list[int]], n: int) -> tuple[float, float, float]:
+    """One timed round with the n-token call timed through `split`: (seconds for n tokens,
+    seconds for 1 token, seconds per decode step inside the n-token call)."""
+    first_in_call, full = split(inputs, n)
+    return full, _timed(generate, inputs, 1), (full - first_in_call) / (n - 1)
+
+
+def summarise(
+    full: Sequence[float], first: Sequence[float], batch: int, n: int, in_call: Sequence[float] = ()
+) -> dict[str, Any]:
+    """The timing fields of a record from each round's seconds for n tokens and for 1 token
+    (and, when given, each round's seconds per step inside its n-token call)."""
     generate_ms, first_ms = _percentiles(full), _percentiles(first)
     step = (generate_ms["p50"] - first_ms["p50"]) / (n - 1) if n > 1 else None
-    return {
+    fields = {
         "generate_ms": generate_ms,
         "first_token_ms": first_ms,
         "ms_per_step": round(step, 3) if step is not None else None,
         "tokens_per_s": round(batch * n / (generate_ms["p50"] / 1e3), 2),
     }
+    if in_call:
+        fields["decode_ms_per_step"] = _percentiles(in_call)
+    return fields
 
 
-def measure(generate: Generate, plan: dict[str, Any]) -> dict[str, Any]:
+def measure(generate: Generate, plan: dict[str, Any], split: Split | None = None) -> dict[str, Any]:
     """Run the protocol above on plan["inputs"] with plan["new_tokens"]; returns the timing fields."""
     inputs, n = plan["inputs"], plan["new_tokens"]
+    if plan.get("decode_in_call") and split is not None and n > 1:
+        for _ in range(plan["warmup"]):
+            split_round(split, generate, inputs, n)
+        rounds = [split_round(split, generate, inputs, n) for _ in range(plan["repeats"])]
+        return summarise([r[0] for r in rounds], [r[1] for r in rounds], len(inputs), n, [r[2] for r in rounds])
     for _ in range(plan["warmup"]):
         one_round(generate, inputs, n)
     rounds = [one_round(generate, inputs, n) for _ in range(plan["repeats"])]
     return summarise([r[0] for r in rounds], [r[1] for r in rounds], len(inputs), n)
 
 
-def serve_rounds(generate: Generate, plan: dict[str, Any], lines: Iterable[str]) -> dict[str, Any]:
+def serve_rounds(
+    generate: Generate, plan: dict[str, Any], lines: Iterable[str], split: Split | None = None
+) -> dict[str, Any]:
     """Interleaved mode: warm up, say ready, time one round per "round" line until "finish".
 
     Returns the timing fields of `measure` plus `rounds`: each round's generate and first-token
-    milliseconds and tokens/s, in order (compare.py lines them up with the other systems').
+    milliseconds and tokens/s (and its in-call decode ms per step with plan["decode_in_call"]
+    and a `split`), in order (compare.py lines them up with the other systems').
     """
     inputs, n = plan["inputs"], plan["new_tokens"]
+    if plan.get("decode_in_call") and split is not None and n > 1:
+        timed = partial(split_round, split, generate, inputs, n)
+    else:
+        timed = partial(one_round, generate, inputs, n)
     for _ in range(plan["warmup"]):
-        one_round(generate, inputs, n)
+        timed()
     emit({"ready": True, "rss_after_warmup_mb": peak_rss_mb()})
     rounds = []
     for line in lines:
@@ -142,12 +179,13 @@ def serve_rounds(generate: Generate, plan: dict[str, Any], lines: Iterable[str])
             break
         if command != "round":
             raise RuntimeError(f"unknown command {command!r}: expected 'round' or 'finish'")
-        full, first = one_round(generate, inputs, n)
+        full, first, *in_call = timed()
         rounds.append(
             {
                 "generate_ms": round(full * 1e3, 3),
                 "first_token_ms": round(first * 1e3, 3),
                 "tokens_per_s": round(len(inputs) * n / full, 2),
+                **({"decode_ms_per_step": round(in_call[0] * 1e3, 3)} if in_call else {}),
             }
         )
         emit({"round": len(rounds), **rounds[-1]})
@@ -155,32 +193,35 @@ def serve_rounds(generate: Generate, plan: dict[str, Any], lines: Iterable[str])
         raise RuntimeError("finished before any round was asked for")
     full = [r["generate_ms"] / 1e3 for r in rounds]
     first = [r["first_token_ms"] / 1e3 for r in rounds]
-    return {**summarise(full, first, len(inputs), n), "rounds": rounds}
+    in_call = [r["decode_ms_per_step"] / 1e3 for r in rounds if "decode_ms_per_step" in r]
+    return {**summarise(full, first, len(inputs), n, in_call), "rounds": rounds}
 
 
 def run(
-    load: Callable[[], Generate | tuple[Generate, GreedyIds]],
+    load: Callable[[], Generate | tuple[Generate, GreedyIds] | tuple[Generate, GreedyIds, Split]],
     plan: dict[str, Any],
     names: Sequence[str],
     import_s: float | None = None,
 ) -> None:
     """Load (timed), measure, emit one record with import and load times, peak RSS and versions.
 
-    `load` returns generate, or (generate, greedy_ids): with plan["agreement_prompts"] (lists of
-    ids) the record also carries `agreement_ids`, each prompt's plan["agreement_new"] greedy ids
-    at batch 1, taken after the timed rounds (benchmarks/smollm2.py compares them).
+    `load` returns generate, or (generate, greedy_ids), or (generate, greedy_ids, split): with
+    plan["agreement_prompts"] (lists of ids) the record also carries `agreement_ids`, each
+    prompt's plan["agreement_new"] greedy ids at batch 1, taken after the timed rounds
+    (benchmarks/smollm2.py compares them); `split` times plan["decode_in_call"] runs (see above).
     `import_s`: seconds the runner spent importing its system's modules before calling this.
     """
     start = time.perf_counter()
     loaded = load()
-    generate, greedy_ids = loaded if isinstance(loaded, tuple) else (loaded, None)
+    generate, greedy_ids, split = (*loaded, None)[:3] if isinstance(loaded, tuple) else (loaded, None, None)
     load_s = time.perf_counter() - start
     record = {
         "import_s": None if import_s is None else round(import_s, 3),
         "load_s": round(load_s, 3),
         "rss_after_load_mb": peak_rss_mb(),
     }
-    record.update(serve_rounds(generate, plan, sys.stdin) if plan.get("interleave") else measure(generate, plan))
+    interleaved = plan.get("interleave")
+    record.update(serve_rounds(generate, plan, sys.stdin, split) if interleaved else measure(generate, plan, split))
     record.update(peak_rss_mb=peak_rss_mb(), versions=versions(*names))
     if plan.get("agreement_prompts") and greedy_ids is not None:
         record["agreement_ids"] = [greedy_ids(p, plan["agreement_new"]) for p in plan["agreement_prompts"]]
