@@ -38,6 +38,30 @@ def test_staging_replaces_an_artifact_only_when_complete(artifact_copy):
     assert sorted(p.name for p in artifact_copy.parent.iterdir()) == ["artifact"]
 
 
+def test_published_files_are_flushed_and_dropped_from_the_page_cache(tmp_path, monkeypatch):
+    """Every file is on disk before the rename (durable) and left out of the page cache (the
+    first load reads it back in small pages: export/atomic.py `_settle`); a symlink is not touched."""
+    synced, advised = [], []
+    real_sync = os.fdatasync
+
+    def name(fd: int) -> str:
+        return Path(os.readlink(f"/proc/self/fd/{fd}")).name
+
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(name(fd)), real_sync(fd)))
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, how: advised.append((name(fd), how)))
+    out = tmp_path / "artifact"
+    with atomic_folder(out, overwrite=False) as staging:
+        (staging / "seqport.json").write_text("{}")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "decoder.onnx").write_bytes(b"x" * 4096)
+        (staging / "link").symlink_to(staging / "seqport.json")
+    assert sorted(synced) == ["decoder.onnx", "seqport.json"]
+    assert sorted(advised) == [
+        ("decoder.onnx", os.POSIX_FADV_DONTNEED), ("seqport.json", os.POSIX_FADV_DONTNEED)
+    ]
+    assert (out / "seqport.json").read_text() == "{}" and (out / "sub" / "decoder.onnx").stat().st_size == 4096
+
+
 def test_existing_artifact_needs_overwrite(artifact_copy):
     with pytest.raises(ExportError, match=r"already holds a seqport artifact; pass overwrite=True \(--overwrite\)"):
         with atomic_folder(artifact_copy, overwrite=False):
