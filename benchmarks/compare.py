@@ -80,7 +80,7 @@ def measure_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> d
     }
 
 
-def _subprocess(python: str, script: str, plan: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_plan(python: str, script: str, plan: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one peers/ script on `plan`; its last stdout line is its JSON result. Raises RuntimeError."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(plan, f)
@@ -110,7 +110,7 @@ def prepare(args: argparse.Namespace, model: str) -> tuple[dict, dict]:
         "ctranslate2": [CT2_TYPES[v] for v in CT2_TYPES] if "ctranslate2" in args.systems else [],
     }
     print(f"[{model}] preparing: HF folder, seqport exports, CTranslate2 conversions", file=sys.stderr)
-    result = _subprocess(sys.executable, "prepare.py", plan, args.timeout * 4)
+    result = run_plan(sys.executable, "prepare.py", plan, args.timeout * 4)
     facts, available = result["facts"], result["available"]
     for variant, quantization in CT2_TYPES.items():
         available[f"ctranslate2:{variant}"] = available.pop(f"ctranslate2:{quantization}", None)
@@ -127,7 +127,7 @@ def _prepare_optimum(args: argparse.Namespace, facts: dict, hf: Path) -> dict[st
     if not any(onnx.glob("*.onnx")):
         plan = {"hf": str(hf), "onnx": str(onnx), "architecture": facts["architecture"], "export": True}
         try:
-            _subprocess(str(python), "run_optimum.py", plan, args.timeout * 4)
+            run_plan(str(python), "run_optimum.py", plan, args.timeout * 4)
         except RuntimeError as exc:
             return {"skipped": f"Optimum export failed: {exc}"}
     return {"path": str(onnx), "python": str(python)}
@@ -213,11 +213,11 @@ def measure_group(args, model: str, facts: dict, available: dict, batch: int, me
         for record, python, script, plan in jobs:
             print(f"[{model} batch {batch}] {record['system']} {record['variant']}", file=sys.stderr)
             try:
-                record.update(_subprocess(python, script, plan, args.timeout))
+                record.update(run_plan(python, script, plan, args.timeout))
             except RuntimeError as exc:
                 record.update(status="failed", note=str(exc))
     else:
-        _interleaved(args, f"[{model} batch {batch}]", jobs)
+        run_rounds(args, f"[{model} batch {batch}]", jobs)
         meta["notes"] += _busy_note(model, batch, records)
     return records
 
@@ -235,7 +235,7 @@ def _busy_note(model: str, batch: int, records: list[dict]) -> list[str]:
     ]
 
 
-def _interleaved(args, label: str, jobs: list[tuple[dict, str, str, dict]]) -> None:
+def run_rounds(args, label: str, jobs: list[tuple[dict, str, str, dict]]) -> None:
     """Load one worker per job, run args.repeats interleaved rounds, fill each job's record."""
     workers: list[tuple[dict, Worker]] = []
     with tempfile.TemporaryDirectory() as plans:

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, _append_head
+from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, append_head
 
 
 def head_session(vocab: int, threads: int, argmax: bool) -> ort.InferenceSession:
@@ -31,7 +31,7 @@ def head_session(vocab: int, threads: int, argmax: bool) -> ort.InferenceSession
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, vocab])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1, vocab])],
     )
-    _append_head(graph, "logits", "float32")
+    append_head(graph, "logits", "float32")
     if argmax:  # the head before: ArgMax(last, axis=-1, keepdims=1) where TopK is now
         nodes = [
             helper.make_node("ArgMax", [n.input[0]], [n.output[1]], axis=-1, keepdims=1) if n.op_type == "TopK" else n

@@ -43,7 +43,7 @@ sys.path.insert(0, str(PEERS))
 sys.path.insert(0, str(HERE))
 
 from common import cpu_model  # noqa: E402
-from compare import _interleaved, _subprocess, measure_bandwidth  # noqa: E402
+from compare import measure_bandwidth, run_plan, run_rounds  # noqa: E402
 from llm_report import cpu_flags, markdown  # noqa: E402
 
 SCHEMA = "seqport.smollm2/1"
@@ -191,7 +191,7 @@ def run_group(args, available: dict, names: list[str], group: dict[str, Any], me
         print(f"[{group['kind']} batch {record['batch']} x {record['input_tokens']}] {name}", file=sys.stderr)
         try:
             python = where.get("python", sys.executable)
-            record.update(_subprocess(python, _script(record["system"]), plan, args.timeout))
+            record.update(run_plan(python, _script(record["system"]), plan, args.timeout))
         except RuntimeError as exc:
             record.update(status="failed", note=str(exc))
         records.append(record)
@@ -209,7 +209,7 @@ def run_interleaved(args, available: dict, names: list[str], group: dict[str, An
         if plan is not None
     ]
     label = f"[{group['kind']} batch {len(group['inputs'])} x {len(group['inputs'][0])}]"
-    _interleaved(argparse.Namespace(timeout=args.timeout, repeats=group["repeats"]), label, jobs)
+    run_rounds(argparse.Namespace(timeout=args.timeout, repeats=group["repeats"]), label, jobs)
     return [record for record, _, _ in made]  # in the order of `names`, the skipped ones too
 
 

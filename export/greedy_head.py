@@ -41,7 +41,7 @@ from seqport.engine.manifest import Manifest, TensorSpec, sha256_of
 
 #: logical (= graph) names of the head's outputs.
 GREEDY_IDS, GREEDY_LOGPROBS = "greedy_ids", "greedy_logprobs"
-_PREFIX = "seqport_greedy_head"  # node and value names: cannot clash with an exporter's
+HEAD_PREFIX = "seqport_greedy_head"  # node and value names: cannot clash with an exporter's
 _WITH_HEAD = ("encoder-decoder", "decoder-only")  # architectures whose `decoder` gets the head
 
 
@@ -62,7 +62,7 @@ def add_greedy_head(folder: Path, manifest: Manifest) -> Manifest:
     path = folder / decoder.file
     model = onnx.load(str(path), load_external_data=False)  # the weights stay where they are
     logits = decoder.outputs["logits"]
-    _append_head(model.graph, logits.name, logits.dtype)
+    append_head(model.graph, logits.name, logits.dtype)
     onnx.save(model, str(path))
     check_greedy_head(path, logits.name, manifest.vocab_size)
     batch = logits.shape[0]
@@ -75,9 +75,9 @@ def add_greedy_head(folder: Path, manifest: Manifest) -> Manifest:
     return dataclasses.replace(manifest, components={**manifest.components, "decoder": component})
 
 
-def _append_head(graph: onnx.GraphProto, logits: str, dtype: str) -> None:
+def append_head(graph: onnx.GraphProto, logits: str, dtype: str) -> None:
     """The module docstring's nodes, reading graph output `logits` (B, L, V)."""
-    name = f"{_PREFIX}.{{}}".format
+    name = f"{HEAD_PREFIX}.{{}}".format
     graph.initializer.extend(
         [
             numpy_helper.from_array(np.array(-1, dtype=np.int64), name("last")),  # scalar: drops axis 1
@@ -118,11 +118,11 @@ def check_greedy_head(path: Path, logits: str, vocab_size: int) -> None:
 
     model = onnx.load(str(path), load_external_data=False)
     head = helper.make_graph(
-        [n for n in model.graph.node if n.name.startswith(_PREFIX)],
+        [n for n in model.graph.node if n.name.startswith(HEAD_PREFIX)],
         "greedy_head",
         [helper.make_tensor_value_info(logits, _elem_type(model.graph, logits), ["B", "L", vocab_size])],
         [o for o in model.graph.output if o.name in (GREEDY_IDS, GREEDY_LOGPROBS)],
-        [i for i in model.graph.initializer if i.name.startswith(_PREFIX)],
+        [i for i in model.graph.initializer if i.name.startswith(HEAD_PREFIX)],
     )
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
     session = ort.InferenceSession(helper.make_model(head, opset_imports=opsets).SerializeToString())

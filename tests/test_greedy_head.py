@@ -148,7 +148,7 @@ def test_the_head_check_catches_a_head_that_picks_other_ids(tmp_path):
     from onnx import TensorProto, helper
 
     from seqport.engine.errors import ExportError
-    from seqport.export.greedy_head import _append_head, check_greedy_head
+    from seqport.export.greedy_head import append_head, check_greedy_head
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["logits"])],
@@ -156,7 +156,7 @@ def test_the_head_check_catches_a_head_that_picks_other_ids(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 50])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", 50])],
     )
-    _append_head(graph, "logits", "float32")
+    append_head(graph, "logits", "float32")
     path = tmp_path / "toy.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     check_greedy_head(path, "logits", 50)  # the head as added agrees with numpy
@@ -174,7 +174,7 @@ def test_the_head_chooses_as_numpy_argmax_on_ties_and_nan():
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, _append_head
+    from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, append_head
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["logits"])],
@@ -182,7 +182,7 @@ def test_the_head_chooses_as_numpy_argmax_on_ties_and_nan():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 9])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", 9])],
     )
-    _append_head(graph, "logits", "float32")
+    append_head(graph, "logits", "float32")
     assert [n.op_type for n in graph.node].count("TopK") == 1 and "ArgMax" not in [n.op_type for n in graph.node]
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

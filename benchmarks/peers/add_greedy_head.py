@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from seqport.engine.manifest import Manifest, load_manifest, sha256_of
-from seqport.export.greedy_head import _PREFIX, GREEDY_IDS, GREEDY_LOGPROBS, add_greedy_head
+from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, HEAD_PREFIX, add_greedy_head
 
 
 def without_head(folder: Path, manifest: Manifest) -> Manifest:
@@ -30,8 +30,8 @@ def without_head(folder: Path, manifest: Manifest) -> Manifest:
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     for field, keep in (
-        (graph.node, lambda n: not n.name.startswith(_PREFIX)),
-        (graph.initializer, lambda i: not i.name.startswith(_PREFIX)),
+        (graph.node, lambda n: not n.name.startswith(HEAD_PREFIX)),
+        (graph.initializer, lambda i: not i.name.startswith(HEAD_PREFIX)),
         (graph.output, lambda o: o.name not in (GREEDY_IDS, GREEDY_LOGPROBS)),
     ):
         kept = [item for item in field if keep(item)]
