@@ -213,21 +213,29 @@ class TokenSearch:
         return next_ids, log_softmax_at(scores, next_ids)
 
     def _chosen_without_eos(self, chosen: Chosen) -> tuple[np.ndarray, np.ndarray]:
-        """The head's choice while min_new_tokens forbids EOS: the same ids unless a row's argmax
-        is an EOS id (then this step takes the processor path over the full logits), with the
-        log-probability renormalised over the allowed tokens:
-        log p' = log p - log(1 - sum over EOS e of exp(logit_e - logsumexp))."""
+        """The head's choice while min_new_tokens forbids EOS, with the log-probability
+        renormalised over the allowed tokens:
+        log p' = log p - log(1 - sum over EOS e of exp(logit_e - logsumexp)).
+        A row whose argmax is an EOS id takes the best other id of its logits row instead (one
+        argmax over a copy of that row: on a forced-length run every step after the model's own
+        end is such a step, and the processor path over (N, V) cost 3x more)."""
         logits, ids = chosen.logits, chosen.ids.tolist()
         assert logits is not None, "a step whose head serves min_new_tokens passes the logits"
-        if not self._eos.isdisjoint(ids):
-            return self._select(logits)  # the rare step: (N, V) logits through the processors
         # on Python floats, a few per row: after a decoder call each numpy call costs 10-25 us
-        renormalised = []
+        renormalised, eos_ids, changed = [], self._eos_ids, False
         for row, (token, logprob) in enumerate(zip(ids, chosen.logprobs.tolist())):
             lse = logits.item(row, token) - logprob  # the row's logsumexp
-            eos_mass = sum(math.exp(logits.item(row, eos) - lse) for eos in self._eos_ids)
-            renormalised.append(logprob - math.log1p(-eos_mass))
-        return chosen.ids, np.array(renormalised)  # (N,) float64
+            eos_mass = sum(math.exp(logits.item(row, eos) - lse) for eos in eos_ids)
+            if token in self._eos:
+                allowed = logits[row].copy()  # (V,)
+                allowed[eos_ids] = -np.inf
+                token = ids[row] = int(allowed.argmax())  # the first on ties, as the processor path
+                logprob, changed = logits.item(row, token) - lse, True
+            renormalised.append(logprob - math.log1p(-eos_mass) if eos_mass < 1.0 else -math.inf)
+            if not math.isfinite(renormalised[-1]):  # nothing but EOS is allowed: the processor path names the row
+                return self._select(logits)
+        next_ids = np.array(ids, dtype=np.int64) if changed else chosen.ids
+        return next_ids, np.array(renormalised)  # (N,) float64
 
     def _greedy(self, scores: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Argmax of float (N, V) scores and its log-softmax, -log Σ exp(scores - max) per row

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.export
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from fast_paths import generate_sequences  # noqa: E402
+from fast_paths import count_full_logits_and_forced_steps, generate_sequences  # noqa: E402
 from test_fused_attention import ROWS, _checkpoint  # noqa: E402
 from test_hf_causal import MAX_NEW, PROMPTS, _hf_generate  # noqa: E402
 
@@ -84,9 +84,9 @@ def test_head_and_lane_equal_the_general_path_and_transformers(llama, monkeypatc
 
 
 def test_min_new_tokens_takes_the_logits_on_a_forbidden_eos_step(llama, monkeypatch):
-    """An EOS id the model does pick at some step: before min_new_tokens that step reads the
-    logits the lane passes beside the head's choice, and the ids stay the general path's; after
-    it, the row ends there as it does on the general path."""
+    """An EOS id the model does pick at some step: before min_new_tokens that step takes the best
+    other id of the logits the lane passes beside the head's choice (no processor pass), and the
+    ids stay the general path's; after it, the row ends there as it does on the general path."""
     _, model = llama
     batch = model.input_ids(PROMPTS)
     plain = model.default_config.replace(max_new_tokens=MAX_NEW, min_new_tokens=0)
@@ -95,14 +95,15 @@ def test_min_new_tokens_takes_the_logits_on_a_forbidden_eos_step(llama, monkeypa
     for minimum in (MAX_NEW, 2):
         config = plain.replace(eos_token_ids=(eos,), min_new_tokens=minimum)
         general = generate_sequences(model, batch, config, head=False, lane=False, monkeypatch=monkeypatch)
-        steps = _counting(monkeypatch, "_greedy")
+        full, forced = count_full_logits_and_forced_steps(monkeypatch)
         fast = generate_sequences(model, batch, config, head=True, lane=True, monkeypatch=monkeypatch)
         monkeypatch.undo()
         assert [(s.ids, s.finish_reason) for s in fast] == [(s.ids, s.finish_reason) for s in general]
         for ours, theirs in zip(fast, general):
             np.testing.assert_allclose(ours.token_logprobs, theirs.token_logprobs, atol=2e-5, rtol=0)
         if minimum == MAX_NEW:
-            assert 1 <= len(steps) < MAX_NEW, f"{len(steps)} full-logits steps: only the forbidden-EOS ones"
+            assert 1 <= len(forced) < MAX_NEW, f"{len(forced)} steps chose the forbidden EOS: some, not all"
+            assert full == [], "a forbidden EOS takes the best other id of its row, not the processor path"
         else:
             assert general[0].finish_reason == "eos" and len(general[0].ids) <= 4
 

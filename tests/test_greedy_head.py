@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fast_paths import generate_sequences
+from fast_paths import count_full_logits_and_forced_steps, generate_sequences
 
 from seqport.engine.config import GenerationConfig
 from seqport.engine.device_array import Chosen
-from seqport.engine.errors import RuntimeFailure
+from seqport.engine.errors import RuntimeFailure, SeqportError
 from seqport.engine.host_lane import HostLane
 from seqport.engine.search import TokenSearch, greedy_chooser
 
@@ -51,25 +51,21 @@ def test_the_export_adds_the_head_and_plain_greedy_reads_only_it(head_model, mon
 
 def test_min_new_tokens_reads_the_head_and_the_logits_only_when_eos_is_forbidden(head_model, monkeypatch):
     """An encoder-decoder with the head keeps its choice under min_new_tokens (the lane too); on
-    the step whose argmax is the forbidden EOS the search reads the logits passed beside it: the
-    ids equal the general path's, the log-probabilities match after renormalisation."""
+    the step whose argmax is the forbidden EOS the search takes the best other id of the logits
+    passed beside it (no processor pass over (N, V)): the ids equal the general path's, the
+    log-probabilities match after renormalisation."""
     free = GenerationConfig(max_new_tokens=15, eos_token_ids=(head_model.manifest.vocab_size - 1,))
     stop = generate_sequences(head_model, SOURCES, free, head=True, lane=False, monkeypatch=monkeypatch)[0].ids[2]
     config = GenerationConfig(max_new_tokens=15, min_new_tokens=12, eos_token_ids=(stop,))
     general = generate_sequences(head_model, SOURCES, config, head=False, lane=False, monkeypatch=monkeypatch)
     assert all(stop not in s.ids[:12] for s in general)
-    forbidden, real = [], TokenSearch._select
-
-    def counted(search, logits):
-        forbidden.append(len(logits))
-        return real(search, logits)
-
-    monkeypatch.setattr(TokenSearch, "_select", counted)
+    full, forced = count_full_logits_and_forced_steps(monkeypatch)
     for lane in (False, True):
-        forbidden.clear()
+        full.clear(), forced.clear()
         fast = generate_sequences(head_model, SOURCES, config, head=True, lane=lane, monkeypatch=monkeypatch)
         assert [s.ids for s in fast] == [s.ids for s in general]
-        assert 1 <= len(forbidden) < 12, "the full logits are read on the forbidden-EOS steps only"
+        assert 1 <= len(forced) < 12, "the head chose the forbidden EOS on some steps, not on all"
+        assert full == [], "a forbidden EOS takes the best other id of its row, not the processor path"
         for ours, theirs in zip(fast, general):
             np.testing.assert_allclose(ours.token_logprobs, theirs.token_logprobs, atol=2e-5, rtol=0)
 
@@ -214,3 +210,31 @@ def test_without_torch_the_bundled_cache_falls_back_to_an_entry_without_the_head
     assert bundled.cached_artifact(checkpoint, progress=False) == (old, True)
     current = Path(shutil.copytree(fresh_export[1], tmp_path / f"translator-{digest}-rows-head"))
     assert bundled.cached_artifact(checkpoint, progress=False) == (current, True)  # the head's entry first
+
+
+def _forced_search(eos: int) -> TokenSearch:
+    """A greedy search of two rows whose min_new_tokens (3) forbids `eos` now."""
+    from functools import partial
+
+    from seqport.engine import processors as proc
+
+    forbid = partial(proc.min_new_tokens, minimum=3, eos=(eos,))
+    return TokenSearch(np.ones((2, 1), dtype=np.int64), [eos], 5, [forbid], greedy_chooser)
+
+
+def test_a_forbidden_eos_takes_the_rows_best_other_id_with_the_renormalised_logprob():
+    logits = np.log(np.array([[0.1, 0.2, 0.6, 0.1], [0.5, 0.1, 0.3, 0.1]], dtype=np.float32))  # (2, V=4)
+    head = Chosen(np.array([2, 0], dtype=np.int64), np.log(np.array([0.6, 0.5], dtype=np.float32)), logits)
+    decision = _forced_search(eos=2).update(head)
+    assert decision.tokens.tolist() == [1, 0]  # row 0's argmax is the EOS: its best other id; row 1 keeps its own
+    search = _forced_search(eos=2)
+    search.update(head)
+    logprobs = search._log[-1][2]
+    np.testing.assert_allclose(logprobs, np.log([0.2 / 0.4, 0.5 / 0.7]), rtol=1e-6)
+
+
+def test_a_row_that_only_eos_may_end_is_refused_not_given_a_token():
+    logits = np.array([[-np.inf, -np.inf, 0.0, -np.inf], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    head = Chosen(np.array([2, 0], dtype=np.int64), np.array([0.0, np.log(0.25)], dtype=np.float32), logits)
+    with pytest.raises(SeqportError, match="row 0|input 0"):
+        _forced_search(eos=2).update(head)
