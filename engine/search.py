@@ -133,6 +133,8 @@ class TokenSearch:
         self._scratch: np.ndarray | None = None  # the (N, V) log-softmax temporary, reused
         self._last_reasons: list[str | None] | None = None  # the last update's finish reasons (None: all go on)
         self._min_new = _min_new_tokens(processors)  # EOS forbidden before this many tokens
+        # min_new_tokens reads the step, not the ids: with it alone the history is never read
+        self._history_read = any(getattr(p, "func", None) is not proc.min_new_tokens for p in processors)
         self._eos_ids = sorted(eos)  # the columns min_new_tokens masks
 
     @property
@@ -175,7 +177,7 @@ class TokenSearch:
         # the common step costs one set test over the chosen ids, no loop over the rows (and no call)
         goes_on = self._texts is None and self._step < self._max_new and self._eos.isdisjoint(tokens)
         reasons = self._last_reasons = None if goes_on else self._reasons(active, tokens)  # None: all go on
-        if self._processors:  # the history only feeds them: without any it stays the first tokens
+        if self._history_read:  # it only feeds processors that read it: else it stays the first tokens
             self._history = np.concatenate([self._history, next_ids[:, None]], axis=1)  # (N, T0 + step)
         if reasons is None:  # every row goes on: no gathers (self._rows is 0..N-1 of the active rows)
             return _new_tuple(StepDecision, (next_ids, self._rows, True))  # StepDecision(..., same_rows=True), in C
