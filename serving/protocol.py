@@ -109,25 +109,25 @@ def generation_config(body: dict[str, Any], defaults: GenerationConfig) -> Gener
         if body.get(name) is not None:
             overrides[option] = body[name]
     overrides.update(_choices(body, overrides.get("do_sample", defaults.do_sample)))
+    key = tuple((name, type(v), v) for name, v in sorted(overrides.items()))
     try:
-        return _configured(defaults, tuple((name, type(v), v) for name, v in sorted(overrides.items())))
+        hash(key)
     except TypeError:  # an unhashable option value (a list): not cached
-        pass
-    try:
-        return defaults.replace(**overrides)
-    except (ConfigError, TypeError) as exc:
-        raise bad_request(str(exc)) from None
+        return _replace(defaults, key)
+    return _configured(defaults, key)
 
 
-@functools.lru_cache(maxsize=256)
-def _configured(defaults: GenerationConfig, overrides: tuple[tuple[str, type, Any], ...]) -> GenerationConfig:
-    """defaults.replace(overrides) for (name, type, value) triples, cached: requests repeat the
-    same few option sets, and building a GenerationConfig validates every field. The type is in
-    the key, so 5 and 5.0 (equal, same hash) are checked apart."""
+def _replace(defaults: GenerationConfig, overrides: tuple[tuple[str, type, Any], ...]) -> GenerationConfig:
+    """defaults.replace(overrides) for (name, type, value) triples; a refused option is a 400."""
     try:
         return defaults.replace(**{name: value for name, _, value in overrides})
     except (ConfigError, TypeError) as exc:
         raise bad_request(str(exc)) from None
+
+
+#: `_replace`, cached: requests repeat the same few option sets, and building a GenerationConfig
+#: validates every field. The type is in the key, so 5 and 5.0 (equal, same hash) are checked apart.
+_configured = functools.lru_cache(maxsize=256)(_replace)
 
 
 def prompt_inputs(value: Any, param: str) -> list[str] | list[list[int]]:
