@@ -134,7 +134,7 @@ class TokenSearch:
         self._last_reasons: list[str | None] | None = None  # the last update's finish reasons (None: all go on)
         self._min_new = _min_new_tokens(processors)  # EOS forbidden before this many tokens
         # min_new_tokens reads the step, not the ids: with it alone the history is never read
-        self._history_read = any(getattr(p, "func", None) is not proc.min_new_tokens for p in processors)
+        self._history_read = not all(map(_is_min_new_tokens, processors))
         self._eos_ids = sorted(eos)  # the columns min_new_tokens masks
 
     @property
@@ -291,9 +291,13 @@ class TokenSearch:
 def _min_new_tokens(processors: list[proc.Processor]) -> int:
     """The `minimum` of a min_new_tokens processor in the list, else 0."""
     for processor in processors:
-        if getattr(processor, "func", None) is proc.min_new_tokens:
+        if _is_min_new_tokens(processor):
             return int(processor.keywords["minimum"])  # type: ignore[attr-defined]
     return 0
+
+
+def _is_min_new_tokens(processor: proc.Processor) -> bool:
+    return getattr(processor, "func", None) is proc.min_new_tokens
 
 
 def greedy_chooser(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
