@@ -141,18 +141,23 @@ def summarise(
     return fields
 
 
-def measure(generate: Generate, plan: dict[str, Any], split: Split | None = None) -> dict[str, Any]:
-    """Run the protocol above on plan["inputs"] with plan["new_tokens"]; returns the timing fields."""
+def round_timer(generate: Generate, plan: dict[str, Any], split: Split | None = None) -> Callable[[], tuple]:
+    """One timed round of the plan, called with no arguments: `split_round` where the plan asks
+    for the in-call decode and the runner can split its call, else `one_round`."""
     inputs, n = plan["inputs"], plan["new_tokens"]
     if plan.get("decode_in_call") and split is not None and n > 1:
-        for _ in range(plan["warmup"]):
-            split_round(split, generate, inputs, n)
-        rounds = [split_round(split, generate, inputs, n) for _ in range(plan["repeats"])]
-        return summarise([r[0] for r in rounds], [r[1] for r in rounds], len(inputs), n, [r[2] for r in rounds])
+        return partial(split_round, split, generate, inputs, n)
+    return partial(one_round, generate, inputs, n)
+
+
+def measure(generate: Generate, plan: dict[str, Any], split: Split | None = None) -> dict[str, Any]:
+    """Run the protocol above on plan["inputs"] with plan["new_tokens"]; returns the timing fields."""
+    timed = round_timer(generate, plan, split)
     for _ in range(plan["warmup"]):
-        one_round(generate, inputs, n)
-    rounds = [one_round(generate, inputs, n) for _ in range(plan["repeats"])]
-    return summarise([r[0] for r in rounds], [r[1] for r in rounds], len(inputs), n)
+        timed()
+    rounds = [timed() for _ in range(plan["repeats"])]
+    in_call = [r[2] for r in rounds if len(r) > 2]  # split rounds only
+    return summarise([r[0] for r in rounds], [r[1] for r in rounds], len(plan["inputs"]), plan["new_tokens"], in_call)
 
 
 def serve_rounds(
@@ -165,10 +170,7 @@ def serve_rounds(
     and a `split`), in order (compare.py lines them up with the other systems').
     """
     inputs, n = plan["inputs"], plan["new_tokens"]
-    if plan.get("decode_in_call") and split is not None and n > 1:
-        timed = partial(split_round, split, generate, inputs, n)
-    else:
-        timed = partial(one_round, generate, inputs, n)
+    timed = round_timer(generate, plan, split)
     for _ in range(plan["warmup"]):
         timed()
     emit({"ready": True, "rss_after_warmup_mb": peak_rss_mb()})
