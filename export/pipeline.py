@@ -136,7 +136,7 @@ def export_model(
             tolerance=tolerance,
             release=not optimize,  # nothing after validation needs PyTorch but --optimize's re-validation
         )
-        manifest = _finish(target, _post_process(adapter, target, manifest, optimize, quantize, dtype, int4))
+        manifest = finish_artifact(target, _post_process(adapter, target, manifest, optimize, quantize, dtype, int4))
     return manifest
 
 
@@ -180,10 +180,18 @@ def _post_process(
     return manifest
 
 
-def _finish(out: Path, manifest: Manifest) -> Manifest:
+def finish_artifact(out: Path, manifest: Manifest) -> Manifest:
     """Last step of every export: a generating decoder's greedy head (export/greedy_head.py,
     on the final graph), weights as external data, shared tensors once, then the manifest, read
-    back as the engine will before the folder is moved into place."""
+    back as the engine will before the folder is moved into place.
+
+    Args:
+        out: the artifact folder being written (the staging folder of an atomic export).
+        manifest: its manifest so far.
+
+    Returns:
+        The manifest as saved in `out`.
+    """
     manifest = add_greedy_head(out, manifest)
     manifest = externalize_weights(out, manifest)
     manifest.save(out)
@@ -245,7 +253,7 @@ def export_adapter(
         manifest = _export_inline(
             adapter, tokenizer, folder, progress=progress, source=source, kv_cache=kv_cache, tolerance=tolerance
         )
-        manifest = _finish(folder, manifest)
+        manifest = finish_artifact(folder, manifest)
     return manifest
 
 

@@ -22,7 +22,7 @@ import onnx
 from seqport.engine.manifest import load_manifest, sha256_of
 from seqport.export.blockwise import SCHEMES
 from seqport.export.int4 import PROJECTIONS, Int4Options, quantize_int4_artifact
-from seqport.export.pipeline import _finish
+from seqport.export.pipeline import finish_artifact
 
 
 def _inline(folder: Path):
@@ -51,7 +51,7 @@ def main() -> int:
     shutil.copytree(args.source, args.out)
     options = Int4Options(args.block_size, args.accuracy_level, args.projection, args.scheme)
     manifest = quantize_int4_artifact(args.out, _inline(args.out), options, min_agreement=0.0)
-    manifest = _finish(args.out, manifest)
+    manifest = finish_artifact(args.out, manifest)
     print(f"{options.method}: token agreement {manifest.quantization.token_agreement}")
     return 0
 
