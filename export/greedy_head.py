@@ -17,7 +17,8 @@ engine's whole step outside the call), and its float32 result is 20x closer to f
 against 7e-5; issue #16, docs/benchmarks.md). TopK with k=1, not ArgMax: onnxruntime's CPU
 ArgMax is a scalar loop (40 µs over 49152 logits, 340 µs over 8 rows, where numpy's argmax
 takes 3 and 26); TopK's k=1 path takes about 70 % of that, picks the same id on ties (ONNX:
-the lower index first). Measured head alone, docs/benchmarks.md "The greedy head at batch 8".
+the lower index first) and, like numpy's argmax and the host path, the NaN where a row holds one
+(ArgMax skips it). Measured head alone, docs/benchmarks.md "The greedy head at batch 8".
 
 **Blocked argmax** where the vocabulary is a multiple of BLOCK (SmolLM2's 49152 = 384 x 128):
 TopK's k=1 scan is scalar too, while ReduceMax over a contiguous last axis is vectorised, so
@@ -29,8 +30,9 @@ the id is found in two stages over the (B, V / BLOCK, BLOCK) view of the row:
     chosen    = block * BLOCK + inner                       # (B, 1), the first id on ties, as above
 
 The head alone over 8 rows of 49152 logits: 270 against 436 µs at one thread, 193 against
-267 at two (minima of 300 calls); a whole int4 SmolLM2 step at batch 8 1.0 % faster
-(docs/benchmarks.md, issue #16). The one difference from TopK over the whole row: ReduceMax skips
+267 at two (minima of 300 calls); with the projection writing the logits itself
+(export/quantize.py) an int4 SmolLM2 decode step at batch 8 and two threads 2–3 % faster
+(docs/benchmarks.md "Eighth session", issue #16). The one difference from TopK over the whole row: ReduceMax skips
 NaN, so a row holding a NaN may get another id; its log-probability is NaN either way
 (LogSoftmax spreads it over the row), which the engine refuses, naming the row.
 
