@@ -1,9 +1,11 @@
-"""What the decoder's greedy head costs inside onnxruntime, alone: ArgMax against TopK(k=1).
+"""What the decoder's greedy head costs inside onnxruntime, alone: ArgMax, TopK(k=1), blocked argmax.
 
     python benchmarks/greedy_head_cost.py [--vocab 49152] [--rows 1,8] [--threads 1,2] [--repeats 300]
 
-Builds export/greedy_head.py's head as it was (ArgMax) and as it is (TopK, k=1) over a
-(N, 1, V) logits input, checks both choose the same ids, and times `session.run` of each,
+Builds export/greedy_head.py's head as it was (ArgMax), with TopK (k=1) over the row (a vocabulary
+that is not a multiple of its BLOCK) and as the export now builds it for SmolLM2 (the blocked
+argmax: ReduceMax per block, then TopK) over a (N, 1, V) logits input, checks all three choose
+the same ids, and times `session.run` of each,
 alternated call by call, beside numpy's argmax of the same rows (what a host loop would pay).
 Prints the minimum and the 25th percentile in µs: minima are what to compare on a shared
 machine. SmolLM2's vocabulary (49152) is the default.
@@ -23,16 +25,17 @@ from onnx import TensorProto, helper
 from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, append_head
 
 
-def head_session(vocab: int, threads: int, argmax: bool) -> ort.InferenceSession:
-    """The head over graph input `logits` (N, 1, V); with `argmax`, its TopK swapped back for ArgMax."""
+def head_session(vocab: int, threads: int, kind: str) -> ort.InferenceSession:
+    """The head over graph input `logits` (N, 1, V): kind "ArgMax" (TopK swapped back for ArgMax),
+    "TopK" (over the whole row) or "blocked" (the blocked argmax; needs V a multiple of BLOCK)."""
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["logits"])],
         "head",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, vocab])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1, vocab])],
     )
-    append_head(graph, "logits", "float32")
-    if argmax:  # the head before: ArgMax(last, axis=-1, keepdims=1) where TopK is now
+    append_head(graph, "logits", "float32", vocab if kind == "blocked" else None)
+    if kind == "ArgMax":  # the head before: ArgMax(last, axis=-1, keepdims=1) where TopK is now
         nodes = [
             helper.make_node("ArgMax", [n.input[0]], [n.output[1]], axis=-1, keepdims=1) if n.op_type == "TopK" else n
             for n in graph.node
@@ -66,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     for rows in map(int, args.rows.split(",")):
         logits = np.random.default_rng(0).normal(0, 4, size=(rows, 1, args.vocab)).astype(np.float32)
         for threads in map(int, args.threads.split(",")):
-            heads = {name: head_session(args.vocab, threads, name == "ArgMax") for name in ("ArgMax", "TopK")}
+            heads = {name: head_session(args.vocab, threads, name) for name in ("ArgMax", "TopK", "blocked")}
             outs = {name: s.run([GREEDY_IDS, GREEDY_LOGPROBS], {"x": logits}) for name, s in heads.items()}
-            assert np.array_equal(outs["ArgMax"][0], outs["TopK"][0]), "the two heads chose different ids"
+            assert all(np.array_equal(outs["TopK"][0], o[0]) for o in outs.values()), "the heads chose different ids"
             times = {name: [] for name in heads}
             for _ in range(args.repeats):  # alternated call by call
                 for name, s in heads.items():

@@ -185,9 +185,54 @@ def _projections_as_matmul(path: Path) -> None:
         graph.node.remove(node)
         for offset, new in enumerate(replacement):
             graph.node.insert(position + offset, new)
+        if len(replacement) == 1:
+            _unflatten(graph, graph.node[position])  # the graph's copy of the MatMul
         changed = True
     if changed:
         onnx.save(model, str(path))
+
+
+def _unflatten(graph: onnx.GraphProto, matmul: onnx.NodeProto) -> None:
+    """Drop the Reshapes around a projection MatMul: tied_projection flattens hidden (B, K, d) to
+    (B·K, d) for Gemm, which needs 2-D rows, and reshapes the product back to (B, K, V); MatMul
+    (and the MatMulNBits or int8 MatMul it becomes) takes (B, K, d) itself, and the Reshape back
+    was a copy of the whole (B, K, V) logits every step (1.5 MB for SmolLM2 at batch 8, issue
+    #16). Only where the exporter's shapes prove it: x and the result share their leading (B, K)
+    dims."""
+    producers = {out: n for n in graph.node for out in n.output}
+    readers = [n for n in graph.node if matmul.output[0] in n.input]
+    flatten = producers.get(matmul.input[0])
+    if flatten is None or flatten.op_type != "Reshape" or len(readers) != 1 or readers[0].op_type != "Reshape":
+        return
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in _typed(graph)}
+    hidden, logits = dims.get(flatten.input[0]), dims.get(readers[0].output[0])
+    if not hidden or not logits or len(hidden) != 3 or len(logits) != 3 or hidden[:2] != logits[:2] or 0 in hidden[:2]:
+        return
+    matmul.input[0], matmul.output[0] = flatten.input[0], readers[0].output[0]  # (B, K, d) -> (B, K, V)
+    graph.node.remove(readers[0])
+    _drop_unread(graph, [flatten, producers.get(readers[0].input[1])])
+
+
+def _drop_unread(graph: onnx.GraphProto, nodes: list) -> None:
+    """Remove `nodes` whose outputs nothing reads any more, then their producers (and constants)
+    the same way."""
+    outputs, freed = {o.name for o in graph.output}, set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node not in graph.node:
+            continue
+        if any(out in outputs or any(out in n.input for n in graph.node) for out in node.output):
+            continue
+        graph.node.remove(node)
+        freed.update(node.input)
+        nodes += [n for n in graph.node if set(n.output) & set(node.input)]
+    read = {name for n in graph.node for name in n.input}
+    for constant in [i for i in graph.initializer if i.name in freed and i.name not in read]:
+        graph.initializer.remove(constant)
+
+
+def _typed(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    return [*graph.input, *graph.value_info, *graph.output]
 
 
 def _quantize_files(sources: dict[str, Path], manifest: Manifest, out: Path, per_channel: bool):

@@ -189,6 +189,48 @@ def test_the_head_chooses_as_numpy_argmax_on_ties_and_nan():
     assert ids[3] == 6 and np.isnan(logprobs[3]) and np.isfinite(np.delete(logprobs, 3)).all()
 
 
+def test_the_blocked_head_chooses_as_numpy_argmax_and_keeps_a_nan_rows_logprob_nan(tmp_path):
+    """A vocabulary of whole blocks (3 x BLOCK here, SmolLM2's 384 x 128) takes the two-stage
+    argmax: the first id on ties inside a block and across blocks, maxima on block edges, -inf;
+    a row holding a NaN may get another id, but its log-probability stays NaN (the engine refuses it)."""
+    pytest.importorskip("onnx")
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from seqport.export.greedy_head import BLOCK, GREEDY_IDS, GREEDY_LOGPROBS, append_head, check_greedy_head
+
+    vocab = 3 * BLOCK
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["logits"])],
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", vocab])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", vocab])],
+    )
+    append_head(graph, "logits", "float32", vocab)
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("ReduceMax") == 1 and ops.count("TopK") == 2
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.random.default_rng(4).integers(-2, 3, size=(7, 2, vocab)).astype(np.float32)  # many ties
+    logits[0, -1, [BLOCK - 1, BLOCK]] = 5  # a tie across a block edge: the first block's id
+    logits[1, -1, [vocab - 1]] = 5  # the last id of the last block
+    logits[2, -1, [2 * BLOCK + 3, BLOCK + 7, BLOCK + 9]] = 5  # the middle block's first
+    logits[3, -1, :] = -np.inf
+    logits[3, -1, 200] = 0.0  # every other token forbidden
+    logits[4, -1, 0] = 5  # the very first id
+    ids, logprobs = session.run([GREEDY_IDS, GREEDY_LOGPROBS], {"x": logits[:6]})
+    last = logits[:6, -1, :].astype(np.float64)  # (B, V)
+    want_lp = -np.log(np.exp(last - last.max(axis=-1, keepdims=True)).sum(axis=-1))
+    assert ids.tolist() == last.argmax(axis=-1).tolist() == [BLOCK - 1, vocab - 1, BLOCK + 7, 200, 0, ids[5]]
+    np.testing.assert_allclose(logprobs, want_lp, rtol=1e-5, atol=1e-5)
+    logits[6, -1, 6] = np.nan
+    _, logprobs = session.run([GREEDY_IDS, GREEDY_LOGPROBS], {"x": logits})
+    assert np.isnan(logprobs[6]) and np.isfinite(logprobs[:6]).all()
+    onnx.save(model, tmp_path / "toy.onnx")
+    check_greedy_head(tmp_path / "toy.onnx", "logits", vocab)  # the export's own check passes it
+
+
 def test_without_torch_the_bundled_cache_falls_back_to_an_entry_without_the_head(fresh_export, tmp_path, monkeypatch):
     """A runtime-only install (no torch, so no export) keeps using a translator cached before the head existed."""
     import dataclasses

@@ -19,6 +19,13 @@ from seqport.engine.manifest import load_manifest
 onnx = pytest.importorskip("onnx")  # reading the quantized graphs; the export side needs it anyway
 
 
+def _is_projection(node, vocab_size: int) -> bool:
+    """The vocabulary product: MatMulNBits with N = V, or a float MatMul on the transposed tied table."""
+    if node.op_type == "MatMulNBits":
+        return any(a.name == "N" and a.i == vocab_size for a in node.attribute)
+    return node.op_type == "MatMul" and node.input[1].endswith(".transposed")
+
+
 def _ops(path) -> Counter:
     return Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
 
@@ -65,6 +72,12 @@ def test_int4_llama_loads_generates_and_holds_matmulnbits(llama_int4):
         assert ops["MatMulNBits"] == 4 * layers + head and ops["Split"] >= layers
         assert ops["GroupQueryAttention"] == layers and manifest.attention == "fused"
         assert q.bytes["decoder"][1] < q.bytes["decoder"][0]
+        # the projection reads the (B, K, d) rows and writes the logits output itself, no Reshapes around it
+        graph = onnx.load(str(folder / "decoder.onnx"), load_external_data=False).graph
+        producer = {out: n for n in graph.node for out in n.output}
+        assert producer["logits"].op_type == ("Add" if projection == "int4" else "MatMul")  # Add: the offset term
+        (vocab_product,) = [n for n in graph.node if _is_projection(n, manifest.vocab_size)]
+        assert producer[vocab_product.input[0]].op_type != "Reshape"
         (result,) = sp.load(folder).generate(["the small red house"], max_new_tokens=6, min_new_tokens=6)
         assert len(result.ids) == 6
 

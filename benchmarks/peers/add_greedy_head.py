@@ -2,11 +2,13 @@
 
     python benchmarks/peers/add_greedy_head.py [--replace] ARTIFACT [ARTIFACT ...]
 
-The same step every export now ends with (export/greedy_head.py: TopK(k=1) and log-probability
-as decoder outputs, checked against numpy, the manifest's sha256 updated): the LLM benchmark's
+The same step every export now ends with (export/greedy_head.py: the argmax (blocked, or TopK(k=1)
+over the row) and log-probability as decoder outputs, checked against numpy, the manifest's sha256
+updated): the LLM benchmark's
 seqport variants under --work built before it get the decoder-only greedy lane without being
 exported and quantized again. `--replace` takes an existing head out first and adds the current
-one (artifacts whose head still chose with ArgMax). The decoder.onnx is rewritten (its weights
+one (artifacts whose head still chose with ArgMax, or with TopK over a row the blocked argmax
+now takes). The decoder.onnx is rewritten (its weights
 file is not touched): do not run it on a folder whose decoder.onnx is a hard link into material
 others read.
 """
