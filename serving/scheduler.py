@@ -114,7 +114,11 @@ class MicroBatchScheduler:
 
     @property
     def running_rows(self) -> int:
-        return sum(job.request.rows for job in list(self._running) if job.live)
+        return sum(job.request.rows for job in self._held() if job.live)
+
+    def _held(self) -> list[Job]:
+        """The jobs started and not yet finished (a continuous scheduler adds those it is starting)."""
+        return list(self._running)
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), self.kv_bytes(request), outbox=self._outbox)
@@ -172,7 +176,7 @@ class MicroBatchScheduler:
             self._cond.notify_all()
         self._thread.join(grace_s)
         if self._thread.is_alive():
-            for job in list(self._running):
+            for job in self._held():
                 job.cancelled = True
                 job.fail(ShuttingDown("the server shut down while this request ran"))
             self._thread.join(grace_s)
