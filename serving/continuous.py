@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,9 +133,17 @@ class ContinuousScheduler(MicroBatchScheduler):
             decoder start joins the batch's next step) or "off" (the worker admits between two
             steps): PREFILL_LANES.
 
+    The lane takes waiting requests only while rows run and the worker's steps (with their
+    hand-over) take LANE_MIN_STEP_S or more, smoothed: then a new request would wait for the
+    step in flight. Otherwise (nothing runs, or steps shorter than the lane's own hand-overs
+    cost, as the tiny GPT-2's) the worker starts them itself between two steps, as with the
+    lane off.
+
     Raises:
         ConfigError: `lane` is not one of PREFILL_LANES.
     """
+
+    LANE_MIN_STEP_S = 0.002
 
     def __init__(
         self,
@@ -151,8 +160,12 @@ class ContinuousScheduler(MicroBatchScheduler):
         self.mid_batch_admissions = 0
         self.placed_in_slots = 0  # rows written into a vacated slot (no copy of the running cache)
         self.lane = lane if outbox is None else "off"
-        self._prefiller = Prefiller(model, own_call=self.lane == "first-token")
+        self._prefiller = Prefiller(model, own_call=self.lane == "first-token")  # the lane's
+        self._worker_prefiller = Prefiller(model)  # new rows' decoder start joins the step that follows
         self._geometry = self._prefiller.geometry
+        self._lane_takes = False  # whether the lane starts waiting requests now (else the worker)
+        self._cycle_s = 0.0  # the worker's step and hand-over, smoothed (seconds)
+        self._boundary: float | None = None  # when the worker last came between two steps
         self._in_lane: list[Job] = []  # taken by the lane, not yet merged (they count as running)
         self._ready: list[_Handoff] = []  # started by the lane, waiting for the worker
         self._slots = 0  # the running batch's slots, vacated ones included
@@ -201,10 +214,14 @@ class ContinuousScheduler(MicroBatchScheduler):
             if jobs is not None:
                 self._admit(batch, rows, jobs, running=bool(live))
             return jobs is not None
-        handoffs = self._handoffs([row.job for row in live], len(rows))
-        if handoffs is not None:
-            self._merge_handoffs(batch, rows, handoffs, running=bool(live))
-        return handoffs is not None
+        taken = self._handoffs([row.job for row in live], len(rows))
+        if taken is None:
+            return False
+        handoffs, mine = taken
+        if mine:
+            handoffs.append(self._started(mine, self._worker_prefiller))
+        self._merge_handoffs(batch, rows, handoffs, running=bool(live))
+        return True
 
     def _vacate(self, batch: RunningBatch, rows: list[Row | None]) -> tuple[RunningBatch, list[Row | None]]:
         """Finished and cancelled rows leave their slots free for the next admissions (no copy);
@@ -254,10 +271,10 @@ class ContinuousScheduler(MicroBatchScheduler):
 
     def _admit(self, batch: RunningBatch, rows: list[Row | None], jobs: list[Job], running: bool) -> None:
         """Start `jobs` in the worker (no lane); their rows go into `rows` (free slots first)."""
-        handoff = self._started(jobs)
+        handoff = self._started(jobs, self._worker_prefiller)
         self._merge_handoffs(batch, rows, [handoff], running)
 
-    def _started(self, jobs: list[Job]) -> _Handoff:
+    def _started(self, jobs: list[Job], prefiller: Prefiller) -> _Handoff:
         """Prefill `jobs` (one call per group); beams / n > 1 are left for the worker."""
         handoff, starts = _Handoff(jobs), []
         for job in jobs:
@@ -265,12 +282,12 @@ class ContinuousScheduler(MicroBatchScheduler):
                 if job.live and _alone(job.request):
                     handoff.alone.append(job)
                 elif job.live:
-                    starts.append(self._prefiller.start(job))
+                    starts.append(prefiller.start(job))
             except Exception as exc:  # the request fails, the worker and the running rows go on
                 fail([job], exc)
-        for group in self._prefiller.group(starts):
+        for group in prefiller.group(starts):
             try:
-                prefilled = self._prefiller.prefill(group)
+                prefilled = prefiller.prefill(group)
             except Exception as exc:
                 fail([start.job for start in group], exc)
                 continue
@@ -329,23 +346,30 @@ class ContinuousScheduler(MicroBatchScheduler):
 
     # The prefill lane: takes waiting requests as they arrive, while the worker steps.
 
-    def _handoffs(self, running: list[Job], slots: int) -> list[_Handoff] | None:
-        """(Worker.) What the lane has started; waits when nothing runs; None: stop. The rows
-        that left free room for the lane's next admissions (it is woken)."""
+    def _handoffs(self, running: list[Job], slots: int) -> tuple[list[_Handoff], list[Job]] | None:
+        """(Worker.) What the lane has started, and the waiting jobs the worker starts itself:
+        those that fit when the lane does not take them (nothing runs, or the steps are short).
+        Waits when there is nothing to do; None: stop."""
+        now = time.perf_counter()
+        if running and self._boundary is not None:  # the last step and its hand-over, smoothed
+            self._cycle_s += 0.2 * (now - self._boundary - self._cycle_s)
+        self._boundary = now if running else None
         with self._cond:
             self._slots = slots
-            while not running and not self._ready:
+            self._lane_takes = bool(running) and self._cycle_s >= self.LANE_MIN_STEP_S
+            self._cond.notify_all()  # rows left, or the lane may take now: it looks again
+            while True:
+                ready, self._ready = self._ready, []
+                taken = [job for handoff in ready for job in handoff.jobs]
+                self._in_lane = [job for job in self._in_lane if all(job is not t for t in taken)]
+                held = running + taken
+                mine = [] if self._lane_takes else self._take_fitting(held + self._in_lane, slots)
+                self._running = held + mine
+                if held or mine:
+                    return ready, mine
                 if self._closing and self._lane_stopped:
                     return None
-                self._running = []
-                self._cond.notify_all()
                 self._cond.wait()
-            ready, self._ready = self._ready, []
-            taken = {id(job) for handoff in ready for job in handoff.jobs}
-            self._in_lane = [job for job in self._in_lane if id(job) not in taken]
-            self._running = running + [job for handoff in ready for job in handoff.jobs]
-            self._cond.notify_all()  # finished rows left: room for the lane
-            return ready
 
     def _lane_work(self) -> None:
         try:
@@ -356,7 +380,7 @@ class ContinuousScheduler(MicroBatchScheduler):
                 for job in jobs:
                     job.outbox = self._lane_outbox  # first tokens go out from here, at once
                 try:
-                    handoff = self._started(jobs)
+                    handoff = self._started(jobs, self._prefiller)
                 finally:
                     self._lane_outbox.flush()
                     for job in jobs:
@@ -376,7 +400,7 @@ class ContinuousScheduler(MicroBatchScheduler):
                 if self._closing and not self._waiting:
                     return None
                 running = [job for job in self._running if job.live] + self._in_lane
-                jobs = self._take_fitting(running, self._slots)
+                jobs = self._take_fitting(running, self._slots) if self._lane_takes else []
                 if jobs:
                     self._in_lane.extend(jobs)
                     return jobs

@@ -142,7 +142,7 @@ class MicroBatchScheduler:
             self._waiting.append(job)
             self._jobs[request.request_id] = job
             job.stamp("submitted")
-            self._cond.notify()
+            self._cond.notify_all()  # the worker and, with continuous batching, the prefill lane
 
     def _check_size(self, job: Job) -> None:
         rows, limits = job.request.rows, self.limits
