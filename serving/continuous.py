@@ -159,6 +159,7 @@ class ContinuousScheduler(MicroBatchScheduler):
         self._on_admit = on_admit
         self.mid_batch_admissions = 0
         self.placed_in_slots = 0  # rows written into a vacated slot (no copy of the running cache)
+        self.lane_started = 0  # requests the prefill lane started (the others: the worker)
         self.lane = lane if outbox is None else "off"
         self._prefiller = Prefiller(model, own_call=self.lane == "first-token")  # the lane's
         self._worker_prefiller = Prefiller(model)  # new rows' decoder start joins the step that follows
@@ -385,6 +386,7 @@ class ContinuousScheduler(MicroBatchScheduler):
                     self._lane_outbox.flush()
                     for job in jobs:
                         job.outbox = self._outbox  # the worker's from now on (after these, in order)
+                self.lane_started += len(jobs)
                 with self._cond:
                     self._ready.append(handoff)
                     self._cond.notify_all()
