@@ -215,3 +215,17 @@ def _until(condition, timeout: float = 10.0) -> None:
             return
         done.wait(0.01)
     raise AssertionError("condition not met in time")
+
+
+def test_lane_choices_and_the_engine_process_without_a_lane(seq2seq):
+    from seqport.engine.errors import ConfigError
+    from seqport.serving.jobs import Outbox
+
+    with pytest.raises(ConfigError, match="prefill lane must be one of first-token, encode, off"):
+        ContinuousScheduler(seq2seq, SchedulerLimits(), lane="both")
+    outbox = Outbox()  # a given outbox (the engine process's pipe): the worker admits, no lane thread
+    scheduler = ContinuousScheduler(seq2seq, SchedulerLimits(), outbox=outbox)
+    try:
+        assert scheduler.lane == "off" and not scheduler._lane_thread.is_alive()
+    finally:
+        scheduler.close(5.0)
