@@ -204,6 +204,8 @@ def stage_totals(url: str) -> dict[str, list[float]]:
         for kind, index in (("_sum ", 0), ("_count ", 1)):
             if line.startswith("seqport_batch_rows" + kind):
                 totals.setdefault("_rows", [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+        if line.startswith("seqport_prefill_lane_requests_total "):
+            totals["_lane"] = [float(line.rsplit(" ", 1)[1]), 0.0]
     return totals
 
 
@@ -214,7 +216,9 @@ def batch_figures(before: dict[str, list[float]], after: dict[str, list[float]],
     rows, count = after.get("_rows", [0.0, 0.0])
     if count <= count0:
         return {}
-    return {"rows_per_batch": (rows - rows0) / (count - count0), "batches_per_request": (count - count0) / requests}
+    lane = after.get("_lane", [0.0])[0] - before.get("_lane", [0.0])[0]
+    return {"rows_per_batch": (rows - rows0) / (count - count0), "batches_per_request": (count - count0) / requests,
+            "lane_share": lane / requests}
 
 
 def stage_means_ms(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
@@ -276,14 +280,16 @@ def stages_table(runs: dict[str, dict[str, Any]]) -> str:
     stages = ("submitted", "admitted", "encoded", "joined", "first_token", "delivered", "written")
     head = "Where a first token's time goes, server side (mean ms to reach each stage from the one before; "
     head += "seqport_first_token_stage_seconds), and the server's rows per decoded batch (continuous "
-    head += "batching: per step) and batches per request (seqport_batch_rows):\n\n| run | " + " | ".join(stages)
-    head += " | sum | rows per batch | batches per request |\n"
-    head += "|---|" + "---|" * (len(stages) + 3) + "\n"
+    head += "batching: per step) and batches per request (seqport_batch_rows), and the share of requests the "
+    head += "prefill lane started (seqport_prefill_lane_requests):\n\n| run | " + " | ".join(stages)
+    head += " | sum | rows per batch | batches per request | lane share |\n"
+    head += "|---|" + "---|" * (len(stages) + 4) + "\n"
     rows = []
     for name, r in runs.items():
         means = r.get("first_token_stages_ms", {})
         cells = [f"{means[s]:.2f}" if s in means else "-" for s in stages]
         batches = f"{r.get('rows_per_batch', float('nan')):.1f} | {r.get('batches_per_request', float('nan')):.2f}"
+        batches += f" | {r.get('lane_share', float('nan')):.2f}"
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} | {batches} |")
     return head + "\n".join(rows) + "\n"
 

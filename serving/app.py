@@ -102,7 +102,7 @@ class _State:
 
                 self.scheduler = ProcessScheduler(model, limits, options.scheduler, options.runtime, **callbacks)
             else:
-                lane = {"lane": options.prefill_lane}
+                lane = {"lane": options.prefill_lane, "on_lane": lambda count: self.metrics.lane_started.inc(count)}
                 self.scheduler = make_scheduler(model, limits, options.scheduler, **callbacks, **lane)
         scheduler = self.scheduler
         self.metrics = ServerMetrics(

@@ -126,6 +126,7 @@ class ContinuousScheduler(MicroBatchScheduler):
             max_tokens (batch_wait_s unused).
         on_batch: called with the row count of every step (the batch-size histogram).
         on_admit: called with the number of requests that joined a batch already running.
+        on_lane: called with the number of requests the prefill lane started (from its thread).
         outbox: as MicroBatchScheduler's. A given outbox (the engine process's pipe) keeps the
             admissions in the worker thread: no prefill lane.
         lane: "first-token" (the lane prefills, an encoder-decoder row's first token from a
@@ -153,10 +154,11 @@ class ContinuousScheduler(MicroBatchScheduler):
         on_admit: Any = None,
         outbox: Any = None,
         lane: str = DEFAULT_LANE,
+        on_lane: Any = None,
     ) -> None:
         if lane not in PREFILL_LANES:
             raise ConfigError(f"prefill lane must be one of {', '.join(PREFILL_LANES)}, got {lane!r}")
-        self._on_admit = on_admit
+        self._on_admit, self._on_lane = on_admit, on_lane
         self.mid_batch_admissions = 0
         self.placed_in_slots = 0  # rows written into a vacated slot (no copy of the running cache)
         self.lane_started = 0  # requests the prefill lane started (the others: the worker)
@@ -387,6 +389,8 @@ class ContinuousScheduler(MicroBatchScheduler):
                     for job in jobs:
                         job.outbox = self._outbox  # the worker's from now on (after these, in order)
                 self.lane_started += len(jobs)
+                if self._on_lane is not None:
+                    self._on_lane(len(jobs))
                 with self._cond:
                     self._ready.append(handoff)
                     self._cond.notify_all()

@@ -90,7 +90,8 @@ def test_64_staggered_requests_equal_generate_alone_and_join_running_batches(cau
         admitted = _metric(live, "seqport_mid_batch_admissions_total")
         steps, rows = _metric(live, "seqport_batch_rows_count"), _metric(live, "seqport_batch_rows_sum")
         placed = live.app.state.seqport.scheduler.placed_in_slots
-        lane_started = live.app.state.seqport.scheduler.lane_started
+        lane_started = _metric(live, "seqport_prefill_lane_requests_total")
+        assert lane_started == live.app.state.seqport.scheduler.lane_started
     for i, (case, text) in enumerate(zip(cases, texts)):
         sampling = {"do_sample": True, "temperature": 0.8, "seed": case["seed"]} if case["temperature"] else {}
         expected = causal.generate([case["prompt"]], max_new_tokens=case["max_tokens"], **sampling)[0].text
