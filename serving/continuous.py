@@ -134,17 +134,17 @@ class ContinuousScheduler(MicroBatchScheduler):
             decoder start joins the batch's next step) or "off" (the worker admits between two
             steps): PREFILL_LANES.
 
-    The lane takes waiting requests only while rows run and the worker's steps (with their
-    hand-over) take LANE_MIN_STEP_S or more, smoothed: then a new request would wait for the
-    step in flight. Otherwise (nothing runs, or steps shorter than the lane's own hand-overs
-    cost, as the tiny GPT-2's) the worker starts them itself between two steps, as with the
-    lane off.
+    The lane takes waiting requests only while rows run and the running batch's decoder call
+    takes LANE_MIN_STEP_S or more (smoothed over the last steps): then a new request would
+    wait for the step in flight. Otherwise (nothing runs, or steps shorter than the lane's own
+    hand-overs cost, as the tiny GPT-2's ~0.1 ms) the worker starts them itself between two
+    steps, as with the lane off.
 
     Raises:
         ConfigError: `lane` is not one of PREFILL_LANES.
     """
 
-    LANE_MIN_STEP_S = 0.002
+    LANE_MIN_STEP_S = 0.001
 
     def __init__(
         self,
@@ -167,8 +167,7 @@ class ContinuousScheduler(MicroBatchScheduler):
         self._worker_prefiller = Prefiller(model)  # new rows' decoder start joins the step that follows
         self._geometry = self._prefiller.geometry
         self._lane_takes = False  # whether the lane starts waiting requests now (else the worker)
-        self._cycle_s = 0.0  # the worker's step and hand-over, smoothed (seconds)
-        self._boundary: float | None = None  # when the worker last came between two steps
+        self._step_s = 0.0  # the running batch's decoder call, smoothed (seconds)
         self._in_lane: list[Job] = []  # taken by the lane, not yet merged (they count as running)
         self._ready: list[_Handoff] = []  # started by the lane, waiting for the worker
         self._slots = 0  # the running batch's slots, vacated ones included
@@ -343,7 +342,9 @@ class ContinuousScheduler(MicroBatchScheduler):
             self._on_batch(len(live))
         tokens = np.array([[self.model.pad_id if row is None else row.token] for row in rows], np.int64)  # (N, 1)
         feeds = {"input_ids": tokens, **batch.step_inputs(), "logits_positions": np.zeros(1, dtype=np.int64)}
+        start = time.perf_counter()
         logits = self.model.run_decoder(feeds, batch.cache)["logits"][:, -1, :]  # (N, V)
+        self._step_s += 0.2 * (time.perf_counter() - start - self._step_s)
         batch.advanced()
         advance([rows[i] for i in live], logits if len(live) == len(rows) else logits[live])  # (live, V)
 
@@ -353,13 +354,9 @@ class ContinuousScheduler(MicroBatchScheduler):
         """(Worker.) What the lane has started, and the waiting jobs the worker starts itself:
         those that fit when the lane does not take them (nothing runs, or the steps are short).
         Waits when there is nothing to do; None: stop."""
-        now = time.perf_counter()
-        if running and self._boundary is not None:  # the last step and its hand-over, smoothed
-            self._cycle_s += 0.2 * (now - self._boundary - self._cycle_s)
-        self._boundary = now if running else None
         with self._cond:
             self._slots = slots
-            self._lane_takes = bool(running) and self._cycle_s >= self.LANE_MIN_STEP_S
+            self._lane_takes = bool(running) and self._step_s >= self.LANE_MIN_STEP_S
             self._cond.notify_all()  # rows left, or the lane may take now: it looks again
             while True:
                 ready, self._ready = self._ready, []
