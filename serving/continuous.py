@@ -172,6 +172,9 @@ class ContinuousScheduler(MicroBatchScheduler):
         self._ready: list[_Handoff] = []  # started by the lane, waiting for the worker
         self._slots = 0  # the running batch's slots, vacated ones included
         self._lane_outbox = DirectOutbox()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the worker waits here (MicroBatchScheduler's)
+        self._lane_cond = threading.Condition(lock)  # the lane waits here: waking one never wakes the other
         self._lane_thread = threading.Thread(target=self._lane_work, name="seqport-prefill", daemon=True)
         self._lane_stopped = self.lane == "off"
         super().__init__(model, limits, on_batch, outbox)
@@ -182,6 +185,13 @@ class ContinuousScheduler(MicroBatchScheduler):
         super().close(grace_s)
         if self._lane_thread.is_alive():
             self._lane_thread.join(grace_s)
+
+    def _wake_for(self, job: Job) -> None:
+        (self._lane_cond if self._lane_takes else self._cond).notify()
+
+    def _wake_all(self) -> None:
+        self._cond.notify_all()
+        self._lane_cond.notify_all()
 
     def _held(self) -> list[Job]:
         with self._cond:
@@ -357,7 +367,8 @@ class ContinuousScheduler(MicroBatchScheduler):
         with self._cond:
             self._slots = slots
             self._lane_takes = bool(running) and self._step_s >= self.LANE_MIN_STEP_S
-            self._cond.notify_all()  # rows left, or the lane may take now: it looks again
+            if self._lane_takes and self._waiting:
+                self._lane_cond.notify()  # rows left, or the lane may take now: it looks again
             while True:
                 ready, self._ready = self._ready, []
                 taken = [job for handoff in ready for job in handoff.jobs]
@@ -407,4 +418,4 @@ class ContinuousScheduler(MicroBatchScheduler):
                 if jobs:
                     self._in_lane.extend(jobs)
                     return jobs
-                self._cond.wait()
+                self._lane_cond.wait()

@@ -99,7 +99,8 @@ class MicroBatchScheduler:
 
     def __init__(self, model: Any, limits: SchedulerLimits, on_batch: Any = None, outbox: Any = None) -> None:
         self.model, self.limits, self._on_batch = model, limits, on_batch
-        self._cond = threading.Condition()
+        if not hasattr(self, "_cond"):  # a subclass may make it first, to share its lock with others
+            self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._running: list[Job] = []
@@ -142,7 +143,15 @@ class MicroBatchScheduler:
             self._waiting.append(job)
             self._jobs[request.request_id] = job
             job.stamp("submitted")
-            self._cond.notify_all()  # the worker and, with continuous batching, the prefill lane
+            self._wake_for(job)
+
+    def _wake_for(self, job: Job) -> None:
+        """(Under the lock.) Wake the thread that starts a newly queued job."""
+        self._cond.notify()
+
+    def _wake_all(self) -> None:
+        """(Under the lock.) Wake every thread of the scheduler (it is closing)."""
+        self._cond.notify_all()
 
     def _check_size(self, job: Job) -> None:
         rows, limits = job.request.rows, self.limits
@@ -173,7 +182,7 @@ class MicroBatchScheduler:
                 job.cancelled = True
                 job.fail(ShuttingDown("the server shut down before this request started"))
             self._waiting.clear()
-            self._cond.notify_all()
+            self._wake_all()
         self._thread.join(grace_s)
         if self._thread.is_alive():
             for job in self._held():
