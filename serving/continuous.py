@@ -9,20 +9,16 @@ a row with processors or sampling; a seeded row samples from the generator input
 would use). Beam search and n > 1 run as a static batch of their own (the micro-batch path)
 between two steps.
 
-A prefill lane (a thread of its own) starts the requests as they arrive, while the worker runs
-the running batch's step (onnxruntime releases the GIL): it takes waiting requests while the row
-limit and the KV budget allow (its rows count as running), prefills them together in one call
-(serving/prefill.py) and streams their first tokens at once; the worker then only merges the
-ready rows between two steps. Decoder-only prompts are left-padded through the decoder, whose
-logits give each one's first token. Encoder-decoder sources are right-padded through the
-encoder; then (lane "first-token", the default) a decoder call of their own gives the new rows'
-first tokens, or (lane "encode") their decoder start token joins the worker's next step (an
-empty, masked past). With the lane "off" the worker admits and prefills between two steps
-itself, and the decoder start joins the step that follows (a forced prefix of several tokens
-always gets a call of its own). Their cross K/V and encoder mask join the
-batch's (source axis right-padded, the mask hides the padding), and the decoder takes per-row
-position_ids and a self-attention attention_mask (exported where the family supports them:
-Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged (an encoder-decoder without
+While the running batch's steps are long, a prefill lane (a thread of its own) starts requests
+as they arrive, during the worker's step (onnxruntime releases the GIL): it takes them while
+the row limit and the KV budget allow (its rows count as running), prefills them together
+(serving/prefill.py: prompts left-padded through the decoder; sources through the encoder,
+then a decoder call of their own with lane "first-token", or their decoder start joins the
+worker's next step with "encode") and streams their first tokens at once; the worker merges the
+ready rows between two steps. Otherwise (nothing runs, short steps, or lane "off") the worker
+starts them itself. Encoder-decoder rows carry their cross K/V and encoder mask (source axis
+right-padded), and the decoder takes per-row position_ids and a self-attention attention_mask
+(Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged (an encoder-decoder without
 those inputs, preallocated KV buffers, fused attention, a device placement) are served by
 `MicroBatchScheduler`; `make_scheduler` picks and logs which.
 """
@@ -42,7 +38,7 @@ from seqport.engine.placement import HOST
 from seqport.engine.running_batch import RunningBatch
 from seqport.serving.batching import run_batch
 from seqport.serving.jobs import DirectOutbox, GenerationRequest, Job
-from seqport.serving.prefill import Prefilled, Prefiller, fail, rows_of
+from seqport.serving.prefill import Prefilled, Prefiller, fail, merge
 from seqport.serving.rows import Row, advance
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits
 
@@ -116,8 +112,7 @@ class _Handoff:
 class ContinuousScheduler(MicroBatchScheduler):
     """Iteration-level batching behind the `Scheduler` interface (see the module docstring).
 
-    Queue, cancel and the size checks are MicroBatchScheduler's; the worker differs, and a
-    prefill lane (a thread of its own) starts the requests while the worker steps.
+    Queue, cancel and the size checks are MicroBatchScheduler's; the worker and the lane differ.
 
     Args:
         model: a loaded generating model that `continuous_unsupported` accepts.
@@ -322,28 +317,12 @@ class ContinuousScheduler(MicroBatchScheduler):
                     stamps = row.job.request.stamps
                     if stamps is not None and "first_token" not in stamps:
                         row.job.stamp("joined")  # its first token comes from the step about to run
-                self._merge(batch, rows, prefilled)
+                self.placed_in_slots += merge(batch, rows, prefilled)
                 admitted += len(prefilled.rows)
         if running and admitted:
             self.mid_batch_admissions += admitted
             if self._on_admit is not None:
                 self._on_admit(admitted)
-
-    def _merge(self, batch: RunningBatch, rows: list[Row | None], prefilled: Prefilled) -> None:
-        """Prefilled rows into vacated slots of the batch where they fit in place, the rest appended."""
-        new, cache, mask, encoder = prefilled.rows, prefilled.cache, prefilled.mask, prefilled.encoder
-        free = [i for i, row in enumerate(rows) if row is None][: len(new)]
-        n = len(free)
-        first = {name: value[:n] for name, value in encoder.items()}
-        if n and batch.place(np.array(free, dtype=np.int64), rows_of(cache, 0, n), mask[:n], first):
-            for i, row in zip(free, new):
-                rows[i] = row
-            self.placed_in_slots += n
-            new, cache, mask = new[n:], rows_of(cache, n, len(new)), mask[n:]
-            encoder = {name: value[n:] for name, value in encoder.items()}
-        if new:
-            batch.admit(cache, mask, encoder)
-            rows.extend(new)
 
     def _step(self, batch: RunningBatch, rows: list[Row | None]) -> None:
         """One decoder step for every slot (a vacated one decodes a pad token nobody reads)."""

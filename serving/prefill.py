@@ -1,7 +1,7 @@
 """Starting requests for a continuously batched decoder: their first decoder call, on their own.
 
 `Prefiller` turns admitted requests into `Prefilled` rows that the worker merges into its
-running batch (serving/continuous.py) between two steps. It touches no running batch, so the
+running batch (serving/continuous.py, `merge`) between two steps. It touches no running batch, so the
 worker thread or the prefill lane (a thread of its own running beside the worker's steps) may
 call it: the engine calls it makes (`model.check_inputs`, `model.encode`, `model.run_decoder`
 on a cache of their own) share no mutable buffers, and onnxruntime's `InferenceSession.run` is
@@ -28,6 +28,7 @@ from seqport.engine.config import GenerationConfig
 from seqport.engine.errors import SeqportError
 from seqport.engine.inputs import pad_batch
 from seqport.engine.kv_cache import KVCache
+from seqport.engine.running_batch import RunningBatch
 from seqport.serving.jobs import Job
 from seqport.serving.rows import Row, advance, make_row
 
@@ -73,6 +74,27 @@ def fail(jobs: list[Job], exc: Exception) -> None:
 def rows_of(cache: KVCache, start: int, stop: int) -> KVCache:
     """Rows start..stop of a growing cache (views)."""
     return KVCache([k[start:stop] for k in cache.keys], [v[start:stop] for v in cache.values])
+
+
+def merge(batch: RunningBatch, rows: list[Row | None], prefilled: Prefilled) -> int:
+    """Prefilled rows into the running batch (`rows`: slot i's row, None when vacated): into
+    vacated slots where they fit in place (RunningBatch.place), the rest appended (admit).
+    Returns how many took a vacated slot."""
+    new, cache, mask, encoder = prefilled.rows, prefilled.cache, prefilled.mask, prefilled.encoder
+    free = [i for i, row in enumerate(rows) if row is None][: len(new)]
+    n = len(free)
+    first = {name: value[:n] for name, value in encoder.items()}
+    placed = 0
+    if n and batch.place(np.array(free, dtype=np.int64), rows_of(cache, 0, n), mask[:n], first):
+        for i, row in zip(free, new):
+            rows[i] = row
+        placed = n
+        new, cache, mask = new[n:], rows_of(cache, n, len(new)), mask[n:]
+        encoder = {name: value[n:] for name, value in encoder.items()}
+    if new:
+        batch.admit(cache, mask, encoder)
+        rows.extend(new)
+    return placed
 
 
 class Prefiller:
