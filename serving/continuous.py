@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from seqport.engine.placement import HOST
 from seqport.engine.running_batch import RunningBatch
 from seqport.serving.batching import run_batch
 from seqport.serving.jobs import DirectOutbox, GenerationRequest, Job
-from seqport.serving.prefill import Prefilled, Prefiller, fail, merge
+from seqport.serving.prefill import Handoff, Prefiller, fail, merge
 from seqport.serving.rows import Row, advance
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits
 
@@ -99,16 +98,6 @@ def _alone(request: GenerationRequest) -> bool:
     return request.config.num_beams > 1 or request.config.num_return_sequences > 1
 
 
-@dataclass
-class _Handoff:
-    """What the prefill lane hands the worker: the jobs it took (in order), the rows it started,
-    and the requests that decode alone (beams, n > 1: the worker runs them between two steps)."""
-
-    jobs: list[Job]
-    prefilled: list[Prefilled] = field(default_factory=list)
-    alone: list[Job] = field(default_factory=list)
-
-
 class ContinuousScheduler(MicroBatchScheduler):
     """Iteration-level batching behind the `Scheduler` interface (see the module docstring).
 
@@ -164,7 +153,7 @@ class ContinuousScheduler(MicroBatchScheduler):
         self._lane_takes = False  # whether the lane starts waiting requests now (else the worker)
         self._step_s = 0.0  # the running batch's decoder call, smoothed (seconds)
         self._in_lane: list[Job] = []  # taken by the lane, not yet merged (they count as running)
-        self._ready: list[_Handoff] = []  # started by the lane, waiting for the worker
+        self._ready: list[Handoff] = []  # started by the lane, waiting for the worker
         self._slots = 0  # the running batch's slots, vacated ones included
         self._lane_outbox = DirectOutbox()
         lock = threading.RLock()
@@ -281,9 +270,9 @@ class ContinuousScheduler(MicroBatchScheduler):
         handoff = self._started(jobs, self._worker_prefiller)
         self._merge_handoffs(batch, rows, [handoff], running)
 
-    def _started(self, jobs: list[Job], prefiller: Prefiller) -> _Handoff:
+    def _started(self, jobs: list[Job], prefiller: Prefiller) -> Handoff:
         """Prefill `jobs` (one call per group); beams / n > 1 are left for the worker."""
-        handoff, starts = _Handoff(jobs), []
+        handoff, starts = Handoff(jobs), []
         for job in jobs:
             try:
                 if job.live and _alone(job.request):
@@ -303,7 +292,7 @@ class ContinuousScheduler(MicroBatchScheduler):
         return handoff
 
     def _merge_handoffs(
-        self, batch: RunningBatch, rows: list[Row | None], handoffs: list[_Handoff], running: bool
+        self, batch: RunningBatch, rows: list[Row | None], handoffs: list[Handoff], running: bool
     ) -> None:
         admitted = 0
         for handoff in handoffs:
@@ -339,7 +328,7 @@ class ContinuousScheduler(MicroBatchScheduler):
 
     # The prefill lane: takes waiting requests as they arrive, while the worker steps.
 
-    def _handoffs(self, running: list[Job], slots: int) -> tuple[list[_Handoff], list[Job]] | None:
+    def _handoffs(self, running: list[Job], slots: int) -> tuple[list[Handoff], list[Job]] | None:
         """(Worker.) What the lane has started, and the waiting jobs the worker starts itself:
         those that fit when the lane does not take them (nothing runs, or the steps are short).
         Waits when there is nothing to do; None: stop."""
@@ -363,28 +352,32 @@ class ContinuousScheduler(MicroBatchScheduler):
 
     def _lane_work(self) -> None:
         try:
-            while True:
-                jobs = self._lane_take()
-                if jobs is None:
-                    return
-                for job in jobs:
-                    job.outbox = self._lane_outbox  # first tokens go out from here, at once
-                try:
-                    handoff = self._started(jobs, self._prefiller)
-                finally:
-                    self._lane_outbox.flush()
-                    for job in jobs:
-                        job.outbox = self._outbox  # the worker's from now on (after these, in order)
+            while (jobs := self._lane_take()) is not None:
+                handoff = self._lane_start(jobs)
                 self.lane_started += len(jobs)
                 if self._on_lane is not None:
                     self._on_lane(len(jobs))
                 with self._cond:
                     self._ready.append(handoff)
-                    self._cond.notify_all()
+                    self._cond.notify()
         finally:
             with self._cond:
                 self._lane_stopped = True
-                self._cond.notify_all()
+                self._cond.notify()
+
+    def _lane_start(self, jobs: list[Job]) -> Handoff:
+        """(Lane.) Prefill `jobs`, their first tokens posted to the event loop before the hand-over."""
+        for job in jobs:
+            job.outbox = self._lane_outbox
+        try:
+            return self._started(jobs, self._prefiller)
+        except Exception as exc:  # the lane outlives a failure; its requests fail, none leaks
+            fail(jobs, exc)
+            return Handoff(jobs)
+        finally:
+            self._lane_outbox.flush()
+            for job in jobs:
+                job.outbox = self._outbox  # the worker's from now on (after these, in order)
 
     def _lane_take(self) -> list[Job] | None:
         """(Lane.) Waiting jobs that fit beside the running rows and those in the lane; None: stop."""

@@ -18,7 +18,7 @@ its own.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,16 @@ class Prefilled:
     cache: KVCache
     mask: np.ndarray
     encoder: dict[str, np.ndarray]
+
+
+@dataclass
+class Handoff:
+    """Started requests for the worker: the jobs taken (in order), the rows started, and the
+    requests that decode alone (beams, n > 1: the worker runs them between two steps)."""
+
+    jobs: list[Job]
+    prefilled: list[Prefilled] = field(default_factory=list)
+    alone: list[Job] = field(default_factory=list)
 
 
 def fail(jobs: list[Job], exc: Exception) -> None:

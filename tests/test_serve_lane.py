@@ -146,36 +146,47 @@ def test_outputs_through_the_lane_equal_generate_alone(seq2seq):
         assert lane_started == len(requests) - 1, "the lane did not start the requests that came during a step"
 
 
-def test_cancel_and_close_cover_requests_in_the_lane(seq2seq):
+def test_a_request_cancelled_in_the_lane_never_joins(seq2seq):
+    gated = Gated(seq2seq)
+    lane_gate = gated.close_gate(LANE, "encode")
+
+    async def scenario() -> tuple[int, int]:
+        scheduler = _scheduler(gated, rows=4)
+        try:
+            a = await scheduler.submit(_request(seq2seq, 0, tokens=30))
+            await anext(a)  # the worker started it (nothing ran)
+            await scheduler.submit(_request(seq2seq, 1))
+            await _wait(gated.inside[LANE])  # the second is in the lane, inside its encoder call
+            scheduler.cancel("r1")
+            lane_gate.set()
+            await _rest(a)
+            await asyncio.to_thread(lambda: _until(lambda: scheduler.running_rows == 0))
+            return scheduler.mid_batch_admissions, scheduler.lane_started
+        finally:
+            scheduler.close(5.0)
+
+    joined, lane_started = asyncio.run(scenario())
+    assert lane_started == 1 and joined == 0, "a request cancelled in the lane joined the running batch"
+
+
+def test_close_lets_a_request_in_the_lane_finish_within_the_grace(seq2seq):
     gated = Gated(seq2seq)
     lane_gate = gated.close_gate(LANE, "encode")
 
     async def scenario() -> tuple[int, int, bool]:
         scheduler = _scheduler(gated, rows=4)
-        a = await scheduler.submit(_request(seq2seq, 0, tokens=30))
+        a = await scheduler.submit(_request(seq2seq, 0, tokens=20))
         await anext(a)
         b = await scheduler.submit(_request(seq2seq, 1))
-        await _wait(gated.inside[LANE])  # b is in the lane, inside its encoder call
-        scheduler.cancel("r1")
-        lane_gate.set()
-        await _rest(a)
-        await asyncio.to_thread(lambda: _until(lambda: scheduler.running_rows == 0))
-        cancelled_joined = scheduler.mid_batch_admissions
-        lane_gate.clear()  # c waits in the lane while the server shuts down
-        d = await scheduler.submit(_request(seq2seq, 3, tokens=20))
-        await anext(d)
-        c = await scheduler.submit(_request(seq2seq, 2))
-        await _wait(gated.inside[LANE])
+        await _wait(gated.inside[LANE])  # b waits in the lane while the server shuts down
         threading.Timer(0.3, lane_gate.set).start()
-        await asyncio.to_thread(scheduler.close, 5.0)  # c and d finish within the grace
-        tokens_c = await _rest(c)
+        await asyncio.to_thread(scheduler.close, 5.0)  # a and b finish within the grace
+        tokens = (1 + await _rest(a), await _rest(b))
         stopped = not scheduler._lane_thread.is_alive() and not scheduler._thread.is_alive()
-        del b
-        return cancelled_joined, tokens_c, stopped and scheduler.running_rows == 0
+        return tokens, stopped and scheduler.running_rows == 0
 
-    cancelled_joined, tokens_c, stopped = asyncio.run(scenario())
-    assert cancelled_joined == 0, "a request cancelled in the lane joined the running batch"
-    assert tokens_c == 12, "a request in the lane at shutdown did not finish within the grace"
+    tokens, stopped = asyncio.run(scenario())
+    assert tokens == (20, 12), "a request in the lane at shutdown did not finish within the grace"
     assert stopped, "the lane or the worker outlived close(), or rows leaked"
 
 
