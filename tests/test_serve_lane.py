@@ -240,3 +240,28 @@ def test_lane_choices_and_the_engine_process_without_a_lane(seq2seq):
         assert scheduler.lane == "off" and not scheduler._lane_thread.is_alive()
     finally:
         scheduler.close(5.0)
+
+
+def test_beam_search_that_arrives_during_a_step_is_decoded_alone_by_the_worker(seq2seq):
+    gated = Gated(seq2seq)
+    gate = gated.close_gate(WORKER, "run_decoder", free_calls=1)
+    config = seq2seq.default_config.replace(max_new_tokens=6, do_sample=False, num_beams=2)
+    beams = GenerationRequest("beams", seq2seq.input_ids([SOURCES[3]])[0], config)
+    expected = seq2seq.generate([beams.prompt_ids], config=config)[0].text
+
+    async def scenario() -> tuple[str, int]:
+        scheduler = _scheduler(gated, rows=4)
+        try:
+            a = await scheduler.submit(_request(seq2seq, 0))
+            await _wait(gated.inside[WORKER])
+            stream = await scheduler.submit(beams)  # the lane hands it to the worker
+            await asyncio.to_thread(lambda: _until(lambda: scheduler.lane_started == 1))
+            gate.set()
+            text = "".join([event.text async for event in stream])
+            await _rest(a)
+            return text, scheduler.lane_started
+        finally:
+            scheduler.close(5.0)
+
+    text, lane_started = asyncio.run(scenario())
+    assert lane_started == 1 and text == expected
