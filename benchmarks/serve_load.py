@@ -3,7 +3,7 @@
     python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads N]
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
         [--ort-spinning] [--engine default|thread|process|both] [--prompts auto|words|sentences]
-        [--client lean|httpx]
+        [--client lean|httpx] [--prefill-lane first-token,encode,off]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
 sends the same requests (greedy, max_tokens drawn from 4-64, streamed with a usage chunk;
@@ -25,7 +25,9 @@ reaches when the HTTP side costs nothing, an upper bound for the HTTP runs' rati
 
 --repeat R runs every mode R times, alternating (a shared machine's load then hits each mode
 alike), and reports the median of the rounds' ratios; --ort-spinning runs the servers as they
-ran before spinning was turned off, for a comparison in one sitting.
+ran before spinning was turned off, for a comparison in one sitting; --prefill-lane L1,L2,...
+runs the sequential and continuous servers (and, for the same ratios, the micro-batching one)
+with each continuous-batching prefill lane in turn (`seqport serve --prefill-lane`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import datetime
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -201,6 +204,8 @@ def stage_totals(url: str) -> dict[str, list[float]]:
         for kind, index in (("_sum ", 0), ("_count ", 1)):
             if line.startswith("seqport_batch_rows" + kind):
                 totals.setdefault("_rows", [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+        if line.startswith("seqport_prefill_lane_requests_total "):
+            totals["_lane"] = [float(line.rsplit(" ", 1)[1]), 0.0]
     return totals
 
 
@@ -211,7 +216,9 @@ def batch_figures(before: dict[str, list[float]], after: dict[str, list[float]],
     rows, count = after.get("_rows", [0.0, 0.0])
     if count <= count0:
         return {}
-    return {"rows_per_batch": (rows - rows0) / (count - count0), "batches_per_request": (count - count0) / requests}
+    lane = after.get("_lane", [0.0])[0] - before.get("_lane", [0.0])[0]
+    return {"rows_per_batch": (rows - rows0) / (count - count0), "batches_per_request": (count - count0) / requests,
+            "lane_share": lane / requests}
 
 
 def stage_means_ms(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
@@ -270,17 +277,19 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
 
 def stages_table(runs: dict[str, dict[str, Any]]) -> str:
     """Server-side stamps of each run's first tokens: mean ms spent reaching each stage."""
-    stages = ("submitted", "admitted", "encoded", "first_token", "delivered", "written")
+    stages = ("submitted", "admitted", "encoded", "joined", "first_token", "delivered", "written")
     head = "Where a first token's time goes, server side (mean ms to reach each stage from the one before; "
     head += "seqport_first_token_stage_seconds), and the server's rows per decoded batch (continuous "
-    head += "batching: per step) and batches per request (seqport_batch_rows):\n\n| run | " + " | ".join(stages)
-    head += " | sum | rows per batch | batches per request |\n"
-    head += "|---|" + "---|" * (len(stages) + 3) + "\n"
+    head += "batching: per step) and batches per request (seqport_batch_rows), and the share of requests the "
+    head += "prefill lane started (seqport_prefill_lane_requests):\n\n| run | " + " | ".join(stages)
+    head += " | sum | rows per batch | batches per request | lane share |\n"
+    head += "|---|" + "---|" * (len(stages) + 4) + "\n"
     rows = []
     for name, r in runs.items():
         means = r.get("first_token_stages_ms", {})
         cells = [f"{means[s]:.2f}" if s in means else "-" for s in stages]
         batches = f"{r.get('rows_per_batch', float('nan')):.1f} | {r.get('batches_per_request', float('nan')):.2f}"
+        batches += f" | {r.get('lane_share', float('nan')):.2f}"
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} | {batches} |")
     return head + "\n".join(rows) + "\n"
 
@@ -310,7 +319,7 @@ def round_ratios(
     for suffix in suffixes:
         seq, cont, micro = (runs[name + suffix] for name in
                             ("sequential (continuous server)", "continuous batching", "static micro-batching"))
-        key = suffix.strip(" []").replace(" ", "_")
+        key = "_".join(re.findall(r"[\w-]+", suffix))
         key = f"_{key}" if key else ""
         ratios[f"continuous_vs_sequential_rps{key}"] = cont["requests_per_s"] / seq["requests_per_s"]
         ratios[f"continuous_vs_micro_rps{key}"] = cont["requests_per_s"] / micro["requests_per_s"]
@@ -339,6 +348,19 @@ ENGINES = {
     "process": {"": ("--engine-process",)},
     "both": {" [thread]": ("--no-engine-process",), " [engine process]": ("--engine-process",)},
 }
+
+
+def with_lanes(engines_of: dict[str, tuple[str, ...]], lanes: str) -> dict[str, tuple[str, ...]]:
+    """Every engine placement with each prefill lane of the comma-separated `lanes` ("": the
+    server's default); one lane names no suffix."""
+    names = [lane.strip() for lane in lanes.split(",") if lane.strip()]
+    if not names:
+        return engines_of
+    return {
+        (f"{suffix} [lane {lane}]" if len(names) > 1 else suffix): (*extra, "--prefill-lane", lane)
+        for suffix, extra in engines_of.items()
+        for lane in names
+    }
 
 
 def run_rounds(
@@ -382,9 +404,12 @@ def main() -> None:
     parser.add_argument("--engine", choices=("default", "thread", "process", "both"), default="default",
                         help="the servers' engine: the server's default, a worker thread (--no-engine-process), "
                         "a process of its own (--engine-process), or both in turn (ratios of each)")
+    parser.add_argument("--prefill-lane", default="",
+                        help="comma-separated prefill lanes of the continuous servers (first-token, encode, off), "
+                        "each run in turn with its own ratios (default: the server's default lane)")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    engines_of = ENGINES.get(args.engine, ENGINES["both"])
+    engines_of = with_lanes(ENGINES.get(args.engine, ENGINES["both"]), args.prefill_lane)
     workload = prompts_for(args.artifact, args.prompts)
     rounds, engines = run_rounds(args, make_requests(min(args.requests, 256), workload), engines_of)
     per_round = [

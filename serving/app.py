@@ -58,6 +58,10 @@ class ServeOptions:
         shutdown_grace_s: on shutdown, running requests get this long to finish, then are cancelled.
         scheduler: "continuous" (iteration-level batching where the artifact supports it, else
             micro-batching, logged) or "micro" (static micro-batching).
+        prefill_lane: continuous batching: "first-token" (a thread beside the worker prefills new
+            requests and streams their first tokens while the running batch steps), "encode" (it
+            prefills; an encoder-decoder row's first token comes from the worker's next step) or
+            "off" (the worker admits between two steps). The engine process has no lane.
         engine_process: run the scheduler and the model in a child process (serving/process.py)
             instead of a worker thread of this one.
         runtime: the engine process's runtime options (None: the server's defaults); a worker
@@ -71,6 +75,7 @@ class ServeOptions:
     kv_budget_mb: float = 0.0
     shutdown_grace_s: float = 5.0
     scheduler: str = "continuous"
+    prefill_lane: str = "first-token"
     engine_process: bool = False
     runtime: RuntimeOptions | None = None
 
@@ -97,7 +102,8 @@ class _State:
 
                 self.scheduler = ProcessScheduler(model, limits, options.scheduler, options.runtime, **callbacks)
             else:
-                self.scheduler = make_scheduler(model, limits, options.scheduler, **callbacks)
+                lane = {"lane": options.prefill_lane, "on_lane": lambda count: self.metrics.lane_started.inc(count)}
+                self.scheduler = make_scheduler(model, limits, options.scheduler, **callbacks, **lane)
         scheduler = self.scheduler
         self.metrics = ServerMetrics(
             lambda: scheduler.queue_depth if scheduler else 0, lambda: scheduler.running_rows if scheduler else 0

@@ -42,6 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--scheduler", choices=("continuous", "micro"), default="continuous",
                    help="continuous: iteration-level batching where the artifact supports it (else micro, "
                    "logged); micro: static micro-batching (default: continuous)")
+    p.add_argument("--prefill-lane", choices=("first-token", "encode", "off"), default="first-token",
+                   help="continuous batching: a thread beside the worker starts new requests while the running "
+                   "batch steps. first-token: it prefills them and streams their first tokens at once (an "
+                   "encoder-decoder row gets a decoder call of its own); encode: it prefills, and an "
+                   "encoder-decoder row's first token comes from the worker's next step; off: the worker admits "
+                   "between two steps (as before; the engine process always does). Default: first-token")
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
                    help="run the scheduler and the model in a child process, the HTTP event loop in this one "
                    "(no shared GIL; default: a worker thread)")
@@ -87,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         kv_budget_mb=args.kv_budget_mb,
         shutdown_grace_s=args.shutdown_grace,
         scheduler=args.scheduler,
+        prefill_lane=args.prefill_lane,
         engine_process=args.engine_process,
     )
     if getattr(args, "ray", None) is not None:

@@ -9,16 +9,16 @@ a row with processors or sampling; a seeded row samples from the generator input
 would use). Beam search and n > 1 run as a static batch of their own (the micro-batch path)
 between two steps.
 
-The requests admitted at one point are prefilled in one call, right before the step that
-follows, and their first tokens are streamed as soon as they exist (what keeps the time to first
-token near the idle one). Decoder-only prompts are left-padded through the decoder, whose
-logits give each one's first token. Encoder-decoder sources are right-padded through the
-encoder; the new rows' decoder start token then joins that step (an empty, masked past), which
-gives their first token as soon as a call of their own would, without the extra call (a forced
-prefix of several tokens does get a call of its own). Their cross K/V and encoder mask join the
-batch's (source axis right-padded, the mask hides the padding), and the decoder takes per-row
-position_ids and a self-attention attention_mask (exported where the family supports them:
-Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged (an encoder-decoder without
+While the running batch's steps are long, a prefill lane (a thread of its own) starts requests
+as they arrive, during the worker's step (onnxruntime releases the GIL): it takes them while
+the row limit and the KV budget allow (its rows count as running), prefills them together
+(serving/prefill.py: prompts left-padded through the decoder; sources through the encoder,
+then a decoder call of their own with lane "first-token", or their decoder start joins the
+worker's next step with "encode") and streams their first tokens at once; the worker merges the
+ready rows between two steps. Otherwise (nothing runs, short steps, or lane "off") the worker
+starts them itself. Encoder-decoder rows carry their cross K/V and encoder mask (source axis
+right-padded), and the decoder takes per-row position_ids and a self-attention attention_mask
+(Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged (an encoder-decoder without
 those inputs, preallocated KV buffers, fused attention, a device placement) are served by
 `MicroBatchScheduler`; `make_scheduler` picks and logs which.
 """
@@ -26,26 +26,26 @@ those inputs, preallocated KV buffers, fused attention, a device placement) are 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+import time
 from typing import Any
 
 import numpy as np
 
-from seqport.engine.causal_lm import left_pad, positions
-from seqport.engine.config import GenerationConfig
-from seqport.engine.errors import ConfigError, SeqportError
-from seqport.engine.inputs import pad_batch
-from seqport.engine.kv_cache import KVCache
+from seqport.engine.errors import ConfigError
 from seqport.engine.placement import HOST
 from seqport.engine.running_batch import RunningBatch
 from seqport.serving.batching import run_batch
-from seqport.serving.jobs import GenerationRequest, Job
-from seqport.serving.rows import Row, advance, make_row
+from seqport.serving.jobs import DirectOutbox, GenerationRequest, Job
+from seqport.serving.prefill import Handoff, Prefiller, fail, merge
+from seqport.serving.rows import Row, advance
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits
 
 logger = logging.getLogger(__name__)
 
 SCHEDULERS = ("continuous", "micro")
+PREFILL_LANES = ("first-token", "encode", "off")
+DEFAULT_LANE = "first-token"
 
 
 def continuous_unsupported(model: Any) -> str | None:
@@ -74,8 +74,9 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
         model: a loaded generating model.
         limits: admission limits.
         kind: "continuous" (falls back to "micro" with a log line) or "micro".
-        **callbacks: on_batch(rows) and, for continuous batching, on_admit(count); `outbox`:
-            where the worker's events go (MicroBatchScheduler's argument).
+        **callbacks: on_batch(rows) and, for continuous batching, on_admit(count) and `lane`
+            (ContinuousScheduler's); `outbox`: where the worker's events go
+            (MicroBatchScheduler's argument).
 
     Raises:
         ConfigError: `kind` is not one of SCHEDULERS.
@@ -91,26 +92,6 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
     return MicroBatchScheduler(model, limits, on_batch=callbacks.get("on_batch"), outbox=callbacks.get("outbox"))
 
 
-@dataclass(frozen=True)
-class _Start:
-    job: Job
-    config: GenerationConfig
-    first: list[int]  # the decoder's first tokens: prompt (+ prefix), or decoder start (+ prefix)
-    source: list[int] | None  # encoder-decoder: the encoder's input
-
-
-def _fail(jobs: list[Job], exc: Exception) -> None:
-    if not isinstance(exc, SeqportError):
-        logger.error("%d request(s) failed to start", len(jobs), exc_info=exc)
-    for job in jobs:
-        job.fail(exc)
-
-
-def _rows_of(cache: KVCache, start: int, stop: int) -> KVCache:
-    """Rows start..stop of a growing cache (views)."""
-    return KVCache([k[start:stop] for k in cache.keys], [v[start:stop] for v in cache.values])
-
-
 def _alone(request: GenerationRequest) -> bool:
     """Beam search and n > 1 decode as a static batch of their own; every other request is one
     row (a seeded sample too: its row has its own generator, seeded as input 0)."""
@@ -120,38 +101,92 @@ def _alone(request: GenerationRequest) -> bool:
 class ContinuousScheduler(MicroBatchScheduler):
     """Iteration-level batching behind the `Scheduler` interface (see the module docstring).
 
-    Queue, cancel, close and the size checks are MicroBatchScheduler's; the worker differs.
+    Queue, cancel and the size checks are MicroBatchScheduler's; the worker and the lane differ.
 
     Args:
         model: a loaded generating model that `continuous_unsupported` accepts.
-        limits: max_batch_rows bounds the running rows; kv_budget_bytes bounds the padded
-            worst case, rows × the longest request's prompt + max_tokens (batch_wait_s unused).
+        limits: max_batch_rows bounds the running rows (rows in the prefill lane count);
+            kv_budget_bytes bounds the padded worst case, rows × the longest request's prompt +
+            max_tokens (batch_wait_s unused).
         on_batch: called with the row count of every step (the batch-size histogram).
         on_admit: called with the number of requests that joined a batch already running.
-        outbox: as MicroBatchScheduler's.
+        on_lane: called with the number of requests the prefill lane started (from its thread).
+        outbox: as MicroBatchScheduler's. A given outbox (the engine process's pipe) keeps the
+            admissions in the worker thread: no prefill lane.
+        lane: "first-token" (the lane prefills, an encoder-decoder row's first token from a
+            decoder call of its own), "encode" (the lane prefills; an encoder-decoder row's
+            decoder start joins the batch's next step) or "off" (the worker admits between two
+            steps): PREFILL_LANES.
+
+    The lane takes waiting requests only while rows run and the running batch's decoder call
+    takes LANE_MIN_STEP_S or more (smoothed over the last steps): then a new request would
+    wait for the step in flight. Otherwise (nothing runs, or steps shorter than the lane's own
+    hand-overs cost, as the tiny GPT-2's ~0.1 ms) the worker starts them itself between two
+    steps, as with the lane off.
+
+    Raises:
+        ConfigError: `lane` is not one of PREFILL_LANES.
     """
 
+    LANE_MIN_STEP_S = 0.001
+
     def __init__(
-        self, model: Any, limits: SchedulerLimits, on_batch: Any = None, on_admit: Any = None, outbox: Any = None
+        self,
+        model: Any,
+        limits: SchedulerLimits,
+        on_batch: Any = None,
+        on_admit: Any = None,
+        outbox: Any = None,
+        lane: str = DEFAULT_LANE,
+        on_lane: Any = None,
     ) -> None:
-        self._on_admit = on_admit
+        if lane not in PREFILL_LANES:
+            raise ConfigError(f"prefill lane must be one of {', '.join(PREFILL_LANES)}, got {lane!r}")
+        self._on_admit, self._on_lane = on_admit, on_lane
         self.mid_batch_admissions = 0
         self.placed_in_slots = 0  # rows written into a vacated slot (no copy of the running cache)
-        kv = model.manifest.kv
-        self._geometry = (kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype)
-        self._eos = tuple(model.manifest.special_ids.eos)
+        self.lane_started = 0  # requests the prefill lane started (the others: the worker)
+        self.lane = lane if outbox is None else "off"
+        self._prefiller = Prefiller(model, own_call=self.lane == "first-token")  # the lane's
+        self._worker_prefiller = Prefiller(model)  # new rows' decoder start joins the step that follows
+        self._geometry = self._prefiller.geometry
+        self._lane_takes = False  # whether the lane starts waiting requests now (else the worker)
+        self._step_s = 0.0  # the running batch's decoder call, smoothed (seconds)
+        self._in_lane: list[Job] = []  # taken by the lane, not yet merged (they count as running)
+        self._ready: list[Handoff] = []  # started by the lane, waiting for the worker
+        self._slots = 0  # the running batch's slots, vacated ones included
+        self._lane_outbox = DirectOutbox()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the worker waits here (MicroBatchScheduler's)
+        self._lane_cond = threading.Condition(lock)  # the lane waits here: waking one never wakes the other
+        self._lane_thread = threading.Thread(target=self._lane_work, name="seqport-prefill", daemon=True)
+        self._lane_stopped = self.lane == "off"
         super().__init__(model, limits, on_batch, outbox)
+        if self.lane != "off":
+            self._lane_thread.start()
+
+    def close(self, grace_s: float = 5.0) -> None:
+        super().close(grace_s)
+        if self._lane_thread.is_alive():
+            self._lane_thread.join(grace_s)
+
+    def _wake_for(self, job: Job) -> None:
+        (self._lane_cond if self._lane_takes else self._cond).notify()
+
+    def _wake_all(self) -> None:
+        self._cond.notify_all()
+        self._lane_cond.notify_all()
+
+    def _held(self) -> list[Job]:
+        with self._cond:
+            return [*self._running, *self._in_lane]
 
     def _work(self) -> None:
         batch, rows = RunningBatch(*self._geometry), []  # rows[i]: slot i's row, None when vacated
         while True:
             batch, rows = self._vacate(batch, rows)
-            live = [row for row in rows if row is not None]
-            self._running = [row.job for row in live]
-            jobs = self._admissions(live, len(rows))
-            if jobs is None:
+            if not self._admit_next(batch, rows):
                 return
-            self._admit(batch, rows, jobs, running=bool(live))
             self._outbox.flush()  # the new rows' first tokens go out before the next step
             live = [row for row in rows if row is not None]
             self._running = [row.job for row in live]
@@ -164,6 +199,25 @@ class ContinuousScheduler(MicroBatchScheduler):
                         row.job.fail(exc)
                     batch, rows = RunningBatch(*self._geometry), []
                 self._outbox.flush()
+
+    def _admit_next(self, batch: RunningBatch, rows: list[Row | None]) -> bool:
+        """Between two steps: merge what the lane started, or (no lane) admit waiting requests.
+        Waits when nothing runs; False: stop."""
+        live = [row for row in rows if row is not None]
+        if self.lane == "off":
+            self._running = [row.job for row in live]
+            jobs = self._admissions(live, len(rows))
+            if jobs is not None:
+                self._admit(batch, rows, jobs, running=bool(live))
+            return jobs is not None
+        taken = self._handoffs([row.job for row in live], len(rows))
+        if taken is None:
+            return False
+        handoffs, mine = taken
+        if mine:
+            handoffs.append(self._started(mine, self._worker_prefiller))
+        self._merge_handoffs(batch, rows, handoffs, running=bool(live))
+        return True
 
     def _vacate(self, batch: RunningBatch, rows: list[Row | None]) -> tuple[RunningBatch, list[Row | None]]:
         """Finished and cancelled rows leave their slots free for the next admissions (no copy);
@@ -189,16 +243,20 @@ class ContinuousScheduler(MicroBatchScheduler):
                 if self._closing:
                     return None
                 self._cond.wait()
-            jobs: list[Job] = []
-            while self._waiting and self._fits_running(rows, jobs, self._waiting[0], slots):
-                jobs.append(self._waiting.popleft())
-                jobs[-1].stamp("admitted")
-                if _alone(jobs[-1].request):
-                    break
-            return jobs
+            return self._take_fitting([row.job for row in rows], slots)
 
-    def _fits_running(self, rows: list[Row], jobs: list[Job], job: Job, slots: int) -> bool:
-        running = [row.job for row in rows] + jobs
+    def _take_fitting(self, running: list[Job], slots: int) -> list[Job]:
+        """(Under the lock.) Waiting jobs that fit beside `running`, in arrival order, stamped."""
+        jobs: list[Job] = []
+        while self._waiting and self._fits_running(running, jobs, self._waiting[0], slots):
+            jobs.append(self._waiting.popleft())
+            jobs[-1].stamp("admitted")
+            if _alone(jobs[-1].request):
+                break
+        return jobs
+
+    def _fits_running(self, running: list[Job], jobs: list[Job], job: Job, slots: int) -> bool:
+        running = running + jobs
         if _alone(job.request):
             return True  # decoded on its own between two steps
         if len(running) + 1 > self.limits.max_batch_rows:
@@ -208,109 +266,52 @@ class ContinuousScheduler(MicroBatchScheduler):
         return not budget or worst * max(len(running) + 1, slots) <= budget  # vacated slots hold memory too
 
     def _admit(self, batch: RunningBatch, rows: list[Row | None], jobs: list[Job], running: bool) -> None:
-        """Start `jobs`; their rows go into `rows` (free slots first)."""
-        starts: dict[int, list[_Start]] = {}  # by first-token count: one prefill call per group
+        """Start `jobs` in the worker (no lane); their rows go into `rows` (free slots first)."""
+        handoff = self._started(jobs, self._worker_prefiller)
+        self._merge_handoffs(batch, rows, [handoff], running)
+
+    def _started(self, jobs: list[Job], prefiller: Prefiller) -> Handoff:
+        """Prefill `jobs` (one call per group); beams / n > 1 are left for the worker."""
+        handoff, starts = Handoff(jobs), []
         for job in jobs:
             try:
                 if job.live and _alone(job.request):
-                    run_batch(self.model, [job])  # beams / n > 1: a static batch of its own
+                    handoff.alone.append(job)
                 elif job.live:
-                    start = self._start(job)
-                    starts.setdefault(len(start.first) if start.source else 0, []).append(start)
+                    starts.append(prefiller.start(job))
             except Exception as exc:  # the request fails, the worker and the running rows go on
-                _fail([job], exc)
-        admitted = 0
-        for group in starts.values():
+                fail([job], exc)
+        for group in prefiller.group(starts):
             try:
-                admitted += self._prefill(batch, rows, group)
+                prefilled = prefiller.prefill(group)
             except Exception as exc:
-                _fail([start.job for start in group], exc)
+                fail([start.job for start in group], exc)
+                continue
+            if prefilled is not None:
+                handoff.prefilled.append(prefilled)
+        return handoff
+
+    def _merge_handoffs(
+        self, batch: RunningBatch, rows: list[Row | None], handoffs: list[Handoff], running: bool
+    ) -> None:
+        admitted = 0
+        for handoff in handoffs:
+            for job in handoff.alone:
+                try:
+                    run_batch(self.model, [job])  # beams / n > 1: a static batch of its own
+                except Exception as exc:
+                    fail([job], exc)
+            for prefilled in handoff.prefilled:
+                for row in prefilled.rows:
+                    stamps = row.job.request.stamps
+                    if stamps is not None and "first_token" not in stamps:
+                        row.job.stamp("joined")  # its first token comes from the step about to run
+                self.placed_in_slots += merge(batch, rows, prefilled)
+                admitted += len(prefilled.rows)
         if running and admitted:
             self.mid_batch_admissions += admitted
             if self._on_admit is not None:
                 self._on_admit(admitted)
-
-    def _start(self, job: Job) -> _Start:
-        """A request's checked options, first decoder tokens and (encoder-decoder) source."""
-        model = self.model
-        checked, config = model.check_inputs([job.request.prompt_ids], job.request.config)
-        source = checked[0] if model.manifest.architecture == "encoder-decoder" else None
-        return _Start(job, config, model.decoder_prompt(checked[0], config), source)
-
-    def _prefill(self, batch: RunningBatch, rows: list[Row | None], starts: list[_Start]) -> int:
-        """Prefill requests together (as a static batch of them would: prompts left-padded;
-        encoder-decoder: sources right-padded through the encoder), emit each one's first token
-        from the decoder call, and merge the rows that go on into the running batch (`rows`).
-        A lone decoder start joins the next step instead (_join_next_step). Returns the number
-        of rows merged."""
-        model, encoder = self.model, {}
-        if starts[0].source is not None:
-            source, source_mask = pad_batch([s.source for s in starts], model.pad_id)  # (M, S)
-            encoder = {k: v for k, v in model.encode(source, source_mask).items() if k.startswith("cross_")}
-            encoder["encoder_attention_mask"] = source_mask
-            for start in starts:
-                start.job.stamp("encoded")
-            prompt = np.array([s.first for s in starts], dtype=np.int64)  # (M, 1 + prefix): same length
-            if prompt.shape[1] == 1:  # the decoder start alone: it joins the step about to run
-                return self._join_next_step(batch, rows, starts, encoder)
-            mask = np.ones_like(prompt)
-        else:
-            prompt, mask = left_pad([s.first for s in starts], model.pad_id)  # (M, L)
-        cache = KVCache.empty(len(starts), *self._geometry)
-        feeds = {"input_ids": prompt, "attention_mask": mask, "position_ids": positions(mask), **encoder}
-        feeds["logits_positions"] = np.array([prompt.shape[1] - 1], dtype=np.int64)
-        logits = model.run_decoder(feeds, cache)["logits"][:, -1, :]  # (M, V)
-        new = [self._row(start) for start in starts]
-        advance(new, logits)
-        keep = [i for i, row in enumerate(new) if row.job.live]
-        if keep:
-            cache.take(np.array(keep, dtype=np.int64))
-            kept = {name: value[keep] for name, value in encoder.items()}
-            self._merge(batch, rows, [new[i] for i in keep], cache, mask[keep], kept)
-        return len(keep)
-
-    def _join_next_step(
-        self, batch: RunningBatch, rows: list[Row | None], starts: list[_Start], encoder: dict[str, np.ndarray]
-    ) -> int:
-        """Encoder-decoder rows with an empty past (every slot masked) whose decoder start token
-        the step that follows at once decodes at position 0 with the running rows. Measured
-        against a decoder call of their own (the first token before the step of all rows): a
-        decoder call fewer per admission, 12 % less CPU per request, for first tokens 1-2 ms
-        later under 16 clients (docs/serving.md)."""
-        new = [self._row(start) for start in starts]
-        for row, start in zip(new, starts):
-            row.token = start.first[0]
-        empty = KVCache.empty(len(starts), *self._geometry)
-        self._merge(batch, rows, new, empty, np.zeros((len(starts), 0), np.int64), encoder)
-        return len(new)
-
-    def _merge(
-        self,
-        batch: RunningBatch,
-        rows: list[Row | None],
-        new: list[Row],
-        cache: KVCache,
-        mask: np.ndarray,
-        encoder: dict[str, np.ndarray],
-    ) -> None:
-        """`new` rows (their cache (M, H, L, D), mask (M, L), encoder values) into vacated slots
-        of the batch where they fit in place, the rest appended."""
-        free = [i for i, row in enumerate(rows) if row is None][: len(new)]
-        n = len(free)
-        first = {name: value[:n] for name, value in encoder.items()}
-        if n and batch.place(np.array(free, dtype=np.int64), _rows_of(cache, 0, n), mask[:n], first):
-            for i, row in zip(free, new):
-                rows[i] = row
-            self.placed_in_slots += n
-            new, cache, mask = new[n:], _rows_of(cache, n, len(new)), mask[n:]
-            encoder = {name: value[n:] for name, value in encoder.items()}
-        if new:
-            batch.admit(cache, mask, encoder)
-            rows.extend(new)
-
-    def _row(self, start: _Start) -> Row:
-        return make_row(start.job, start.config, start.first, start.config.eos_token_ids or self._eos,
-                        self.model.tokenizer)
 
     def _step(self, batch: RunningBatch, rows: list[Row | None]) -> None:
         """One decoder step for every slot (a vacated one decodes a pad token nobody reads)."""
@@ -319,6 +320,74 @@ class ContinuousScheduler(MicroBatchScheduler):
             self._on_batch(len(live))
         tokens = np.array([[self.model.pad_id if row is None else row.token] for row in rows], np.int64)  # (N, 1)
         feeds = {"input_ids": tokens, **batch.step_inputs(), "logits_positions": np.zeros(1, dtype=np.int64)}
+        start = time.perf_counter()
         logits = self.model.run_decoder(feeds, batch.cache)["logits"][:, -1, :]  # (N, V)
+        self._step_s += 0.2 * (time.perf_counter() - start - self._step_s)
         batch.advanced()
         advance([rows[i] for i in live], logits if len(live) == len(rows) else logits[live])  # (live, V)
+
+    # The prefill lane: takes waiting requests as they arrive, while the worker steps.
+
+    def _handoffs(self, running: list[Job], slots: int) -> tuple[list[Handoff], list[Job]] | None:
+        """(Worker.) What the lane has started, and the waiting jobs the worker starts itself:
+        those that fit when the lane does not take them (nothing runs, or the steps are short).
+        Waits when there is nothing to do; None: stop."""
+        with self._cond:
+            self._slots = slots
+            self._lane_takes = bool(running) and self._step_s >= self.LANE_MIN_STEP_S
+            if self._lane_takes and self._waiting:
+                self._lane_cond.notify()  # rows left, or the lane may take now: it looks again
+            while True:
+                ready, self._ready = self._ready, []
+                taken = [job for handoff in ready for job in handoff.jobs]
+                self._in_lane = [job for job in self._in_lane if all(job is not t for t in taken)]
+                held = running + taken
+                mine = [] if self._lane_takes else self._take_fitting(held + self._in_lane, slots)
+                self._running = held + mine
+                if held or mine:
+                    return ready, mine
+                if self._closing and self._lane_stopped:
+                    return None
+                self._cond.wait()
+
+    def _lane_work(self) -> None:
+        try:
+            while (jobs := self._lane_take()) is not None:
+                handoff = self._lane_start(jobs)
+                self.lane_started += len(jobs)
+                if self._on_lane is not None:
+                    self._on_lane(len(jobs))
+                with self._cond:
+                    self._ready.append(handoff)
+                    self._cond.notify()
+        finally:
+            with self._cond:
+                self._lane_stopped = True
+                self._cond.notify()
+
+    def _lane_start(self, jobs: list[Job]) -> Handoff:
+        """(Lane.) Prefill `jobs`, their first tokens posted to the event loop before the hand-over."""
+        for job in jobs:
+            job.outbox = self._lane_outbox
+        try:
+            return self._started(jobs, self._prefiller)
+        except Exception as exc:  # the lane outlives a failure; its requests fail, none leaks
+            fail(jobs, exc)
+            return Handoff(jobs)
+        finally:
+            self._lane_outbox.flush()
+            for job in jobs:
+                job.outbox = self._outbox  # the worker's from now on (after these, in order)
+
+    def _lane_take(self) -> list[Job] | None:
+        """(Lane.) Waiting jobs that fit beside the running rows and those in the lane; None: stop."""
+        with self._cond:
+            while True:
+                if self._closing and not self._waiting:
+                    return None
+                running = [job for job in self._running if job.live] + self._in_lane
+                jobs = self._take_fitting(running, self._slots) if self._lane_takes else []
+                if jobs:
+                    self._in_lane.extend(jobs)
+                    return jobs
+                self._lane_cond.wait()

@@ -44,9 +44,11 @@ class GenerationRequest:
 
 
 # A first token's way, in order (GenerationRequest.stamps): the HTTP call made, queued in the
-# scheduler, taken by the worker, its source encoded (encoder-decoder, continuous batching), its
+# scheduler, taken by the worker (or the prefill lane), its source encoded (encoder-decoder,
+# continuous batching), its row joined the running batch (continuous batching, when its first
+# token comes from the batch's step: an encoder-decoder row whose decoder start joins it), its
 # first token chosen, handed to the event loop's queue, its SSE chunk written.
-STAGES = ("arrival", "submitted", "admitted", "encoded", "first_token", "delivered", "written")
+STAGES = ("arrival", "submitted", "admitted", "encoded", "joined", "first_token", "delivered", "written")
 
 
 def stage_seconds(stamps: dict[str, float]) -> dict[str, float]:
@@ -214,6 +216,39 @@ class Outbox:
         """On the event loop: every item into its queue."""
         deliver(pairs)
         self._taken()
+
+
+class DirectOutbox:
+    """Events collected by a thread other than the worker (the prefill lane,
+    serving/continuous.py), handed to each event loop by that thread itself, in one
+    call_soon_threadsafe per loop, when it flushes.
+
+    No courier and no pacing: `flush` returns once the items are posted, so events that the
+    worker produces later for the same request (after the lane hands its row over) reach the
+    loop after them (call_soon_threadsafe keeps its order). Waking the loop costs the calling
+    thread the GIL for a while, which the lane can afford: it has nothing else to do then. Only
+    one thread calls add and flush.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+
+    def add(self, job: Job, item: object) -> None:
+        self._items.setdefault(job.loop, []).append((job, item))
+
+    def flush(self) -> None:
+        """Post every collected item to its event loop (their order kept)."""
+        items, self._items = self._items, {}
+        for loop, pairs in items.items():
+            try:
+                loop.call_soon_threadsafe(deliver, pairs)
+            except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
+                for job, _ in pairs:
+                    job.cancelled = True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Post what is left (`timeout` unused: nothing to wait for)."""
+        self.flush()
 
 
 def deliver(pairs: list[tuple[Job, Any]]) -> None:

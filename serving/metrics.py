@@ -42,6 +42,11 @@ class ServerMetrics:
         self.admitted_mid_batch = Counter(
             "seqport_mid_batch_admissions", "Requests admitted into a batch already running", registry=r
         )
+        self.lane_started = Counter(
+            "seqport_prefill_lane_requests",
+            "Requests the prefill lane started while the worker stepped (continuous batching)",
+            registry=r,
+        )
         self.cancelled = Counter("seqport_cancelled_requests", "Requests whose client went away", registry=r)
         self.first_token_stages = Histogram(
             "seqport_first_token_stage_seconds",

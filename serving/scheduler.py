@@ -99,7 +99,8 @@ class MicroBatchScheduler:
 
     def __init__(self, model: Any, limits: SchedulerLimits, on_batch: Any = None, outbox: Any = None) -> None:
         self.model, self.limits, self._on_batch = model, limits, on_batch
-        self._cond = threading.Condition()
+        if not hasattr(self, "_cond"):  # a subclass may make it first, to share its lock with others
+            self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._running: list[Job] = []
@@ -114,7 +115,11 @@ class MicroBatchScheduler:
 
     @property
     def running_rows(self) -> int:
-        return sum(job.request.rows for job in list(self._running) if job.live)
+        return sum(job.request.rows for job in self._held() if job.live)
+
+    def _held(self) -> list[Job]:
+        """The jobs started and not yet finished (a continuous scheduler adds those it is starting)."""
+        return list(self._running)
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), self.kv_bytes(request), outbox=self._outbox)
@@ -138,7 +143,15 @@ class MicroBatchScheduler:
             self._waiting.append(job)
             self._jobs[request.request_id] = job
             job.stamp("submitted")
-            self._cond.notify()
+            self._wake_for(job)
+
+    def _wake_for(self, job: Job) -> None:
+        """(Under the lock.) Wake the thread that starts a newly queued job."""
+        self._cond.notify()
+
+    def _wake_all(self) -> None:
+        """(Under the lock.) Wake every thread of the scheduler (it is closing)."""
+        self._cond.notify_all()
 
     def _check_size(self, job: Job) -> None:
         rows, limits = job.request.rows, self.limits
@@ -169,10 +182,10 @@ class MicroBatchScheduler:
                 job.cancelled = True
                 job.fail(ShuttingDown("the server shut down before this request started"))
             self._waiting.clear()
-            self._cond.notify_all()
+            self._wake_all()
         self._thread.join(grace_s)
         if self._thread.is_alive():
-            for job in list(self._running):
+            for job in self._held():
                 job.cancelled = True
                 job.fail(ShuttingDown("the server shut down while this request ran"))
             self._thread.join(grace_s)

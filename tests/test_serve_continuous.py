@@ -62,7 +62,10 @@ def _sse(response: httpx.Response) -> list[str]:
     return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
 
 
-def test_64_staggered_requests_equal_generate_alone_and_join_running_batches(causal):
+def test_64_staggered_requests_equal_generate_alone_and_join_running_batches(causal, monkeypatch):
+    # the prefill lane starts every request that arrives while rows run (the tiny model's steps
+    # are shorter than LANE_MIN_STEP_S, which would leave most of them to the worker)
+    monkeypatch.setattr(ContinuousScheduler, "LANE_MIN_STEP_S", 0.0)
     cases = []
     for i in range(64):
         case = {"model": "gpt2", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 2 + (i * 7) % 29}
@@ -87,6 +90,8 @@ def test_64_staggered_requests_equal_generate_alone_and_join_running_batches(cau
         admitted = _metric(live, "seqport_mid_batch_admissions_total")
         steps, rows = _metric(live, "seqport_batch_rows_count"), _metric(live, "seqport_batch_rows_sum")
         placed = live.app.state.seqport.scheduler.placed_in_slots
+        lane_started = _metric(live, "seqport_prefill_lane_requests_total")
+        assert lane_started == live.app.state.seqport.scheduler.lane_started
     for i, (case, text) in enumerate(zip(cases, texts)):
         sampling = {"do_sample": True, "temperature": 0.8, "seed": case["seed"]} if case["temperature"] else {}
         expected = causal.generate([case["prompt"]], max_new_tokens=case["max_tokens"], **sampling)[0].text
@@ -94,6 +99,7 @@ def test_64_staggered_requests_equal_generate_alone_and_join_running_batches(cau
     assert admitted > 0, "no request joined a batch that was already running"
     assert rows > steps, "no step decoded more than one row"
     assert placed > 0, "no request took the slot of one that left"
+    assert lane_started > 0, "the prefill lane started no request"
 
 
 def test_encoder_decoder_64_staggered_requests_equal_generate_alone(fresh_export):

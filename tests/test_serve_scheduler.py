@@ -226,3 +226,18 @@ def test_a_decoder_only_batch_takes_rows_that_get_what_they_would_alone():
     assert _lengths_fit(model, [job(8, 30), job(3, 12)])  # the longest is capped alone too; 12 fits beside it
     assert not _lengths_fit(model, [job(8, 30), job(3, 13)])  # 13 tokens alone, 12 beside the 8-token prompt
     assert not _lengths_fit(model, [job(3, 30), job(8, 4)])  # 17 alone, 12 beside the longer prompt
+
+
+def test_prefill_lane_option(tiny_artifact, monkeypatch):
+    import seqport.serving.server as server
+
+    seen = []
+    monkeypatch.setattr(server, "run_server", lambda *a, options, **k: seen.append(options))
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    for flags, expected in (([], "first-token"), (["--prefill-lane", "encode"], "encode"),
+                            (["--prefill-lane", "off"], "off")):
+        args = parser.parse_args(["serve", str(tiny_artifact), *flags])
+        assert args.run(args) == 0 and seen[-1].prefill_lane == expected
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", str(tiny_artifact), "--prefill-lane", "both"])
