@@ -5,6 +5,9 @@ budget, disconnects, and the fallback to micro-batching. Loopback only."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,7 +42,7 @@ def causal(tmp_path_factory):
     return sp.load(root / "artifact")
 
 
-def _metric(live: LiveServer, name: str) -> float:
+def _metric(live, name: str) -> float:
     for line in httpx.get(f"{live.url}/metrics", timeout=10).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
@@ -159,20 +162,48 @@ def test_kv_budget_bounds_the_padded_batch(causal):
         assert _metric(live, "seqport_batch_rows_sum") > _metric(live, "seqport_batch_rows_count")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) * 1024
+class _ServerProcess:
+    """`python -m seqport.serving FOLDER` on a free loopback port, in a process of its own, so its
+    RSS is the server's alone: the 32 client threads of the test grow their own memory (httpx),
+    which a server sharing their process would be charged for (docs/serving.md, "Memory over
+    many requests")."""
+
+    def __init__(self, folder, *options: str) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        self.url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "seqport.serving", str(folder), "--port", str(port), *options]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> _ServerProcess:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline and self.process.poll() is None, "the server did not start"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()  # graceful: uvicorn and the scheduler shut down
+        try:
+            self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate(timeout=10)
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            line = next(line for line in status if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
 
 
-def test_200_streams_with_30_percent_disconnects(causal, monkeypatch):
-    # the worker starts every request, as it does by default on this model's ~0.1 ms steps: under
-    # a loaded CI machine its smoothed step could pass LANE_MIN_STEP_S and hand some requests to
-    # the prefill lane mid-run, which moves this process's RSS by several percent (its cancels
-    # and closes are tested in test_serve_lane.py; docs/serving.md "Memory over many requests")
-    monkeypatch.setattr(ContinuousScheduler, "LANE_MIN_STEP_S", float("inf"))
-    options = ServeOptions(model_name="gpt2", max_batch_rows=16, max_queue=256)
-    with LiveServer(build_app(causal, options)) as live:
+def test_200_streams_with_30_percent_disconnects(causal):
+    options = ("--model-name", "gpt2", "--max-batch-rows", "16", "--max-queue", "256")
+    with _ServerProcess(causal.folder, *options) as live:
 
         def run(i: int) -> tuple[int, list[str] | None]:
             leaves = i % 10 < 3
@@ -186,20 +217,18 @@ def test_200_streams_with_30_percent_disconnects(causal, monkeypatch):
                 return response.status_code, _sse(response)
 
         with ThreadPoolExecutor(32) as pool:
-            # warm-up: every one of the 32 client threads runs (each gets its own malloc arena, which
-            # is growth of this test process, not of the server), and the server's first buffers
-            list(pool.map(run, range(64)))
-            before = _rss_bytes()
+            list(pool.map(run, range(64)))  # warm-up: the server's first buffers and arenas
+            before = live.rss_bytes()
             results = list(pool.map(run, range(200)))
         _wait_for(lambda: _metric(live, "seqport_running_rows") == 0, timeout=1.0)
-        after = _rss_bytes()
+        after = live.rss_bytes()
         assert {status for status, _ in results} == {200}
         for _, lines in results:
             if lines is not None:
                 _stream_text(lines)  # exactly one [DONE], last
         assert sum(lines is None for _, lines in results) == 60
         assert _metric(live, "seqport_cancelled_requests_total") >= 1
-        assert after < 1.1 * before, f"RSS grew from {before} to {after} bytes"
+        assert after < 1.1 * before, f"the server's RSS grew from {before} to {after} bytes"
 
 
 def test_artifacts_that_cannot_merge_rows_fall_back_to_micro_batching(causal, model, caplog):
