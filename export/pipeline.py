@@ -43,12 +43,11 @@ from seqport.export.memory import release_weights
 from seqport.export.onnx_export import OPSET, inline_weights
 from seqport.export.seq2seq_graphs import KV_CACHE_CHOICES, export_decoder, export_encoder, resolve_allocation
 from seqport.export.text_check import real_text_check
-from seqport.export.tokenizer_files import write_tokenizer_files
+from seqport.export.tokenizer_files import gguf_tokenizer, source_tokenizer, write_tokenizer_files
 from seqport.export.validate import check_scale, validate, validate_decoder_only
 from seqport.export.weights_layout import externalize_weights
 
 logger = logging.getLogger(__name__)
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def export_model(
@@ -122,9 +121,9 @@ def export_model(
     with atomic_folder(out, overwrite) as target, tempfile.TemporaryDirectory(prefix="seqport-tokenizer-") as staging:
         folder = gguf.stage(Path(source), Path(staging, "source"))  # a .gguf file: a folder linking it
         # a GGUF's tokenizer first: rebuilding it takes memory that should not add to the weights'
-        tokenizer = _gguf_tokenizer(folder, Path(staging))
+        tokenizer = gguf_tokenizer(folder, Path(staging))
         adapter = load_adapter(folder, family, task)
-        tokenizer = tokenizer or _tokenizer_file(adapter, folder, Path(staging))
+        tokenizer = tokenizer or source_tokenizer(adapter, folder, Path(staging))
         manifest = _export_inline(
             adapter,
             tokenizer,
@@ -197,22 +196,6 @@ def finish_artifact(out: Path, manifest: Manifest) -> Manifest:
     manifest.save(out)
     load_manifest(out)
     return manifest
-
-
-def _gguf_tokenizer(source: Path, staging: Path) -> Path | None:
-    """The tokenizer.json rebuilt from a GGUF folder's metadata into `staging`, else None."""
-    if not (source / TOKENIZER_FILE).is_file() and gguf.gguf_file(source) is not None:
-        return staging / gguf.write_tokenizer_files(source, staging)
-    return None
-
-
-def _tokenizer_file(adapter, source: Path, staging: Path) -> Path:
-    """source/tokenizer.json, else one the adapter converts from the folder's slow-tokenizer
-    files (spiece.model, source.spm + vocab.json, ...) into `staging`: the engine reads only
-    tokenizer.json."""
-    if (source / TOKENIZER_FILE).is_file() or not hasattr(adapter, "write_tokenizer"):
-        return source / TOKENIZER_FILE
-    return staging / adapter.write_tokenizer(staging)
 
 
 def export_adapter(

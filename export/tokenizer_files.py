@@ -4,7 +4,8 @@ The engine reads tokenizer.json. An instruct model also needs its chat template 
 checkpoint's chat_template.jinja, or tokenizer_config.json's `chat_template`) and the text of
 its special tokens (the template writes `{{ bos_token }}`, `{{ eos_token }}`): the template is
 copied to `chat_template.jinja` beside tokenizer.json, and both are named in the manifest's
-`tokenizer` section.
+`tokenizer` section. Where a source has no tokenizer.json, one is rebuilt from a GGUF's metadata
+or converted by the family's adapter from its slow-tokenizer files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from seqport.engine.manifest import TokenizerSpec
+from seqport.export import gguf
 
 logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
@@ -72,3 +74,20 @@ def write_tokenizer_files(tokenizer: Path, out: Path) -> TokenizerSpec:
         chat_template=CHAT_TEMPLATE_FILE if template is not None else None,
         special_tokens=special_tokens(tokenizer.parent),
     )
+
+
+def gguf_tokenizer(source: Path, staging: Path) -> Path | None:
+    """The tokenizer.json rebuilt from a GGUF folder's metadata into `staging`, else None (the
+    folder has its own tokenizer.json, or no GGUF)."""
+    if not (source / TOKENIZER_FILE).is_file() and gguf.gguf_file(source) is not None:
+        return staging / gguf.write_tokenizer_files(source, staging)
+    return None
+
+
+def source_tokenizer(adapter: Any, source: Path, staging: Path) -> Path:
+    """source/tokenizer.json, else one the adapter converts from the folder's slow-tokenizer
+    files (spiece.model, source.spm + vocab.json, ...) into `staging`: the engine reads only
+    tokenizer.json."""
+    if (source / TOKENIZER_FILE).is_file() or not hasattr(adapter, "write_tokenizer"):
+        return source / TOKENIZER_FILE
+    return staging / adapter.write_tokenizer(staging)
