@@ -204,13 +204,8 @@ class Outbox:
                 if not self._ready:
                     return
                 items = self._ready.popleft()
-            for loop, pairs in items.items():
-                try:
-                    loop.call_soon_threadsafe(self._deliver, pairs)
-                except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
-                    for job, _ in pairs:
-                        job.cancelled = True
-                    self._taken()
+            for _ in range(_post(items, self._deliver)):
+                self._taken()  # a closed loop takes nothing
 
     def _deliver(self, pairs: list[tuple[Job, Any]]) -> None:
         """On the event loop: every item into its queue."""
@@ -239,16 +234,26 @@ class DirectOutbox:
     def flush(self) -> None:
         """Post every collected item to its event loop (their order kept)."""
         items, self._items = self._items, {}
-        for loop, pairs in items.items():
-            try:
-                loop.call_soon_threadsafe(deliver, pairs)
-            except RuntimeError:  # the event loop closed (server shutdown): nobody is listening
-                for job, _ in pairs:
-                    job.cancelled = True
+        _post(items, deliver)
 
     def close(self, timeout: float = 5.0) -> None:
         """Post what is left (`timeout` unused: nothing to wait for)."""
         self.flush()
+
+
+def _post(items: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]], callback: Any) -> int:
+    """Hand each event loop its pairs, in one call_soon_threadsafe(callback, pairs) per loop.
+    A loop that has closed (server shutdown) has nobody listening: its jobs are cancelled.
+    Returns how many loops were closed."""
+    closed = 0
+    for loop, pairs in items.items():
+        try:
+            loop.call_soon_threadsafe(callback, pairs)
+        except RuntimeError:
+            closed += 1
+            for job, _ in pairs:
+                job.cancelled = True
+    return closed
 
 
 def deliver(pairs: list[tuple[Job, Any]]) -> None:
