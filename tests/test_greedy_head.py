@@ -139,19 +139,27 @@ def test_head_ids_in_onnxruntime_int64_spelling_are_not_copied():
     assert finished.tokens.dtype == np.int64 and finished.tokens.tolist() == [7] and finished.rows.tolist() == [1]
 
 
+def _identity_logits(vocab: int):
+    """A toy graph whose output `logits` (B, L, vocab) is its input `x`: a head reads it."""
+    from onnx import TensorProto, helper
+
+    shape = ["B", "L", vocab]
+    return helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["logits"])],
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)],
+    )
+
+
 def test_the_head_check_catches_a_head_that_picks_other_ids(tmp_path):
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from seqport.engine.errors import ExportError
     from seqport.export.greedy_head import append_head, check_greedy_head
 
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["logits"])],
-        "toy",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 50])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", 50])],
-    )
+    graph = _identity_logits(50)
     append_head(graph, "logits", "float32")
     path = tmp_path / "toy.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
@@ -168,16 +176,11 @@ def test_the_head_chooses_as_numpy_argmax_on_ties_and_nan():
     a row that holds one (as numpy's argmax and the host path; ArgMax would skip it)."""
     pytest.importorskip("onnx")
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from seqport.export.greedy_head import GREEDY_IDS, GREEDY_LOGPROBS, append_head
 
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["logits"])],
-        "toy",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 9])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", 9])],
-    )
+    graph = _identity_logits(9)
     append_head(graph, "logits", "float32")
     assert [n.op_type for n in graph.node].count("TopK") == 1 and "ArgMax" not in [n.op_type for n in graph.node]
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -196,17 +199,12 @@ def test_the_blocked_head_chooses_as_numpy_argmax_and_keeps_a_nan_rows_logprob_n
     pytest.importorskip("onnx")
     import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from seqport.export.greedy_head import BLOCK, GREEDY_IDS, GREEDY_LOGPROBS, append_head, check_greedy_head
 
     vocab = 3 * BLOCK
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["logits"])],
-        "toy",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", vocab])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "L", vocab])],
-    )
+    graph = _identity_logits(vocab)
     append_head(graph, "logits", "float32", vocab)
     ops = [n.op_type for n in graph.node]
     assert ops.count("ReduceMax") == 1 and ops.count("TopK") == 2
