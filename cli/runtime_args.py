@@ -10,7 +10,7 @@ from typing import Any
 def add_runtime_options(
     p: argparse.ArgumentParser, threads_of: str = "", threads_default: int | None = 0, threads_help: str = ""
 ) -> None:
-    """--provider and --threads, as every artifact-loading command spells them.
+    """--provider, --threads and --no-huge-pages, as every artifact-loading command spells them.
 
     Args:
         p: the command's parser.
@@ -21,11 +21,16 @@ def add_runtime_options(
     p.add_argument("--provider", default="cpu", help="execution provider (see `seqport info`)")
     help_ = threads_help or f"intra-op threads{threads_of} (0: onnxruntime decides)"
     p.add_argument("--threads", type=int, default=threads_default, help=help_)
+    p.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
+                   help="keep the weights on 4 KiB pages: a faster load (about 2.5 ms per MiB of weights), a "
+                   "slower decode where the weights are large (Linux; see docs/runtimes.md, \"Huge pages\")")
 
 
 def load_with_runtime_options(args: argparse.Namespace) -> Any:
-    """`seqport.engine.load(args.artifact)` on args.provider with args.threads intra-op threads."""
+    """`seqport.engine.load(args.artifact)` on args.provider with args.threads intra-op threads
+    (and args.huge_pages)."""
     from seqport.engine.api import load
     from seqport.engine.runtime import RuntimeOptions
 
-    return load(args.artifact, provider=args.provider, options=RuntimeOptions(intra_op_threads=args.threads))
+    options = RuntimeOptions(intra_op_threads=args.threads, huge_pages=args.huge_pages)
+    return load(args.artifact, provider=args.provider, options=options)

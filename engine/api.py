@@ -8,6 +8,7 @@ from pathlib import Path
 from seqport.engine.causal_lm import CausalLMModel
 from seqport.engine.encoder_only import EncoderModel
 from seqport.engine.errors import ManifestError
+from seqport.engine.huge_pages import anonymous_regions, collapse_new_regions
 from seqport.engine.manifest import artifact_file, component_path, load_manifest
 from seqport.engine.manifest_checks import check_files
 from seqport.engine.placement import open_placement
@@ -61,6 +62,7 @@ def load(
     # the shapes the engine will feed: a compiling provider (TensorRT) builds its profiles from them
     ranges = {name: shape_ranges(manifest, name, options.trt_max_batch) for name in paths}
     shared = open_shared_weights(folder, manifest, verify)  # mapped once, used by each session
+    before = anonymous_regions() if options.huge_pages else None
     built = {}
     # The decoder first: building it prepacks the tied projection, reading the shared table
     # whole; dropping those pages before the encoder loads keeps the two off each other's peak.
@@ -68,6 +70,8 @@ def load(
         built[name] = open_runtime(paths[name], options, shared.get(name), ranges[name])
         release_pages(shared)  # keep only the pages later steps touch
     runtimes = {name: built[name] for name in paths}
+    if before is not None:
+        collapse_new_regions(before)  # the weights the sessions allocated, onto huge pages
     check_files(manifest, runtimes, tokenizer.vocab_size)  # graph names and vocabulary as the files have them
     model = model_class(folder, manifest, tokenizer, runtimes)
     if model_class is not EncoderModel:  # host numpy, or a device the backend keeps values on

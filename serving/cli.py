@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         return _run_on_ray(args, options)
     threads = default_threads() if args.threads is None else args.threads
-    runtime = RuntimeOptions(intra_op_threads=threads, allow_spinning=args.ort_spinning)
+    runtime = RuntimeOptions(
+        intra_op_threads=threads, allow_spinning=args.ort_spinning, huge_pages=args.huge_pages
+    )
     run_server(
         args.artifact, args.host, args.port, provider=args.provider, runtime=runtime, options=options,
         access_log=args.access_log,
