@@ -243,6 +243,14 @@ def _print_manifest(artifact: str) -> None:
     print_validation(m)
 
 
+def _huge_pages() -> str:
+    """Whether `load()` can move the weights onto huge pages here (RuntimeOptions.huge_pages)."""
+    from seqport.engine.huge_pages import unavailable
+
+    reason = unavailable()
+    return "yes (RuntimeOptions.huge_pages, --no-huge-pages)" if reason is None else f"no: {reason}"
+
+
 def _print_runtimes() -> None:
     """Each backend of RuntimeOptions.backend: installed or not, its version and providers/devices."""
     from importlib.metadata import PackageNotFoundError, version
@@ -254,6 +262,7 @@ def _print_runtimes() -> None:
         print("  onnxruntime: not installed (pip install 'seqport[cpu]' or 'seqport[gpu]')")
     else:
         print(f"  onnxruntime {ort.__version__}: providers {', '.join(available_providers())}")
+    print(f"  weights on huge pages after load: {_huge_pages()}")
     if importlib.util.find_spec("torch") is None:  # found without importing it: the CLI stays torch-free
         print("  torch (reference): not installed (pip install 'seqport[export]')")
         return

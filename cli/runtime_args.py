@@ -22,7 +22,7 @@ def add_runtime_options(
     help_ = threads_help or f"intra-op threads{threads_of} (0: onnxruntime decides)"
     p.add_argument("--threads", type=int, default=threads_default, help=help_)
     p.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
-                   help="keep the weights on 4 KiB pages: a faster load (about 2.5 ms per MiB of weights), a "
+                   help="keep the weights on 4 KiB pages: a faster load (up to 2.5 ms per MiB of weights), a "
                    "slower decode where the weights are large (Linux; see docs/runtimes.md, \"Huge pages\")")
 
 

@@ -15,7 +15,9 @@ touched (an arena's spare room) stays unbacked: the resident size does not grow.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import mmap
 import sys
 import time
 from pathlib import Path
@@ -59,22 +61,34 @@ def collapse_new_regions(before: set[Region]) -> int:
         bytes now on huge pages (0 where the platform cannot: not Linux, a kernel before 6.1,
         transparent huge pages disabled).
     """
-    huge = _huge_page_size()
-    if huge is None:
+    if unavailable() is not None:
         return 0
-    libc = _libc()
-    if libc is None:
-        return 0
+    huge, libc = _huge_page_size(), _libc()
+    assert huge is not None and libc is not None  # unavailable() said so
     started, collapsed = time.perf_counter(), 0
     for start, end in _uncovered(anonymous_regions() - before, before):
         for run_start, run_end in _resident_runs(libc, start, end, huge):
             if libc.madvise(run_start, run_end - run_start, MADV_COLLAPSE) == 0:
                 collapsed += run_end - run_start
-            elif ctypes.get_errno() == 22:  # EINVAL: this kernel has no MADV_COLLAPSE
-                return collapsed
     if collapsed:
         logger.debug("%d MiB of weights on huge pages in %.2f s", collapsed >> 20, time.perf_counter() - started)
     return collapsed
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None where `collapse_new_regions` can work here, else why not (for `seqport info`)."""
+    if not sys.platform.startswith("linux"):
+        return f"not on {sys.platform} (Linux only)"
+    if _huge_page_size() is None:
+        return "transparent huge pages are disabled or missing (/sys/kernel/mm/transparent_hugepage)"
+    libc = _libc()
+    if libc is None:
+        return "no C library to call madvise through"
+    # advice is checked before the range: an empty range answers whether the kernel knows it
+    if libc.madvise(mmap.PAGESIZE, 0, MADV_COLLAPSE) != 0:
+        return "this kernel has no MADV_COLLAPSE (Linux 6.1 or later has it)"
+    return None
 
 
 def _uncovered(regions: set[Region], before: set[Region]) -> list[Region]:

@@ -3,7 +3,6 @@ it is wholly resident, and loading asks for it unless told not to."""
 
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +10,19 @@ import pytest
 
 import seqport.engine.api as api
 from seqport.engine import huge_pages
-from seqport.engine.huge_pages import anonymous_regions, collapse_new_regions
 from seqport.engine.config import GenerationConfig
+from seqport.engine.huge_pages import anonymous_regions, collapse_new_regions
 from seqport.engine.runtime import RuntimeOptions
 
 MIB = 1 << 20
 
 
 def _huge_size() -> int:
-    size = huge_pages._huge_page_size()
-    if size is None or not hasattr(mmap, "MADV_NOHUGEPAGE"):
-        pytest.skip("no transparent huge pages on this platform (Linux with THP not disabled)")
-    return size
+    """The huge page size, or a skip where the platform cannot collapse (says `unavailable`)."""
+    reason = huge_pages.unavailable()
+    if reason is not None:
+        pytest.skip(f"no huge pages for weights here: {reason}")
+    return huge_pages._huge_page_size()
 
 
 def _unhinted(nbytes: int) -> np.ndarray:
@@ -48,20 +48,13 @@ def _smaps_of(array: np.ndarray) -> dict[str, int]:
     return fields
 
 
-def _collapsed_or_skip(before: set) -> int:
-    done = collapse_new_regions(before)
-    if done == 0:
-        pytest.skip("no MADV_COLLAPSE on this kernel (Linux before 6.1)")
-    return done
-
-
 def test_resident_memory_moves_onto_huge_pages_with_its_contents() -> None:
     huge = _huge_size()
     before = anonymous_regions()
     array = _unhinted(24 * MIB)
     array[:] = np.arange(array.size, dtype=np.float32)  # every page resident
     assert _smaps_of(array).get("AnonHugePages", 0) == 0
-    done = _collapsed_or_skip(before)
+    done = collapse_new_regions(before)
     assert done >= 24 * MIB - 2 * huge  # all but the unaligned ends
     assert _smaps_of(array)["AnonHugePages"] * 1024 >= 24 * MIB - 2 * huge
     assert np.array_equal(array, np.arange(array.size, dtype=np.float32))  # same bytes, same addresses
@@ -80,7 +73,7 @@ def test_blocks_not_wholly_resident_stay_as_they_are() -> None:
         array[start : start + floats] = 1.0
     array[first + floats + 7] = 2.0  # one page of the next block: not wholly resident
     rss_before = _smaps_of(array)["Rss"]
-    _collapsed_or_skip(before)
+    collapse_new_regions(before)
     after = _smaps_of(array)
     assert after["AnonHugePages"] * 1024 == len(touched) * huge
     assert after["Rss"] - rss_before < 64  # KiB: no block's missing pages were filled (2 MiB each)
@@ -103,9 +96,25 @@ def test_uncovered_parts() -> None:
 
 def test_nothing_happens_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huge_pages.sys, "platform", "darwin")
-    array = _unhinted(8 * MIB)
-    array[:] = 1.0
-    assert collapse_new_regions(set()) == 0
+    huge_pages.unavailable.cache_clear()
+    try:
+        assert huge_pages.unavailable() == "not on darwin (Linux only)"
+        array = _unhinted(8 * MIB)
+        array[:] = 1.0
+        assert collapse_new_regions(set()) == 0
+    finally:
+        huge_pages.unavailable.cache_clear()
+
+
+def test_a_kernel_without_collapse_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huge_pages, "MADV_COLLAPSE", 999)  # advice no kernel knows: EINVAL
+    huge_pages.unavailable.cache_clear()
+    try:
+        if huge_pages._huge_page_size() is None:
+            pytest.skip(f"no huge pages for weights here: {huge_pages.unavailable()}")
+        assert "no MADV_COLLAPSE" in huge_pages.unavailable()
+    finally:
+        huge_pages.unavailable.cache_clear()
 
 
 @pytest.mark.parametrize("wanted", [True, False])
@@ -124,3 +133,20 @@ def test_load_collapses_what_its_sessions_allocated(
     assert model.generate_ids([[5, 6, 7]], GenerationConfig(max_new_tokens=3))[0].ids  # loads and decodes either way
     sessions = ["session"] * len(model.manifest.components)
     assert events == (["snapshot", *sessions, "collapse"] if wanted else sessions)
+
+
+@pytest.mark.parametrize(("flags", "wanted"), [([], True), (["--no-huge-pages"], False)])
+def test_the_commands_pass_no_huge_pages_on(
+    tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], wanted: bool
+) -> None:
+    import argparse
+
+    from seqport.cli.runtime_args import add_runtime_options, load_with_runtime_options
+
+    seen: list[RuntimeOptions] = []
+    monkeypatch.setattr(api, "load", lambda path, provider, options: seen.append(options))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("artifact")
+    add_runtime_options(parser)
+    load_with_runtime_options(parser.parse_args([str(tiny_artifact), *flags]))
+    assert seen[0].huge_pages is wanted

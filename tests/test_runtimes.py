@@ -96,6 +96,10 @@ def test_info_lists_runtimes_and_providers(capsys):
     providers = re.search(rf"onnxruntime {re.escape(__version__)}: providers (.*)", out)
     assert providers and "cpu" in providers.group(1).split(", ")
     assert re.search(r"torch .*(devices cpu|not installed)", out)
+    from seqport.engine.huge_pages import unavailable
+
+    expected = "yes" if unavailable() is None else f"no: {unavailable()}"
+    assert f"weights on huge pages after load: {expected}" in out
 
 
 # --- PyTorch eager reference backend -------------------------------------------------------

@@ -149,6 +149,9 @@ def test_the_server_turns_onnxruntime_spinning_off(tiny_artifact, monkeypatch):
         args = parser.parse_args(["serve", str(tiny_artifact), "--threads", "2", *flags])
         assert args.run(args) == 0
         assert (calls[-1].allow_spinning, calls[-1].intra_op_threads) == (spinning, 2)
+        assert calls[-1].huge_pages  # the default
+    args = parser.parse_args(["serve", str(tiny_artifact), "--no-huge-pages"])
+    assert args.run(args) == 0 and calls[-1].huge_pages is False
 
 
 def test_the_server_defaults_to_one_intra_op_thread_fewer_than_its_cpus(tiny_artifact, monkeypatch):
