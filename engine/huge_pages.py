@@ -5,8 +5,9 @@ Why: a decoder step at small batch streams every weight from memory once. onnxru
 transparent-huge-page mode ("madvise") is backed by 4 KiB pages: 540 MB of SmolLM2 weights span
 ~135,000 of them, so the step waits on TLB misses, and the hardware prefetcher stops at every
 4 KiB boundary. MADV_COLLAPSE (Linux 6.1) moves resident memory onto 2 MiB pages in place: the
-same bytes at the same addresses. SmolLM2-135M fp32, batch 1, 2 threads: 50.6 → 66.5 tokens/s
-(docs/runtimes.md, "Huge pages"). Where the kernel or platform lacks it, nothing happens.
+same bytes at the same addresses. SmolLM2-135M, 2 threads, two copies of the model alternated in
+one process: fp32 decode 1.05-1.10x at batch 1, 1.03x at batch 8; int4 1.05x at batch 1
+(docs/benchmarks.md, "Ninth session"). Where the kernel or platform lacks it, nothing happens.
 
 Only blocks that are wholly resident are collapsed, so memory that was allocated but never
 touched (an arena's spare room) stays unbacked: the resident size does not grow.
