@@ -28,7 +28,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MADV_COLLAPSE = 25  # <linux/mman.h>; EINVAL on kernels before 6.1
-PAGE = 4096
+PAGE = mmap.PAGESIZE
 _PMD_SIZE_FILE = Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
 
 Region = tuple[int, int]  # [start, end) of one mapping
@@ -62,10 +62,9 @@ def collapse_new_regions(before: set[Region]) -> int:
         bytes now on huge pages (0 where the platform cannot: not Linux, a kernel before 6.1,
         transparent huge pages disabled).
     """
-    if unavailable() is not None:
-        return 0
     huge, libc = _huge_page_size(), _libc()
-    assert huge is not None and libc is not None  # unavailable() said so
+    if unavailable() is not None or huge is None or libc is None:
+        return 0
     started, collapsed = time.perf_counter(), 0
     for start, end in _uncovered(anonymous_regions() - before, before):
         for run_start, run_end in _resident_runs(libc, start, end, huge):
@@ -143,6 +142,7 @@ def _huge_page_size() -> int | None:
     return None if "[never]" in mode or size <= PAGE else size
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
