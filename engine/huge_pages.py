@@ -71,7 +71,7 @@ def collapse_new_regions(before: set[Region]) -> int:
             if libc.madvise(run_start, run_end - run_start, MADV_COLLAPSE) == 0:
                 collapsed += run_end - run_start
     if collapsed:
-        logger.debug("%d MiB of weights on huge pages in %.2f s", collapsed >> 20, time.perf_counter() - started)
+        logger.info("%d MiB of weights on huge pages in %.2f s", collapsed >> 20, time.perf_counter() - started)
     return collapsed
 
 
