@@ -130,6 +130,6 @@ def _run_on_ray(args: argparse.Namespace, options: ServeOptions) -> int:
             options = dataclasses.replace(options, model_name="translator")
     ray_app.run_on_ray(
         artifact, args.ray, args.host, args.port, options, args.replicas, args.replica_cpus, args.provider,
-        args.threads or 0, args.ship_artifact,
+        args.threads or 0, args.ship_artifact, args.huge_pages,
     )
     return 0

@@ -56,16 +56,20 @@ class SeqportReplica:
         options: the server's settings, as ServeOptions fields.
         provider: the execution provider.
         threads: onnxruntime intra-op threads (0: the CPUs the replica reserved).
+        huge_pages: RuntimeOptions.huge_pages of the replica's engine.
     """
 
-    def __init__(self, source: ArtifactSource, options: dict[str, Any], provider: str, threads: int) -> None:
+    def __init__(
+        self, source: ArtifactSource, options: dict[str, Any], provider: str, threads: int, huge_pages: bool = True
+    ) -> None:
         import ray
 
         from seqport.engine.api import load
         from seqport.engine.runtime import RuntimeOptions
 
         threads = threads or max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-        self.model = load(materialize(source), provider=provider, options=RuntimeOptions(intra_op_threads=threads))
+        runtime = RuntimeOptions(intra_op_threads=threads, huge_pages=huge_pages)
+        self.model = load(materialize(source), provider=provider, options=runtime)
         self.options = ServeOptions(**options)
         self.replica = serve.get_replica_context().replica_id.unique_id
 
@@ -83,6 +87,7 @@ def application(
     provider: str = "cpu",
     threads: int = 0,
     ship_artifact: bool = False,
+    huge_pages: bool = True,
 ) -> Any:
     """A Serve application of `replicas` replicas serving `artifact` (ray.init() must have run
     when `ship_artifact` is set).
@@ -94,6 +99,7 @@ def application(
         replica_cpus: CPUs each replica reserves.
         provider, threads: the engine's execution provider and intra-op threads (0: replica_cpus).
         ship_artifact: send the artifact's files through the object store instead of its path.
+        huge_pages: the replicas' weights onto huge pages after load (RuntimeOptions.huge_pages).
 
     Returns:
         The bound application, for serve.run().
@@ -110,7 +116,7 @@ def application(
         max_queued_requests=options.max_queue,
         ray_actor_options={"num_cpus": replica_cpus},
     )
-    return deployment.bind(source, dataclasses.asdict(options), provider, threads)
+    return deployment.bind(source, dataclasses.asdict(options), provider, threads, huge_pages)
 
 
 def app_builder(args: dict[str, str]) -> Any:
@@ -146,6 +152,7 @@ def run_on_ray(
     provider: str,
     threads: int,
     ship_artifact: bool = False,
+    huge_pages: bool = True,
 ) -> None:
     """`seqport serve --ray`: deploy on the Ray cluster at `address` ("" starts a local one) and
     serve on host:port until interrupted, then delete the deployment."""
@@ -153,7 +160,7 @@ def run_on_ray(
 
     ray.init(address=address or None, logging_level=logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
-    app = application(artifact, options, replicas, replica_cpus, provider, threads, ship_artifact)
+    app = application(artifact, options, replicas, replica_cpus, provider, threads, ship_artifact, huge_pages)
     serve.run(app, name="seqport")
     logger.info("serving %s with %d replicas on http://%s:%d", artifact, replicas, host, port)
     try:

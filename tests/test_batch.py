@@ -206,3 +206,22 @@ def test_the_local_path_imports_neither_torch_nor_ray(tiny_artifact, lines, tmp_
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(("flags", "wanted"), [([], True), (["--no-huge-pages"], False)])
+def test_serve_ray_passes_no_huge_pages_to_the_replicas(tiny_artifact, monkeypatch, flags, wanted):
+    pytest.importorskip("starlette")
+    pytest.importorskip("ray")
+    from seqport.serving import cli as serve_cli
+    from seqport.serving import ray_app
+
+    runs = []
+    monkeypatch.setattr(ray_app, "run_on_ray", lambda *a: runs.append(a))
+    parser = argparse.ArgumentParser()
+    serve_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", str(tiny_artifact), "--ray", *flags])
+    assert args.run(args) == 0
+    artifact, _address, _host, _port, *deployment, huge_pages = runs[0]
+    assert huge_pages is wanted
+    bound = ray_app.application(artifact, *deployment, huge_pages)._bound_deployment
+    assert bound.init_args[-1] is wanted  # what each replica's __init__ gets
