@@ -8,7 +8,7 @@ from pathlib import Path
 from seqport.engine.causal_lm import CausalLMModel
 from seqport.engine.encoder_only import EncoderModel
 from seqport.engine.errors import ManifestError
-from seqport.engine.huge_pages import anonymous_regions, collapse_new_regions
+from seqport.engine.huge_pages import anonymous_regions, collapse_new_regions, unavailable
 from seqport.engine.manifest import artifact_file, component_path, load_manifest
 from seqport.engine.manifest_checks import check_files
 from seqport.engine.placement import open_placement
@@ -62,7 +62,8 @@ def load(
     # the shapes the engine will feed: a compiling provider (TensorRT) builds its profiles from them
     ranges = {name: shape_ranges(manifest, name, options.trt_max_batch) for name in paths}
     shared = open_shared_weights(folder, manifest, verify)  # mapped once, used by each session
-    before = anonymous_regions() if options.huge_pages else None
+    # where the platform cannot collapse, not even the snapshot (a read of /proc/self/maps)
+    before = anonymous_regions() if options.huge_pages and unavailable() is None else None
     built = {}
     # The decoder first: building it prepacks the tied projection, reading the shared table
     # whole; dropping those pages before the encoder loads keeps the two off each other's peak.

@@ -131,9 +131,7 @@ def _resident_runs(libc: ctypes.CDLL, start: int, end: int, huge: int) -> list[R
 
 def _huge_page_size() -> int | None:
     """The PMD huge page size (2 MiB on x86-64), or None where transparent huge pages are
-    unavailable or disabled."""
-    if not sys.platform.startswith("linux"):
-        return None
+    unavailable or disabled (no such file off Linux)."""
     try:
         size = int(_PMD_SIZE_FILE.read_text())
         mode = (_PMD_SIZE_FILE.parent / "enabled").read_text()

@@ -132,7 +132,8 @@ def test_load_collapses_what_its_sessions_allocated(
     model = api.load(tiny_artifact, options=RuntimeOptions(huge_pages=wanted))
     assert model.generate_ids([[5, 6, 7]], GenerationConfig(max_new_tokens=3))[0].ids  # loads and decodes either way
     sessions = ["session"] * len(model.manifest.components)
-    assert events == (["snapshot", *sessions, "collapse"] if wanted else sessions)
+    able = huge_pages.unavailable() is None  # elsewhere load() does not even take the snapshot
+    assert events == (["snapshot", *sessions, "collapse"] if wanted and able else sessions)
 
 
 @pytest.mark.parametrize(("flags", "wanted"), [([], True), (["--no-huge-pages"], False)])
