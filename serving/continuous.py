@@ -157,11 +157,11 @@ class ContinuousScheduler(MicroBatchScheduler):
         self._slots = 0  # the running batch's slots, vacated ones included
         self._lane_outbox = DirectOutbox()
         lock = threading.RLock()
-        self._cond = threading.Condition(lock)  # the worker waits here (MicroBatchScheduler's)
+        worker_cond = threading.Condition(lock)  # the worker waits here (MicroBatchScheduler's _cond)
         self._lane_cond = threading.Condition(lock)  # the lane waits here: waking one never wakes the other
         self._lane_thread = threading.Thread(target=self._lane_work, name="seqport-prefill", daemon=True)
         self._lane_stopped = self.lane == "off"
-        super().__init__(model, limits, on_batch, outbox)
+        super().__init__(model, limits, on_batch, outbox, cond=worker_cond)
         if self.lane != "off":
             self._lane_thread.start()
 

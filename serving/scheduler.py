@@ -95,12 +95,20 @@ class MicroBatchScheduler:
         on_batch: called with the row count of every batch started (metrics).
         outbox: where the worker's events go (default: an Outbox to the submitters' event loops;
             serving/process.py gives a pipe to the HTTP process).
+        cond: the condition the worker waits on and the queue's lock (default: a new one; a
+            subclass gives one whose lock its other threads share).
     """
 
-    def __init__(self, model: Any, limits: SchedulerLimits, on_batch: Any = None, outbox: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        limits: SchedulerLimits,
+        on_batch: Any = None,
+        outbox: Any = None,
+        cond: threading.Condition | None = None,
+    ) -> None:
         self.model, self.limits, self._on_batch = model, limits, on_batch
-        if not hasattr(self, "_cond"):  # a subclass may make it first, to share its lock with others
-            self._cond = threading.Condition()
+        self._cond = cond or threading.Condition()
         self._waiting: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._running: list[Job] = []
