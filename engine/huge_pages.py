@@ -10,7 +10,10 @@ one process: fp32 decode 1.05-1.10x at batch 1, 1.03x at batch 8; int4 1.05x at 
 (docs/benchmarks.md, "Ninth session"). Where the kernel or platform lacks it, nothing happens.
 
 Only blocks that are wholly resident are collapsed, so memory that was allocated but never
-touched (an arena's spare room) stays unbacked: the resident size does not grow.
+touched (an arena's spare room) stays unbacked: the resident size does not grow. Only memory
+mapped during the load is touched: weights that land in blocks the process had mapped before
+(malloc reusing what an earlier, dropped model freed) stay as they are; the first load of a
+process, the common case, maps its weights anew.
 """
 
 from __future__ import annotations
