@@ -114,7 +114,7 @@ class RuntimeOptions:
             profiles from them.
         huge_pages: once a model's sessions are built, move the memory they allocated onto
             2 MiB pages (Linux 6.1+, engine/huge_pages.py): a decode step that streams every
-            weight runs a few percent faster (3-10 % on SmolLM2); it costs up to 2.5 ms per MiB
+            weight runs a few percent faster (2-10 % on SmolLM2); it costs up to 2.5 ms per MiB
             of weights, once, at load. A no-op elsewhere.
     """
 
