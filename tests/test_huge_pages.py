@@ -3,6 +3,8 @@ it is wholly resident, and loading asks for it unless told not to."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +28,18 @@ def _huge_size() -> int:
 
 
 def _unhinted(nbytes: int) -> np.ndarray:
-    """A private anonymous float32 array of `nbytes`, untouched, kept off huge pages until
-    collapsed (numpy madvises large arrays onto them itself)."""
-    previous = np._core.multiarray._set_madvise_hugepage(False)
-    try:
-        return np.empty(nbytes // 4, dtype=np.float32)
-    finally:
-        np._core.multiarray._set_madvise_hugepage(previous)
+    """A float32 array of `nbytes` in a private anonymous mapping of its own, untouched and on
+    4 KiB pages. Not numpy's allocation: numpy madvises large arrays onto huge pages, and malloc
+    may hand out heap memory an earlier test collapsed. A PROT_NONE page on each side keeps the
+    mapping from merging with a neighbour, so its smaps entry is the array's alone."""
+    page = mmap.PAGESIZE
+    mapping = mmap.mmap(-1, nbytes + 2 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for guard in (start, start + page + nbytes):
+        assert libc.mprotect(guard, page, 0) == 0, ctypes.get_errno()  # 0: PROT_NONE
+    return np.frombuffer(mapping, dtype=np.float32, count=nbytes // 4, offset=page)
 
 
 def _smaps_of(array: np.ndarray) -> dict[str, int]:
