@@ -7,7 +7,8 @@ transparent-huge-page mode ("madvise") is backed by 4 KiB pages: 540 MB of SmolL
 4 KiB boundary. MADV_COLLAPSE (Linux 6.1) moves resident memory onto 2 MiB pages in place: the
 same bytes at the same addresses. SmolLM2-135M, 2 threads, two copies of the model alternated in
 one process (benchmarks/huge_pages.py): fp32 decode 1.05-1.10x at batch 1, 1.03-1.04x at batch 8;
-int4 1.05-1.08x at batch 1, 1.02x at batch 8 (docs/benchmarks.md, "Ninth session"). Where the kernel or platform lacks it, nothing happens.
+int4 1.05-1.08x at batch 1, 1.02x at batch 8 (docs/benchmarks.md, "Ninth session"). Where the
+kernel or platform lacks it, nothing happens.
 
 Only blocks that are wholly resident are collapsed, so memory that was allocated but never
 touched (an arena's spare room) stays unbacked: the resident size does not grow. Only memory
