@@ -93,11 +93,19 @@ def _steps(model, batch, options):
         records.append((rows[-1], list(log.uploads), list(log.fetches)))
         log.clear()
         assert all(isinstance(k, DeviceArray) for k in cache.keys + cache.values)
+    _k_uploaded_at_most_once([uploads for _, uploads, _ in records])
     return records
 
 
+def _k_uploaded_at_most_once(uploads_per_step) -> None:
+    """The top-k count lives on the device, uploaded the first time a placement meets that k
+    (whichever test ran first), never again."""
+    ks = [size for uploads in uploads_per_step for label, size in uploads if label == "k"]
+    assert ks in ([], [8]), f"k uploaded {len(ks)} times"
+
+
 def _check_uploads(uploads, n, src_len, first_len, extra=None):
-    bounds = {"input_ids": n * first_len * 8, "logits_positions": 8, "rows": n * 8, **(extra or {})}
+    bounds = {"input_ids": n * first_len * 8, "logits_positions": 8, "rows": n * 8, "k": 8, **(extra or {})}
     bounds["encoder_attention_mask"] = n * src_len * 8
     for label, size in uploads:
         assert label in bounds, f"unexpected upload {label!r} ({size} bytes)"
@@ -232,11 +240,13 @@ def test_preallocated_buffers_are_written_in_place_on_the_device(preallocated_pa
     config = model.default_config.replace(max_new_tokens=10, **CASES["greedy"])
     step, search, cache, first = model._start(SOURCES, config, range(len(SOURCES)))
     assert cache.capacity == 1 + 10 and cache.length == 0
-    log, pointers = model.placement.transfers, []
+    log, pointers, uploads = model.placement.transfers, [], []
     log.clear()
     for _ in decode_steps(step, search, cache, first):
         _check_uploads(log.uploads, len(SOURCES), src_len, first_len=1, extra={"cache_position": 8})
+        uploads.append(list(log.uploads))
         assert [label for label, _ in log.fetches] == ["values", "ids", "lse"]
         pointers.append(cache.keys[0].handle.data_ptr())
         log.clear()
+    _k_uploaded_at_most_once(uploads)
     assert cache.length == len(pointers) and len(set(pointers)) == 1
