@@ -9,7 +9,7 @@ model runs (host numpy or a device) is the injected `placement` (engine/placemen
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -308,7 +308,11 @@ class GeneratingModel:
         return KVCache.empty(rows, kv.num_layers, kv.num_kv_heads, kv.head_dim, kv.dtype, placement=where)
 
     def run_decoder(
-        self, values: dict[str, np.ndarray], cache: KVCache | None = None, trusted: frozenset[str] = frozenset()
+        self,
+        values: dict[str, np.ndarray],
+        cache: KVCache | None = None,
+        trusted: frozenset[str] = frozenset(),
+        runner: Callable[[Callable[[], dict[str, np.ndarray]]], dict[str, np.ndarray]] | None = None,
     ) -> dict[str, np.ndarray]:
         """One decoder call: the one way to run a decoder step, used by the decode loop too.
 
@@ -320,6 +324,11 @@ class GeneratingModel:
                 can); None: `values` carry past_key/value.{i} themselves.
             trusted: names in `values` already checked at an earlier step of this request (the
                 encoder's cross K/V); the cache's own feeds are trusted after the first step.
+            runner: where the runtime call runs: given that call (no arguments), returns its
+                outputs; the cache is updated from them afterwards, in this thread. With a
+                growing cache the call writes nothing it does not return, so a runner may
+                abandon a call and make it again (the server runs it on a low-priority thread,
+                serving/step_priority.py). None: the call runs here.
 
         Returns:
             Logical outputs: logits (B, L, V) for the positions asked, present_key/value.{i}.
@@ -337,7 +346,11 @@ class GeneratingModel:
         own = cache.feeds(new)  # made from the decoder's own outputs: not re-checked every step
         skip = self._skip(trusted, own) if cache.length else frozenset()
         feeds = signature.feeds({**values, **own}, trusted=skip)
-        outputs = signature.by_logical(self.placement.run("decoder", self.runtimes["decoder"], feeds, into))
+
+        def call() -> dict[str, np.ndarray]:
+            return self.placement.run("decoder", self.runtimes["decoder"], feeds, into)
+
+        outputs = signature.by_logical(call() if runner is None else runner(call))
         cache.update(outputs, new)
         return outputs
 

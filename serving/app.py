@@ -62,6 +62,10 @@ class ServeOptions:
             requests and streams their first tokens while the running batch steps), "encode" (it
             prefills; an encoder-decoder row's first token comes from the worker's next step) or
             "off" (the worker admits between two steps). The engine process has no lane.
+        step_priority: continuous batching: "normal", or "idle" (the running batch's long
+            decoder calls run at SCHED_IDLE so that new requests' prefills and the HTTP side go
+            first: earlier first tokens under load, fewer requests/s; serving/step_priority.py).
+            Linux and the CPU provider; the engine process's calls stay normal.
         engine_process: run the scheduler and the model in a child process (serving/process.py)
             instead of a worker thread of this one.
         runtime: the engine process's runtime options (None: the server's defaults); a worker
@@ -76,6 +80,7 @@ class ServeOptions:
     shutdown_grace_s: float = 5.0
     scheduler: str = "continuous"
     prefill_lane: str = "first-token"
+    step_priority: str = "normal"
     engine_process: bool = False
     runtime: RuntimeOptions | None = None
 
@@ -102,8 +107,13 @@ class _State:
 
                 self.scheduler = ProcessScheduler(model, limits, options.scheduler, options.runtime, **callbacks)
             else:
-                lane = {"lane": options.prefill_lane, "on_lane": lambda count: self.metrics.lane_started.inc(count)}
-                self.scheduler = make_scheduler(model, limits, options.scheduler, **callbacks, **lane)
+                worker = {
+                    "lane": options.prefill_lane,
+                    "on_lane": lambda count: self.metrics.lane_started.inc(count),
+                    "step_priority": options.step_priority,
+                    "on_step_missed": lambda: self.metrics.idle_step_missed.inc(),
+                }
+                self.scheduler = make_scheduler(model, limits, options.scheduler, **callbacks, **worker)
         scheduler = self.scheduler
         self.metrics = ServerMetrics(
             lambda: scheduler.queue_depth if scheduler else 0, lambda: scheduler.running_rows if scheduler else 0

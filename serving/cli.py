@@ -48,6 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "encoder-decoder row gets a decoder call of its own); encode: it prefills, and an "
                    "encoder-decoder row's first token comes from the worker's next step; off: the worker admits "
                    "between two steps (as before; the engine process always does). Default: first-token")
+    p.add_argument("--step-priority", choices=("normal", "idle"), default="normal",
+                   help="continuous batching: normal (default): the worker makes the running batch's decoder call; "
+                   "idle: while steps take 1 ms or more, it runs on a thread at Linux's SCHED_IDLE, so new "
+                   "requests' prefills, the HTTP side and the rest of this process's group go first: earlier first "
+                   "tokens under load, somewhat fewer requests/s (docs/serving.md). A call that waits past its "
+                   "deadline is made at normal priority instead. CPU provider, Linux only")
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
                    help="run the scheduler and the model in a child process, the HTTP event loop in this one "
                    "(no shared GIL; default: a worker thread)")
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace,
         scheduler=args.scheduler,
         prefill_lane=args.prefill_lane,
+        step_priority=args.step_priority,
         engine_process=args.engine_process,
     )
     if getattr(args, "ray", None) is not None:

@@ -40,6 +40,7 @@ from seqport.serving.jobs import DirectOutbox, GenerationRequest, Job
 from seqport.serving.prefill import Handoff, Prefiller, fail, merge
 from seqport.serving.rows import Row, advance
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits
+from seqport.serving.step_priority import STEP_PRIORITIES, IdleStepRunner, unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
         model: a loaded generating model.
         limits: admission limits.
         kind: "continuous" (falls back to "micro" with a log line) or "micro".
-        **callbacks: on_batch(rows) and, for continuous batching, on_admit(count) and `lane`
-            (ContinuousScheduler's); `outbox`: where the worker's events go
+        **callbacks: on_batch(rows) and, for continuous batching, on_admit(count), `lane`,
+            on_lane, `step_priority` and on_step_missed (ContinuousScheduler's); `outbox`: where the worker's events go
             (MicroBatchScheduler's argument).
 
     Raises:
@@ -90,6 +91,12 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
     log = logger.info if kind == "micro" else logger.warning  # continuous asked for, micro given: say so
     log("static micro-batching: %s", reason)
     return MicroBatchScheduler(model, limits, on_batch=callbacks.get("on_batch"), outbox=callbacks.get("outbox"))
+
+
+def _on_cpu(model: Any) -> bool:
+    """Whether the decoder runs on onnxruntime's CPU provider (where its call holds a core)."""
+    providers = getattr(model.runtimes.get("decoder"), "providers", ["CPUExecutionProvider"])
+    return list(providers)[:1] == ["CPUExecutionProvider"]
 
 
 def _alone(request: GenerationRequest) -> bool:
@@ -117,6 +124,15 @@ class ContinuousScheduler(MicroBatchScheduler):
             decoder call of its own), "encode" (the lane prefills; an encoder-decoder row's
             decoder start joins the batch's next step) or "off" (the worker admits between two
             steps): PREFILL_LANES.
+        step_priority: "normal" (the worker makes the decoder call) or "idle" (while the
+            batch's steps take LANE_MIN_STEP_S or more and it has two rows or more, the call
+            runs on a thread at SCHED_IDLE, so that the lane, the event loop and the rest of the
+            process's group go first: earlier first tokens, fewer requests/s;
+            serving/step_priority.py).
+            Linux and the CPU provider only, not with a given outbox; elsewhere "idle" runs as
+            "normal".
+        on_step_missed: called when an idle-priority decoder call missed its deadline and the
+            worker made it itself (from the worker's thread).
 
     The lane takes waiting requests only while rows run and the running batch's decoder call
     takes LANE_MIN_STEP_S or more (smoothed over the last steps): then a new request would
@@ -125,7 +141,8 @@ class ContinuousScheduler(MicroBatchScheduler):
     steps, as with the lane off.
 
     Raises:
-        ConfigError: `lane` is not one of PREFILL_LANES.
+        ConfigError: `lane` is not one of PREFILL_LANES, or `step_priority` not one of
+            STEP_PRIORITIES.
     """
 
     LANE_MIN_STEP_S = 0.001
@@ -139,9 +156,13 @@ class ContinuousScheduler(MicroBatchScheduler):
         outbox: Any = None,
         lane: str = DEFAULT_LANE,
         on_lane: Any = None,
+        step_priority: str = "normal",
+        on_step_missed: Any = None,
     ) -> None:
         if lane not in PREFILL_LANES:
             raise ConfigError(f"prefill lane must be one of {', '.join(PREFILL_LANES)}, got {lane!r}")
+        if step_priority not in STEP_PRIORITIES:
+            raise ConfigError(f"step priority must be one of {', '.join(STEP_PRIORITIES)}, got {step_priority!r}")
         self._on_admit, self._on_lane = on_admit, on_lane
         self.mid_batch_admissions = 0
         self.placed_in_slots = 0  # rows written into a vacated slot (no copy of the running cache)
@@ -156,6 +177,9 @@ class ContinuousScheduler(MicroBatchScheduler):
         self._ready: list[Handoff] = []  # started by the lane, waiting for the worker
         self._slots = 0  # the running batch's slots, vacated ones included
         self._lane_outbox = DirectOutbox()
+        idle = step_priority == "idle" and outbox is None and unavailable() is None and _on_cpu(model)
+        self._idle_steps = IdleStepRunner() if idle else None
+        self._on_step_missed = on_step_missed
         lock = threading.RLock()
         worker_cond = threading.Condition(lock)  # the worker waits here (MicroBatchScheduler's _cond)
         self._lane_cond = threading.Condition(lock)  # the lane waits here: waking one never wakes the other
@@ -169,6 +193,13 @@ class ContinuousScheduler(MicroBatchScheduler):
         super().close(grace_s)
         if self._lane_thread.is_alive():
             self._lane_thread.join(grace_s)
+        if self._idle_steps is not None:
+            self._idle_steps.close()
+
+    @property
+    def idle_steps(self) -> bool:
+        """Whether long decoder calls run at idle priority (step_priority "idle", where it can)."""
+        return self._idle_steps is not None
 
     def _wake_for(self, job: Job) -> None:
         (self._lane_cond if self._lane_takes else self._cond).notify()
@@ -321,10 +352,28 @@ class ContinuousScheduler(MicroBatchScheduler):
         tokens = np.array([[self.model.pad_id if row is None else row.token] for row in rows], np.int64)  # (N, 1)
         feeds = {"input_ids": tokens, **batch.step_inputs(), "logits_positions": np.zeros(1, dtype=np.int64)}
         start = time.perf_counter()
-        logits = self.model.run_decoder(feeds, batch.cache)["logits"][:, -1, :]  # (N, V)
+        runner = self._step_runner(len(live))
+        logits = self.model.run_decoder(feeds, batch.cache, runner=runner)["logits"][:, -1, :]  # (N, V)
         self._step_s += 0.2 * (time.perf_counter() - start - self._step_s)
         batch.advanced()
         advance([rows[i] for i in live], logits if len(live) == len(rows) else logits[live])  # (live, V)
+
+    def _step_runner(self, rows: int) -> Any:
+        """Where this step's decoder call runs: None (the worker) unless step_priority is
+        "idle", steps are long (short ones cost less than the hand-over to another thread) and
+        `rows` requests share the step (one alone has no other request to give way to)."""
+        runner = self._idle_steps
+        if runner is None or self._step_s < self.LANE_MIN_STEP_S or rows < 2:
+            return None
+        missed = runner.missed
+
+        def run_idle(call: Any) -> Any:
+            outputs = runner.run(call, self._step_s)
+            if runner.missed != missed and self._on_step_missed is not None:
+                self._on_step_missed()
+            return outputs
+
+        return run_idle
 
     # The prefill lane: takes waiting requests as they arrive, while the worker steps.
 

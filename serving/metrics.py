@@ -47,6 +47,11 @@ class ServerMetrics:
             "Requests the prefill lane started while the worker stepped (continuous batching)",
             registry=r,
         )
+        self.idle_step_missed = Counter(
+            "seqport_idle_step_deadline_misses",
+            "Idle-priority decoder calls that missed their deadline and ran at normal priority (--step-priority)",
+            registry=r,
+        )
         self.cancelled = Counter("seqport_cancelled_requests", "Requests whose client went away", registry=r)
         self.first_token_stages = Histogram(
             "seqport_first_token_stage_seconds",

@@ -117,6 +117,7 @@ def test_models_health_and_metrics(client, server):
         "seqport_generated_tokens_total",
         "seqport_rejected_requests_total",
         "seqport_cancelled_requests_total",
+        "seqport_idle_step_deadline_misses_total",
     ):
         assert name in metrics, name
 

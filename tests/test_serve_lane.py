@@ -15,6 +15,8 @@ pytestmark = pytest.mark.export
 pytest.importorskip("torch")
 
 import seqport.engine as sp  # noqa: E402
+from seqport.engine.errors import ConfigError  # noqa: E402
+from seqport.serving import step_priority  # noqa: E402
 from seqport.serving.continuous import ContinuousScheduler  # noqa: E402
 from seqport.serving.jobs import GenerationRequest  # noqa: E402
 from seqport.serving.scheduler import SchedulerLimits, ShuttingDown  # noqa: E402
@@ -53,9 +55,9 @@ class Gated:
         assert gate.wait(30), "the test never opened the gate"
         self.inside[key[0]].clear()
 
-    def run_decoder(self, values, cache=None, trusted=frozenset()):
+    def run_decoder(self, values, cache=None, trusted=frozenset(), runner=None):
         self._wait("run_decoder")
-        return self._model.run_decoder(values, cache, trusted)
+        return self._model.run_decoder(values, cache, trusted, runner)
 
     def encode(self, input_ids, attention_mask):
         self._wait("encode")
@@ -265,3 +267,94 @@ def test_beam_search_that_arrives_during_a_step_is_decoded_alone_by_the_worker(s
 
     text, lane_started = asyncio.run(scenario())
     assert lane_started == 1 and text == expected
+
+
+class _Recording:
+    """A runtime that records the thread of every call, then makes it."""
+
+    def __init__(self, runtime) -> None:
+        self._runtime, self.threads = runtime, []
+
+    def __getattr__(self, name):
+        return getattr(self._runtime, name)
+
+    def run(self, feeds, into=None):
+        self.threads.append(threading.current_thread().name)
+        return self._runtime.run(feeds, into=into) if into else self._runtime.run(feeds)
+
+
+@pytest.mark.skipif(step_priority.unavailable() is not None, reason="no SCHED_IDLE here")
+def test_idle_priority_steps_decode_what_generate_alone_does(fresh_export, monkeypatch):
+    model = sp.load(fresh_export[1])
+    requests = [_request(model, i, tokens=6 + 3 * i, forced=i < 2) for i in range(6)]  # 0 and 1 overlap
+    expected = [model.generate([r.prompt_ids], config=r.config)[0].text for r in requests]
+    decoder = _Recording(model.runtimes["decoder"])
+    monkeypatch.setitem(model.runtimes, "decoder", decoder)
+
+    async def scenario() -> list[str]:
+        scheduler = ContinuousScheduler(model, SchedulerLimits(max_batch_rows=8), step_priority="idle")
+        scheduler.LANE_MIN_STEP_S = 0.0  # every step of two rows or more goes to the idle thread
+        assert scheduler.idle_steps
+        try:
+            streams = []
+            for request in requests:  # two at once, then the others join the batch as it steps
+                streams.append(await scheduler.submit(request))
+                if len(streams) > 1:
+                    await asyncio.sleep(0.002)
+            texts = []
+            for stream in streams:
+                texts.append("".join([event.text async for event in stream]))
+            return texts
+        finally:
+            scheduler.close(5.0)
+
+    assert asyncio.run(scenario()) == expected
+    assert decoder.threads.count("seqport-idle-step") >= 5, "the steps of two rows or more ran in the worker"
+
+
+def test_step_priority_is_checked(seq2seq):
+    with pytest.raises(ConfigError, match="step priority must be one of normal, idle"):
+        ContinuousScheduler(seq2seq, SchedulerLimits(max_batch_rows=2), step_priority="low")
+    scheduler = ContinuousScheduler(seq2seq, SchedulerLimits(max_batch_rows=2))
+    try:
+        assert not scheduler.idle_steps  # "normal" by default: the worker makes its calls
+    finally:
+        scheduler.close(1.0)
+
+
+@pytest.mark.skipif(step_priority.unavailable() is not None, reason="no SCHED_IDLE here")
+def test_a_starved_idle_step_is_made_by_the_worker_and_counted(fresh_export, monkeypatch):
+    model = sp.load(fresh_export[1])
+    requests = [_request(model, i, tokens=8, forced=True) for i in range(3)]
+    expected = [model.generate([r.prompt_ids], config=r.config)[0].text for r in requests]
+    release = threading.Event()
+
+    class StarvedOnce(_Recording):
+        def run(self, feeds, into=None):  # the idle thread's first call stalls, as if starved
+            if threading.current_thread().name == "seqport-idle-step" and not self.threads:
+                self.threads.append("stalled")
+                assert release.wait(30)
+            return super().run(feeds, into)
+
+    decoder = StarvedOnce(model.runtimes["decoder"])
+    monkeypatch.setitem(model.runtimes, "decoder", decoder)
+    missed = []
+
+    async def scenario() -> list[str]:
+        scheduler = ContinuousScheduler(
+            model, SchedulerLimits(max_batch_rows=4), step_priority="idle", on_step_missed=lambda: missed.append(1)
+        )
+        scheduler.LANE_MIN_STEP_S = 0.0
+        scheduler._idle_steps = step_priority.IdleStepRunner(min_deadline_s=0.05, deadline_steps=0.0)
+        try:
+            streams = [await scheduler.submit(request) for request in requests]
+            texts = []
+            for stream in streams:
+                texts.append("".join([event.text async for event in stream]))
+            return texts
+        finally:
+            release.set()  # the abandoned call ends; its outputs are dropped
+            scheduler.close(5.0)
+
+    assert asyncio.run(scenario()) == expected
+    assert missed == [1], "the missed deadline was not counted once (the back-off keeps the rest in the worker)"

@@ -244,3 +244,17 @@ def test_prefill_lane_option(tiny_artifact, monkeypatch):
         assert args.run(args) == 0 and seen[-1].prefill_lane == expected
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", str(tiny_artifact), "--prefill-lane", "both"])
+
+
+def test_step_priority_option(tiny_artifact, monkeypatch):
+    import seqport.serving.server as server
+
+    seen = []
+    monkeypatch.setattr(server, "run_server", lambda *a, options, **k: seen.append(options))
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    for flags, expected in (([], "normal"), (["--step-priority", "idle"], "idle")):
+        args = parser.parse_args(["serve", str(tiny_artifact), *flags])
+        assert args.run(args) == 0 and seen[-1].step_priority == expected
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", str(tiny_artifact), "--step-priority", "high"])
