@@ -3,7 +3,7 @@
     python benchmarks/serve_load.py [--artifact DIR] [--clients 16] [--requests 48] [--threads N]
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
         [--ort-spinning] [--engine default|thread|process|both] [--prompts auto|words|sentences]
-        [--client lean|httpx] [--prefill-lane first-token,encode,off]
+        [--client lean|httpx] [--prefill-lane first-token,encode,off] [--step-priority idle,normal]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
 sends the same requests (greedy, max_tokens drawn from 4-64, streamed with a usage chunk;
@@ -27,7 +27,8 @@ reaches when the HTTP side costs nothing, an upper bound for the HTTP runs' rati
 alike), and reports the median of the rounds' ratios; --ort-spinning runs the servers as they
 ran before spinning was turned off, for a comparison in one sitting; --prefill-lane L1,L2,...
 runs the sequential and continuous servers (and, for the same ratios, the micro-batching one)
-with each continuous-batching prefill lane in turn (`seqport serve --prefill-lane`).
+with each continuous-batching prefill lane in turn (`seqport serve --prefill-lane`), and
+--step-priority P1,P2 likewise with each step priority (`seqport serve --step-priority`).
 """
 
 from __future__ import annotations
@@ -206,6 +207,8 @@ def stage_totals(url: str) -> dict[str, list[float]]:
                 totals.setdefault("_rows", [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
         if line.startswith("seqport_prefill_lane_requests_total "):
             totals["_lane"] = [float(line.rsplit(" ", 1)[1]), 0.0]
+        if line.startswith("seqport_idle_step_deadline_misses_total "):
+            totals["_missed"] = [float(line.rsplit(" ", 1)[1]), 0.0]
     return totals
 
 
@@ -217,8 +220,9 @@ def batch_figures(before: dict[str, list[float]], after: dict[str, list[float]],
     if count <= count0:
         return {}
     lane = after.get("_lane", [0.0])[0] - before.get("_lane", [0.0])[0]
+    missed = after.get("_missed", [0.0])[0] - before.get("_missed", [0.0])[0]
     return {"rows_per_batch": (rows - rows0) / (count - count0), "batches_per_request": (count - count0) / requests,
-            "lane_share": lane / requests}
+            "lane_share": lane / requests, "idle_step_misses": missed}
 
 
 def stage_means_ms(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
@@ -281,15 +285,16 @@ def stages_table(runs: dict[str, dict[str, Any]]) -> str:
     head = "Where a first token's time goes, server side (mean ms to reach each stage from the one before; "
     head += "seqport_first_token_stage_seconds), and the server's rows per decoded batch (continuous "
     head += "batching: per step) and batches per request (seqport_batch_rows), and the share of requests the "
-    head += "prefill lane started (seqport_prefill_lane_requests):\n\n| run | " + " | ".join(stages)
-    head += " | sum | rows per batch | batches per request | lane share |\n"
-    head += "|---|" + "---|" * (len(stages) + 4) + "\n"
+    head += "prefill lane started (seqport_prefill_lane_requests), and the idle-priority decoder calls that "
+    head += "missed their deadline (seqport_idle_step_deadline_misses):\n\n| run | " + " | ".join(stages)
+    head += " | sum | rows per batch | batches per request | lane share | idle misses |\n"
+    head += "|---|" + "---|" * (len(stages) + 5) + "\n"
     rows = []
     for name, r in runs.items():
         means = r.get("first_token_stages_ms", {})
         cells = [f"{means[s]:.2f}" if s in means else "-" for s in stages]
         batches = f"{r.get('rows_per_batch', float('nan')):.1f} | {r.get('batches_per_request', float('nan')):.2f}"
-        batches += f" | {r.get('lane_share', float('nan')):.2f}"
+        batches += f" | {r.get('lane_share', float('nan')):.2f} | {r.get('idle_step_misses', float('nan')):.0f}"
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(means.values()):.2f} | {batches} |")
     return head + "\n".join(rows) + "\n"
 
@@ -350,16 +355,19 @@ ENGINES = {
 }
 
 
-def with_lanes(engines_of: dict[str, tuple[str, ...]], lanes: str) -> dict[str, tuple[str, ...]]:
-    """Every engine placement with each prefill lane of the comma-separated `lanes` ("": the
-    server's default); one lane names no suffix."""
-    names = [lane.strip() for lane in lanes.split(",") if lane.strip()]
+def with_variants(
+    engines_of: dict[str, tuple[str, ...]], option: str, values: str, label: str
+) -> dict[str, tuple[str, ...]]:
+    """Every server of `engines_of` with each value of the comma-separated `values` of the
+    server flag `option` ("": the server's default), named "[label value]"; one value names no
+    suffix."""
+    names = [value.strip() for value in values.split(",") if value.strip()]
     if not names:
         return engines_of
     return {
-        (f"{suffix} [lane {lane}]" if len(names) > 1 else suffix): (*extra, "--prefill-lane", lane)
+        (f"{suffix} [{label} {value}]" if len(names) > 1 else suffix): (*extra, option, value)
         for suffix, extra in engines_of.items()
-        for lane in names
+        for value in names
     }
 
 
@@ -407,9 +415,13 @@ def main() -> None:
     parser.add_argument("--prefill-lane", default="",
                         help="comma-separated prefill lanes of the continuous servers (first-token, encode, off), "
                         "each run in turn with its own ratios (default: the server's default lane)")
+    parser.add_argument("--step-priority", default="",
+                        help="comma-separated step priorities of the continuous servers (idle, normal), each run in "
+                        "turn with its own ratios (default: the server's default)")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    engines_of = with_lanes(ENGINES.get(args.engine, ENGINES["both"]), args.prefill_lane)
+    engines_of = with_variants(ENGINES.get(args.engine, ENGINES["both"]), "--prefill-lane", args.prefill_lane, "lane")
+    engines_of = with_variants(engines_of, "--step-priority", args.step_priority, "step")
     workload = prompts_for(args.artifact, args.prompts)
     rounds, engines = run_rounds(args, make_requests(min(args.requests, 256), workload), engines_of)
     per_round = [
