@@ -53,6 +53,7 @@ class _Call:
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.cpu_s = 0.0  # the idle thread's CPU time in the call
 
 
 class IdleStepRunner:
@@ -60,7 +61,8 @@ class IdleStepRunner:
 
     Args:
         min_deadline_s: a call's shortest deadline.
-        deadline_steps: a call's deadline is this many times its expected duration, at least
+        deadline_steps: a call's deadline is this many times the CPU time the idle thread's
+            calls take (smoothed; a starved call's waiting does not stretch it), at least
             `min_deadline_s`.
         backoff_s, max_backoff_s: after a missed deadline the caller makes its calls itself
             for `backoff_s`, doubled at each further miss up to `max_backoff_s`. A call that
@@ -80,6 +82,7 @@ class IdleStepRunner:
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._clock = clock
         self._backoff = backoff_s
+        self._cpu_s = 0.0  # the idle thread's CPU time per call, smoothed (0: none made yet)
         self._inline_until = float("-inf")
         self.missed = 0  # calls abandoned at their deadline and made in the caller
         self._cond = threading.Condition()
@@ -93,13 +96,15 @@ class IdleStepRunner:
 
         Args:
             call: no arguments; it must be safe to make again while an abandoned copy still runs.
-            expected_s: how long the call usually takes (sets its deadline).
+            expected_s: how long the call usually takes: its deadline until the idle thread has
+                made calls of its own to time.
         """
         handed = self._hand_over(call)
         if handed is None:
             return call()
-        if handed.done.wait(max(self.min_deadline_s, self.deadline_steps * expected_s)):
+        if handed.done.wait(max(self.min_deadline_s, self.deadline_steps * (self._cpu_s or expected_s))):
             self._backoff = self.backoff_s
+            self._cpu_s += 0.2 * (handed.cpu_s - self._cpu_s) if self._cpu_s else handed.cpu_s
             if handed.error is not None:
                 raise handed.error
             return handed.value
@@ -150,10 +155,12 @@ class IdleStepRunner:
                         return
                     self._cond.wait()
                 handed = self._pending
+            start = time.thread_time()
             try:
                 handed.value = handed.call()
             except BaseException as exc:  # raised in the caller that waits for it
                 handed.error = exc
+            handed.cpu_s = time.thread_time() - start
             with self._cond:
                 handed.done.set()
                 self._pending = None
