@@ -22,6 +22,7 @@ from typing import Any
 from ray import serve
 
 from seqport.batch.shipping import ArtifactSource, materialize
+from seqport.engine.errors import ConfigError
 from seqport.serving.app import ServeOptions, build_app
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,12 @@ def application(
 
 def app_builder(args: dict[str, str]) -> Any:
     """`serve run seqport.serving.ray_app:app_builder artifact=PATH [num_replicas=N] [model_name=NAME]
-    [max_batch_rows=N] [max_queue=N] [replica_cpus=C]`: the application from key=value arguments."""
+    [max_batch_rows=N] [max_queue=N] [replica_cpus=C] [provider=P] [scheduler=S] [prefill_lane=L]
+    [step_priority=P] ...`: the application from key=value arguments (ServeOptions fields).
+
+    Raises:
+        ConfigError: an argument it does not know (a typo would otherwise be ignored).
+    """
     kinds = {
         "max_batch_rows": int,
         "max_queue": int,
@@ -130,7 +136,13 @@ def app_builder(args: dict[str, str]) -> Any:
         "shutdown_grace_s": float,
         "model_name": str,
         "scheduler": str,
+        "prefill_lane": str,
+        "step_priority": str,
     }
+    unknown = sorted(set(args) - set(kinds) - {"artifact", "num_replicas", "replica_cpus", "provider"})
+    if unknown:
+        raise ConfigError(f"unknown app_builder arguments: {', '.join(unknown)} (known: artifact, num_replicas, "
+                          f"replica_cpus, provider, {', '.join(kinds)})")
     options = ServeOptions(**{key: kinds[key](value) for key, value in args.items() if key in kinds})
     return application(
         args["artifact"],

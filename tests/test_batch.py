@@ -225,3 +225,26 @@ def test_serve_ray_passes_no_huge_pages_to_the_replicas(tiny_artifact, monkeypat
     assert huge_pages is wanted
     bound = ray_app.application(artifact, *deployment, huge_pages)._bound_deployment
     assert bound.init_args[-1] is wanted  # what each replica's __init__ gets
+
+
+def test_serve_ray_passes_the_step_priority_and_app_builder_refuses_unknown_arguments(tiny_artifact, monkeypatch):
+    pytest.importorskip("starlette")
+    pytest.importorskip("ray")
+    from seqport.engine.errors import ConfigError
+    from seqport.serving import cli as serve_cli
+    from seqport.serving import ray_app
+
+    runs = []
+    monkeypatch.setattr(ray_app, "run_on_ray", lambda *a: runs.append(a))
+    parser = argparse.ArgumentParser()
+    serve_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", str(tiny_artifact), "--ray", "--step-priority", "idle"])
+    assert args.run(args) == 0
+    artifact, _address, _host, _port, options, *deployment = runs[0]
+    bound = ray_app.application(artifact, options, *deployment)._bound_deployment
+    assert bound.init_args[1]["step_priority"] == "idle"  # the ServeOptions fields each replica gets
+
+    app = ray_app.app_builder({"artifact": str(tiny_artifact), "step_priority": "idle", "prefill_lane": "off"})
+    assert app._bound_deployment.init_args[1]["step_priority"] == "idle"
+    with pytest.raises(ConfigError, match="unknown app_builder arguments: max_rows"):
+        ray_app.app_builder({"artifact": str(tiny_artifact), "max_rows": "4"})
