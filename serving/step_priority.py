@@ -4,7 +4,7 @@ Why: under load every core is busy. The worker steps the running batch, the pref
 encodes new requests, the event loop writes SSE chunks, and on a small machine the clients run
 there too. A new request's first token then waits for CPU that the step of the other rows
 holds. On the bundled translator at 16 clients this made the loaded first token ~2.6× the
-idle one.
+idle one. `seqport serve --step-priority idle` (off by default) turns this module on.
 
 `IdleStepRunner` runs the decoder call on a thread of its own at Linux's `SCHED_IDLE`: every
 other runnable thread of the server's scheduling group goes first. That group is its
@@ -104,7 +104,7 @@ class IdleStepRunner:
             return call()
         if handed.done.wait(max(self.min_deadline_s, self.deadline_steps * (self._cpu_s or expected_s))):
             self._backoff = self.backoff_s
-            self._cpu_s += 0.2 * (handed.cpu_s - self._cpu_s) if self._cpu_s else handed.cpu_s
+            self._cpu_s = handed.cpu_s if not self._cpu_s else self._cpu_s + 0.2 * (handed.cpu_s - self._cpu_s)
             if handed.error is not None:
                 raise handed.error
             return handed.value
