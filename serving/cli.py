@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from seqport.cli.runtime_args import add_runtime_options
 from seqport.engine.runtime import RuntimeOptions
+from seqport.serving.step_priority import STEP_PRIORITIES
 from seqport.serving.threads import default_threads
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "encoder-decoder row gets a decoder call of its own); encode: it prefills, and an "
                    "encoder-decoder row's first token comes from the worker's next step; off: the worker admits "
                    "between two steps (as before; the engine process always does). Default: first-token")
-    p.add_argument("--step-priority", choices=("normal", "idle"), default="normal",
+    p.add_argument("--step-priority", choices=STEP_PRIORITIES, default="normal",
                    help="continuous batching: normal (default): the worker makes the running batch's decoder call; "
                    "idle: while steps take 1 ms or more, it runs on a thread at Linux's SCHED_IDLE, so new "
                    "requests' prefills, the HTTP side and the rest of this process's group go first: earlier first "
