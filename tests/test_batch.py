@@ -208,10 +208,8 @@ def test_the_local_path_imports_neither_torch_nor_ray(tiny_artifact, lines, tmp_
     assert run.stdout.strip().endswith("ok")
 
 
-@pytest.mark.parametrize(("flags", "wanted"), [([], True), (["--no-huge-pages"], False)])
-def test_serve_ray_passes_no_huge_pages_to_the_replicas(tiny_artifact, monkeypatch, flags, wanted):
-    pytest.importorskip("starlette")
-    pytest.importorskip("ray")
+def _serve_ray_call(tiny_artifact, monkeypatch, *flags: str) -> tuple:
+    """The arguments `seqport serve ARTIFACT --ray FLAGS` passes to ray_app.run_on_ray (not run)."""
     from seqport.serving import cli as serve_cli
     from seqport.serving import ray_app
 
@@ -221,7 +219,16 @@ def test_serve_ray_passes_no_huge_pages_to_the_replicas(tiny_artifact, monkeypat
     serve_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", str(tiny_artifact), "--ray", *flags])
     assert args.run(args) == 0
-    artifact, _address, _host, _port, *deployment, huge_pages = runs[0]
+    return runs[0]
+
+
+@pytest.mark.parametrize(("flags", "wanted"), [([], True), (["--no-huge-pages"], False)])
+def test_serve_ray_passes_no_huge_pages_to_the_replicas(tiny_artifact, monkeypatch, flags, wanted):
+    pytest.importorskip("starlette")
+    pytest.importorskip("ray")
+    from seqport.serving import ray_app
+
+    artifact, _address, _host, _port, *deployment, huge_pages = _serve_ray_call(tiny_artifact, monkeypatch, *flags)
     assert huge_pages is wanted
     bound = ray_app.application(artifact, *deployment, huge_pages)._bound_deployment
     assert bound.init_args[-1] is wanted  # what each replica's __init__ gets
@@ -231,16 +238,10 @@ def test_serve_ray_passes_the_step_priority_and_app_builder_refuses_unknown_argu
     pytest.importorskip("starlette")
     pytest.importorskip("ray")
     from seqport.engine.errors import ConfigError
-    from seqport.serving import cli as serve_cli
     from seqport.serving import ray_app
 
-    runs = []
-    monkeypatch.setattr(ray_app, "run_on_ray", lambda *a: runs.append(a))
-    parser = argparse.ArgumentParser()
-    serve_cli.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["serve", str(tiny_artifact), "--ray", "--step-priority", "idle"])
-    assert args.run(args) == 0
-    artifact, _address, _host, _port, options, *deployment = runs[0]
+    call = _serve_ray_call(tiny_artifact, monkeypatch, "--step-priority", "idle")
+    artifact, _address, _host, _port, options, *deployment = call
     bound = ray_app.application(artifact, options, *deployment)._bound_deployment
     assert bound.init_args[1]["step_priority"] == "idle"  # the ServeOptions fields each replica gets
 

@@ -27,12 +27,28 @@ def _where() -> tuple[str, int]:
     return threading.current_thread().name, os.sched_getscheduler(0)
 
 
+def _stuck_on_the_idle_thread(gate: threading.Event):
+    """A call that, on the idle thread, waits at `gate` (as if starved) and returns "late";
+    in the caller it returns "on time" at once."""
+
+    def call() -> str:
+        if threading.current_thread().name == "seqport-idle-step":
+            assert gate.wait(30)
+            return "late"
+        return "on time"
+
+    return call
+
+
 @pytest.fixture
 def runner():
+    """IdleStepRunner(**kwargs), closed after the test. Its deadline is 30 s unless a test sets
+    `min_deadline_s`: beside a busy test process of the same session (CI's -n 2) an idle thread may
+    wait longer than the default 50 ms, and a test's call would then be made in the caller."""
     made = []
 
     def make(**kwargs) -> IdleStepRunner:
-        made.append(IdleStepRunner(**kwargs))
+        made.append(IdleStepRunner(**{"min_deadline_s": 30.0, **kwargs}))
         return made[-1]
 
     yield make
@@ -63,16 +79,12 @@ def test_an_error_reaches_the_caller(runner):
 @needs_sched_idle
 def test_a_call_past_its_deadline_is_made_in_the_caller_and_backs_off(runner):
     clock, gate = Clock(), threading.Event()
-    idle = runner(min_deadline_s=0.05, deadline_steps=1.0, backoff_s=1.0, max_backoff_s=3.0, clock=clock)
-
-    def stuck_on_the_idle_thread():
-        if threading.current_thread().name == "seqport-idle-step":
-            assert gate.wait(30)
-            return "late"
-        return "on time"
-
+    idle = runner(deadline_steps=1.0, backoff_s=1.0, max_backoff_s=3.0, clock=clock)
+    stuck_on_the_idle_thread = _stuck_on_the_idle_thread(gate)
     caller = threading.current_thread().name
+    idle.min_deadline_s = 0.05  # for the stuck calls; the others keep 30 s
     assert idle.run(stuck_on_the_idle_thread, 0.001) == "on time"  # waited 50 ms, then made it itself
+    idle.min_deadline_s = 30.0
     assert idle.missed == 1
     clock.now = 0.5  # backing off: the caller makes its calls
     assert idle.run(_where, 0.001)[0] == caller
@@ -84,7 +96,9 @@ def test_a_call_past_its_deadline_is_made_in_the_caller_and_backs_off(runner):
 
     gate.clear()
     clock.now = 10.0  # a call made its deadline since: the next miss backs off 1 s again, not 2
+    idle.min_deadline_s = 0.05
     assert idle.run(stuck_on_the_idle_thread, 0.001) == "on time"
+    idle.min_deadline_s = 30.0
     assert idle.missed == 2
     gate.set()
     assert _eventually(lambda: idle._pending is None)
@@ -98,12 +112,7 @@ def test_a_call_past_its_deadline_is_made_in_the_caller_and_backs_off(runner):
 def test_the_back_off_doubles_while_calls_keep_missing(runner):
     clock, gate = Clock(), threading.Event()
     idle = runner(min_deadline_s=0.02, deadline_steps=1.0, backoff_s=1.0, max_backoff_s=3.0, clock=clock)
-
-    def stuck():
-        if threading.current_thread().name == "seqport-idle-step":
-            assert gate.wait(30)
-        return threading.current_thread().name
-
+    stuck = _stuck_on_the_idle_thread(gate)  # every call handed over misses: only the clock decides
     misses_at = []
     for step in range(40):  # 40 calls at 0.25 s apart
         clock.now = step * 0.25
