@@ -14,6 +14,23 @@ from seqport.engine.errors import InputError
 from seqport.engine.manifest import Component, expand_layers
 
 
+class TrustedNames:
+    """The feed names a decoder call need not check again: a caller's trusted names plus the
+    cache's own feeds, one frozenset per distinct pair, so a step does not build it anew."""
+
+    def __init__(self) -> None:
+        self._sets: dict[tuple[frozenset[str], tuple[str, ...]], frozenset[str]] = {}
+
+    def of(self, trusted: frozenset[str], own: dict) -> frozenset[str]:
+        key = (trusted, tuple(own))
+        names = self._sets.get(key)
+        if names is None:
+            if len(self._sets) > 64:  # callers passing ever new trusted sets: keep it bounded
+                self._sets.clear()
+            names = self._sets[key] = trusted | frozenset(own)
+        return names
+
+
 class Signature:
     """A component's inputs and outputs with "{i}" expanded, keyed by logical name.
 

@@ -8,6 +8,7 @@ model runs (host numpy or a device) is the injected `placement` (engine/placemen
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from seqport.engine.decode_loop import StepFn, decode_steps, make_search
 from seqport.engine.decoder_step import DecoderStep
 from seqport.engine.device_search import make_device_search, plan_selection
 from seqport.engine.errors import ConfigError, InputError
-from seqport.engine.feeds import Signature
+from seqport.engine.feeds import Signature, TrustedNames
 from seqport.engine.host_lane import HostLane
 from seqport.engine.inputs import as_id_lists, as_texts, check_ids, is_token_input, length_sorted_batches
 from seqport.engine.kv_cache import KVCache
@@ -74,7 +75,7 @@ class GeneratingModel:
         # position_ids / all-ones masks of lockstep rows: read-only views made once per shape, shared
         # by every request (engine/step_inputs.py); the buffers grow to the largest request
         self.lockstep = LockstepInputs(rows=1, capacity=64)
-        self._skips: dict[tuple[frozenset[str], tuple[str, ...]], frozenset[str]] = {}  # run_decoder's trusted sets
+        self._trusted = TrustedNames()  # run_decoder's names it need not check again
 
     def generate(
         self,
@@ -324,11 +325,9 @@ class GeneratingModel:
                 can); None: `values` carry past_key/value.{i} themselves.
             trusted: names in `values` already checked at an earlier step of this request (the
                 encoder's cross K/V); the cache's own feeds are trusted after the first step.
-            runner: where the runtime call runs: given that call (no arguments), returns its
-                outputs; the cache is updated from them afterwards, in this thread. With a
-                growing cache the call writes nothing it does not return, so a runner may
-                abandon a call and make it again (the server runs it on a low-priority thread,
-                serving/step_priority.py). None: the call runs here.
+            runner: given the runtime call (no arguments), returns its outputs; the cache is
+                updated from them afterwards, here. With a growing cache the call writes nothing
+                else, so a runner may abandon it and call again (serving/step_priority.py).
 
         Returns:
             Logical outputs: logits (B, L, V) for the positions asked, present_key/value.{i}.
@@ -344,25 +343,12 @@ class GeneratingModel:
         signature = self.signatures["decoder"]
         into = {signature.outputs[name].name: array for name, array in cache.outputs_into().items()}
         own = cache.feeds(new)  # made from the decoder's own outputs: not re-checked every step
-        skip = self._skip(trusted, own) if cache.length else frozenset()
+        skip = self._trusted.of(trusted, own) if cache.length else frozenset()
         feeds = signature.feeds({**values, **own}, trusted=skip)
-
-        def call() -> dict[str, np.ndarray]:
-            return self.placement.run("decoder", self.runtimes["decoder"], feeds, into)
-
+        call = functools.partial(self.placement.run, "decoder", self.runtimes["decoder"], feeds, into)
         outputs = signature.by_logical(call() if runner is None else runner(call))
         cache.update(outputs, new)
         return outputs
-
-    def _skip(self, trusted: frozenset[str], own: dict[str, np.ndarray]) -> frozenset[str]:
-        """`trusted` plus the cache's feed names, made once per distinct pair (not every step)."""
-        key = (trusted, tuple(own))
-        skip = self._skips.get(key)
-        if skip is None:
-            if len(self._skips) > 64:  # callers passing ever new trusted sets: keep it bounded
-                self._skips.clear()
-            skip = self._skips[key] = trusted | frozenset(own)
-        return skip
 
     def _lockstep_rows(self, values: dict[str, np.ndarray], cache: KVCache | None) -> dict[str, np.ndarray]:
         """`values` plus, for an encoder-decoder decoder that takes the optional position_ids
