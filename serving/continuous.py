@@ -25,6 +25,7 @@ those inputs, preallocated KV buffers, fused attention, a device placement) are 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -178,8 +179,7 @@ class ContinuousScheduler(MicroBatchScheduler):
         self._slots = 0  # the running batch's slots, vacated ones included
         self._lane_outbox = DirectOutbox()
         idle = step_priority == "idle" and outbox is None and unavailable() is None and _on_cpu(model)
-        self._idle_steps = IdleStepRunner() if idle else None
-        self._on_step_missed = on_step_missed
+        self._idle_steps = IdleStepRunner(on_missed=on_step_missed) if idle else None
         lock = threading.RLock()
         worker_cond = threading.Condition(lock)  # the worker waits here (MicroBatchScheduler's _cond)
         self._lane_cond = threading.Condition(lock)  # the lane waits here: waking one never wakes the other
@@ -365,15 +365,7 @@ class ContinuousScheduler(MicroBatchScheduler):
         runner = self._idle_steps
         if runner is None or self._step_s < self.LANE_MIN_STEP_S or rows < 2:
             return None
-        missed = runner.missed
-
-        def run_idle(call: Any) -> Any:
-            outputs = runner.run(call, self._step_s)
-            if runner.missed != missed and self._on_step_missed is not None:
-                self._on_step_missed()
-            return outputs
-
-        return run_idle
+        return functools.partial(runner.run, expected_s=self._step_s)
 
     # The prefill lane: takes waiting requests as they arrive, while the worker steps.
 

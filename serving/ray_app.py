@@ -139,10 +139,10 @@ def app_builder(args: dict[str, str]) -> Any:
         "prefill_lane": str,
         "step_priority": str,
     }
-    unknown = sorted(set(args) - set(kinds) - {"artifact", "num_replicas", "replica_cpus", "provider"})
+    known = ["artifact", "num_replicas", "replica_cpus", "provider", *kinds]
+    unknown = sorted(set(args) - set(known))
     if unknown:
-        raise ConfigError(f"unknown app_builder arguments: {', '.join(unknown)} (known: artifact, num_replicas, "
-                          f"replica_cpus, provider, {', '.join(kinds)})")
+        raise ConfigError(f"unknown app_builder arguments: {', '.join(unknown)} (known: {', '.join(known)})")
     options = ServeOptions(**{key: kinds[key](value) for key, value in args.items() if key in kinds})
     return application(
         args["artifact"],

@@ -68,6 +68,7 @@ class IdleStepRunner:
             for `backoff_s`, doubled at each further miss up to `max_backoff_s`. A call that
             makes its deadline sets it back to `backoff_s`.
         clock: monotonic seconds (tests pass their own).
+        on_missed: called (in the caller) for every call that missed its deadline.
     """
 
     def __init__(
@@ -77,10 +78,11 @@ class IdleStepRunner:
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        on_missed: Callable[[], None] | None = None,
     ) -> None:
         self.min_deadline_s, self.deadline_steps = min_deadline_s, deadline_steps
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self._clock = clock
+        self._clock, self._on_missed = clock, on_missed
         self._backoff = backoff_s
         self._cpu_s = 0.0  # the idle thread's CPU time per call, smoothed (0: none made yet)
         self._inline_until = float("-inf")
@@ -141,6 +143,8 @@ class IdleStepRunner:
             self._backoff,
         )
         self._backoff = min(2 * self._backoff, self.max_backoff_s)
+        if self._on_missed is not None:
+            self._on_missed()
 
     def _serve(self) -> None:
         try:

@@ -297,7 +297,7 @@ def test_idle_priority_steps_decode_what_generate_alone_does(fresh_export, monke
         assert scheduler.idle_steps
         # a deadline no step misses here: beside a busy test process of the same session (CI's
         # -n 2) the default 50 ms can pass, and the guard then rightly keeps the steps in the worker
-        scheduler._idle_steps = step_priority.IdleStepRunner(min_deadline_s=60.0)
+        scheduler._idle_steps.min_deadline_s = 60.0
         try:
             streams = []
             for request in requests:  # two at once, then the others join the batch as it steps
@@ -348,7 +348,7 @@ def test_a_starved_idle_step_is_made_by_the_worker_and_counted(fresh_export, mon
             model, SchedulerLimits(max_batch_rows=4), step_priority="idle", on_step_missed=lambda: missed.append(1)
         )
         scheduler.LANE_MIN_STEP_S = 0.0
-        scheduler._idle_steps = step_priority.IdleStepRunner(min_deadline_s=0.05, deadline_steps=0.0)
+        scheduler._idle_steps.min_deadline_s, scheduler._idle_steps.deadline_steps = 0.05, 0.0
         try:
             streams = [await scheduler.submit(request) for request in requests]
             texts = []
