@@ -3,6 +3,7 @@ that skips for any other reason fails, even when every test passed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,10 @@ def _run(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
     )
     (tmp_path / "test_it.py").write_text("import pytest\n\n" + textwrap.dedent(body))
     command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    # the outer run's options (CI sets --basetemp there) must not reach the inner run: it would
+    # empty the outer run's temporary folder, under the tests still running beside it
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
 
 
 def test_an_undocumented_skip_fails_the_run(tmp_path):
