@@ -26,6 +26,7 @@ from seqport.engine.runtime import RuntimeOptions
 from seqport.serving import GenerationRequest, SchedulerLimits, bundled_translator, default_threads
 from seqport.serving.continuous import make_scheduler
 from seqport.serving.protocol import generation_config
+from seqport.serving.threads import with_encoder_threads
 
 
 class _Counted:
@@ -93,10 +94,12 @@ def engine_only(
     artifact: str | None, bodies: list[dict[str, Any]], clients: int, threads: int | None, spinning: bool = False
 ) -> dict[str, Any]:
     """Continuous and micro-batching figures (and idle TTFT: one consumer) without HTTP;
-    `threads` None: the server's default (seqport.serving.default_threads())."""
+    `threads` None: the server's default (seqport.serving.default_threads()); the encoder of an
+    encoder-decoder artifact gets the server's default too (every CPU)."""
     threads = default_threads() if threads is None else threads
-    options = RuntimeOptions(intra_op_threads=threads, allow_spinning=spinning)
-    model = sp.load(artifact or bundled_translator(), options=options)
+    folder = artifact or bundled_translator()
+    options = with_encoder_threads(RuntimeOptions(intra_op_threads=threads, allow_spinning=spinning), folder)
+    model = sp.load(folder, options=options)
     requests = _requests(model, bodies)
     runs = {kind: run_scheduler(model, kind, requests, clients) for kind in ("continuous", "micro")}
     runs["idle (continuous, 1 consumer)"] = run_scheduler(model, "continuous", requests[:24], 1)

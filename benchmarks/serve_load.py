@@ -4,6 +4,7 @@
         [--time-limit 240] [--out benchmarks/results] [--label NAME] [--no-engine-only] [--repeat 1]
         [--ort-spinning] [--engine default|thread|process|both] [--prompts auto|words|sentences]
         [--client lean|httpx] [--prefill-lane first-token,encode,off] [--step-priority idle,normal]
+        [--encoder-threads 1,2]
 
 Starts `python -m seqport.serving ARTIFACT` on 127.0.0.1 (a free port) once per scheduler and
 sends the same requests (greedy, max_tokens drawn from 4-64, streamed with a usage chunk;
@@ -28,7 +29,8 @@ alike), and reports the median of the rounds' ratios; --ort-spinning runs the se
 ran before spinning was turned off, for a comparison in one sitting; --prefill-lane L1,L2,...
 runs the sequential and continuous servers (and, for the same ratios, the micro-batching one)
 with each continuous-batching prefill lane in turn (`seqport serve --prefill-lane`), and
---step-priority P1,P2 likewise with each step priority (`seqport serve --step-priority`).
+--step-priority P1,P2 likewise with each step priority (`seqport serve --step-priority`), and
+--encoder-threads N1,N2 with each encoder thread count (`seqport serve --encoder-threads`).
 """
 
 from __future__ import annotations
@@ -418,10 +420,14 @@ def main() -> None:
     parser.add_argument("--step-priority", default="",
                         help="comma-separated step priorities of the continuous servers (idle, normal), each run in "
                         "turn with its own ratios (default: the server's default)")
+    parser.add_argument("--encoder-threads", default="",
+                        help="comma-separated encoder intra-op threads of the servers (an encoder-decoder artifact), "
+                        "each run in turn with its own ratios (default: the server's default, every CPU)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     engines_of = with_variants(ENGINES.get(args.engine, ENGINES["both"]), "--prefill-lane", args.prefill_lane, "lane")
     engines_of = with_variants(engines_of, "--step-priority", args.step_priority, "step")
+    engines_of = with_variants(engines_of, "--encoder-threads", args.encoder_threads, "encoder threads")
     workload = prompts_for(args.artifact, args.prompts)
     rounds, engines = run_rounds(args, make_requests(min(args.requests, 256), workload), engines_of)
     per_round = [

@@ -68,7 +68,7 @@ def load(
     # The decoder first: building it prepacks the tied projection, reading the shared table
     # whole; dropping those pages before the encoder loads keeps the two off each other's peak.
     for name in sorted(paths, key=lambda name: name != "decoder"):
-        built[name] = open_runtime(paths[name], options, shared.get(name), ranges[name])
+        built[name] = open_runtime(paths[name], options.for_component(name), shared.get(name), ranges[name])
         release_pages(shared)  # keep only the pages later steps touch
     runtimes = {name: built[name] for name in paths}
     if before is not None:

@@ -8,6 +8,7 @@ not used (and never imports torch).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,9 @@ class RuntimeOptions:
         provider: execution provider by short name ("cpu", "cuda", "tensorrt", "openvino", ...)
             or by onnxruntime's full name ("CUDAExecutionProvider").
         intra_op_threads: threads inside one operator; 0 lets the backend decide.
+        component_threads: intra-op threads of named components, in place of intra_op_threads
+            for them (e.g. {"encoder": 2}: a server's encoder runs once per request, beside the
+            decoder's steps, and starts requests sooner on every core; docs/serving.md).
         inter_op_threads: threads across independent operators; 0 lets the backend decide.
         graph_optimization: "disable", "basic", "extended" or "all".
         enable_mem_arena: keep onnxruntime's CPU memory arena (faster, holds memory).
@@ -121,6 +125,7 @@ class RuntimeOptions:
     backend: str = "onnxruntime"
     provider: str = "cpu"
     intra_op_threads: int = 0
+    component_threads: dict[str, int] = field(default_factory=dict)
     inter_op_threads: int = 0
     graph_optimization: str = "all"
     enable_mem_arena: bool = True
@@ -145,10 +150,16 @@ class RuntimeOptions:
                 f"graph_optimization must be one of disable, basic, extended, all; "
                 f"got {self.graph_optimization!r}"
             )
-        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
-            raise ProviderError("thread counts must be >= 0 (0 lets the backend decide)")
+        threads = [self.intra_op_threads, self.inter_op_threads, *self.component_threads.values()]
+        if any(not isinstance(n, int) or n < 0 for n in threads):
+            raise ProviderError("thread counts must be integers >= 0 (0 lets the backend decide)")
         if self.trt_max_batch < 1:
             raise ProviderError(f"trt_max_batch must be >= 1, got {self.trt_max_batch}")
+
+    def for_component(self, name: str) -> RuntimeOptions:
+        """The options component `name` opens with: its component_threads entry, if any."""
+        threads = self.component_threads.get(name)
+        return self if threads is None else dataclasses.replace(self, intra_op_threads=threads)
 
 
 def open_runtime(

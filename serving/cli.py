@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from seqport.cli.runtime_args import add_runtime_options
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.step_priority import STEP_PRIORITIES
-from seqport.serving.threads import default_threads
+from seqport.serving.threads import default_threads, usable_cpus
 
 if TYPE_CHECKING:
     from seqport.serving.app import ServeOptions
@@ -32,6 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         f"{default_threads()}: the event loop, HTTP and a small machine's clients need a core; 0: onnxruntime decides)"
     )
     add_runtime_options(p, threads_default=None, threads_help=threads_help)
+    p.add_argument("--encoder-threads", type=int, default=None, metavar="N",
+                   help="intra-op threads of an encoder-decoder model's encoder (default: every CPU this process may "
+                   f"use, here {usable_cpus()}: the encoder runs once per request, as it starts, and a loaded "
+                   "server's first tokens come sooner; 0: onnxruntime decides). Other models, and Ray replicas: "
+                   "--threads")
     p.add_argument("--ort-spinning", action="store_true",
                    help="let onnxruntime's idle intra-op threads spin (its default; off in the server, whose event "
                    "loop and clients need those cores)")
@@ -112,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     )
     run_server(
         args.artifact, args.host, args.port, provider=args.provider, runtime=runtime, options=options,
-        access_log=args.access_log,
+        access_log=args.access_log, encoder_threads=args.encoder_threads,
     )
     return 0
 
@@ -121,6 +126,9 @@ def _run_on_ray(args: argparse.Namespace, options: ServeOptions) -> int:
     """`seqport serve --ray`: deploy on Ray Serve and serve until interrupted."""
     from seqport.engine.errors import ConfigError
 
+    if args.encoder_threads is not None:
+        raise ConfigError("--encoder-threads is for the local server: a Ray replica runs every component on the "
+                          "CPUs it reserves (--replica-cpus, --threads)")
     try:
         from seqport.serving import ray_app
     except ImportError as exc:

@@ -11,7 +11,7 @@ from seqport.engine.api import load
 from seqport.engine.errors import ArtifactError
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.app import ServeOptions, build_app
-from seqport.serving.threads import default_threads
+from seqport.serving.threads import default_threads, with_encoder_threads
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def run_server(
     runtime: RuntimeOptions | None = None,
     options: ServeOptions | None = None,
     access_log: bool = False,
+    encoder_threads: int | None = None,
 ) -> None:
     """Load `artifact` (None: the bundled translator) and serve it until interrupted.
 
@@ -56,6 +57,8 @@ def run_server(
         options: server settings (batching, admission, shutdown grace).
         access_log: log a line per HTTP request (uvicorn's access log; off by default: it costs
             the event loop CPU on every request).
+        encoder_threads: intra-op threads of an encoder-decoder model's encoder (None: every CPU
+            this process may use, see serving/threads.py; 0: onnxruntime decides).
 
     Raises:
         ArtifactError, ManifestError, ProviderError: as seqport.engine.load() raises them.
@@ -69,6 +72,7 @@ def run_server(
     runtime = runtime or RuntimeOptions(intra_op_threads=default_threads(), allow_spinning=False)
     if provider is not None:
         runtime = dataclasses.replace(runtime, provider=provider)
+    runtime = with_encoder_threads(runtime, artifact, encoder_threads)
     model = load(artifact, options=runtime)
     options = dataclasses.replace(options, runtime=runtime)  # what an engine process loads it with
     app = build_app(model, options)

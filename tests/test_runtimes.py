@@ -72,6 +72,17 @@ def test_session_options_reach_onnxruntime(tiny_artifact):
         so.get_session_config_entry("session.intra_op.allow_spinning")
 
 
+def test_component_threads_override_the_intra_op_threads_of_their_component(tiny_artifact):
+    options = RuntimeOptions(intra_op_threads=1, component_threads={"encoder": 2})
+    assert options.for_component("decoder") is options and options.for_component("encoder").intra_op_threads == 2
+    model = sp.load(tiny_artifact, options=options)
+    threads = {name: rt._session.get_session_options().intra_op_num_threads for name, rt in model.runtimes.items()}
+    assert threads.pop("encoder") == 2 and threads and set(threads.values()) == {1}
+    for bad in (-1, 1.5):
+        with pytest.raises(ProviderError, match="thread counts must be integers >= 0"):
+            RuntimeOptions(component_threads={"encoder": bad})
+
+
 def test_spinning_can_be_turned_off(tiny_artifact):
     session = open_runtime(tiny_artifact / "decoder.onnx", RuntimeOptions(allow_spinning=False))._session
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -18,6 +19,7 @@ from live_server import SlowModel  # noqa: E402
 from tiny import SENTENCES  # noqa: E402
 
 from seqport.engine.errors import ConfigError  # noqa: E402
+from seqport.engine.runtime import RuntimeOptions  # noqa: E402
 from seqport.serving import GenerationRequest, MicroBatchScheduler, SchedulerLimits, ShuttingDown  # noqa: E402
 from seqport.serving.cli import add_parser  # noqa: E402
 
@@ -169,6 +171,32 @@ def test_the_server_defaults_to_one_intra_op_thread_fewer_than_its_cpus(tiny_art
         assert calls[-1].intra_op_threads == threads and serve_threads.default_threads() == threads
     args = parser.parse_args(["serve", str(tiny_artifact), "--threads", "0"])  # 0: onnxruntime decides
     assert args.run(args) == 0 and calls[-1].intra_op_threads == 0
+
+
+def test_an_encoder_decoder_models_encoder_gets_every_cpu(tiny_artifact, monkeypatch):
+    import seqport.serving.server as server
+    import seqport.serving.threads as serve_threads
+
+    runtime = RuntimeOptions(intra_op_threads=1)
+    monkeypatch.setattr(serve_threads.os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    assert serve_threads.with_encoder_threads(runtime, tiny_artifact).component_threads == {"encoder": 3}
+    assert serve_threads.with_encoder_threads(runtime, tiny_artifact, 1).for_component("encoder").intra_op_threads == 1
+    own = RuntimeOptions(component_threads={"encoder": 1})
+    assert serve_threads.with_encoder_threads(own, tiny_artifact) is own  # the caller's own choice stays
+    decoder_only = types.SimpleNamespace(architecture="decoder-only")
+    monkeypatch.setattr(serve_threads, "load_manifest", lambda _folder: decoder_only)
+    assert serve_threads.with_encoder_threads(runtime, tiny_artifact) is runtime  # its encoder is the model
+
+    seen = []
+    monkeypatch.setattr(server, "run_server", lambda *a, encoder_threads, **k: seen.append(encoder_threads))
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    for flags, expected in (([], None), (["--encoder-threads", "1"], 1)):
+        args = parser.parse_args(["serve", str(tiny_artifact), *flags])
+        assert args.run(args) == 0 and seen[-1] == expected
+    args = parser.parse_args(["serve", str(tiny_artifact), "--ray", "--encoder-threads", "2"])
+    with pytest.raises(ConfigError, match="--encoder-threads is for the local server"):
+        args.run(args)
 
 
 def test_engine_process_is_an_option_off_by_default(tiny_artifact, monkeypatch):
