@@ -24,8 +24,8 @@ import numpy as np
 import seqport.engine as sp
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving import GenerationRequest, SchedulerLimits, bundled_translator, default_threads
-from seqport.serving.continuous import make_scheduler
 from seqport.serving.protocol import generation_config
+from seqport.serving.scheduler_choice import make_scheduler
 from seqport.serving.threads import with_encoder_threads
 
 

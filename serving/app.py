@@ -24,7 +24,6 @@ from seqport.engine.errors import InputError, SeqportError
 from seqport.engine.inputs import check_ids
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.completions import Call, answer
-from seqport.serving.continuous import make_scheduler
 from seqport.serving.embeddings import embeddings_body
 from seqport.serving.metrics import ServerMetrics
 from seqport.serving.protocol import (
@@ -36,6 +35,7 @@ from seqport.serving.protocol import (
     prompt_inputs,
 )
 from seqport.serving.scheduler import SchedulerLimits
+from seqport.serving.scheduler_choice import make_scheduler
 
 logger = logging.getLogger(__name__)
 TASKS = {

@@ -18,9 +18,8 @@ worker's next step with "encode") and streams their first tokens at once; the wo
 ready rows between two steps. Otherwise (nothing runs, short steps, or lane "off") the worker
 starts them itself. Encoder-decoder rows carry their cross K/V and encoder mask (source axis
 right-padded), and the decoder takes per-row position_ids and a self-attention attention_mask
-(Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged (an encoder-decoder without
-those inputs, preallocated KV buffers, fused attention, a device placement) are served by
-`MicroBatchScheduler`; `make_scheduler` picks and logs which.
+(Seq2SeqModel.row_positions). Artifacts whose rows cannot be merged are served by `MicroBatchScheduler`
+(serving/scheduler_choice.py picks and logs which).
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from seqport.engine.errors import ConfigError
-from seqport.engine.placement import HOST
 from seqport.engine.running_batch import RunningBatch
 from seqport.serving.batching import run_batch
 from seqport.serving.jobs import DirectOutbox, GenerationRequest, Job
@@ -45,53 +43,8 @@ from seqport.serving.step_priority import STEP_PRIORITIES, IdleStepRunner, unava
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = ("continuous", "micro")
 PREFILL_LANES = ("first-token", "encode", "off")
 DEFAULT_LANE = "first-token"
-
-
-def continuous_unsupported(model: Any) -> str | None:
-    """Why `model` cannot be batched continuously, or None when it can."""
-    m = model.manifest
-    if m.architecture not in ("decoder-only", "encoder-decoder"):
-        return f"continuous batching serves decoder-only and encoder-decoder artifacts; this one is {m.architecture}"
-    if m.architecture == "encoder-decoder" and not getattr(model, "row_positions", False):
-        return (
-            "the artifact's decoder takes no per-row position_ids and attention_mask (exported before "
-            "seqport had them, or a family without them yet); re-export it to batch continuously"
-        )
-    if m.kv.allocation != "growing":
-        return "the artifact preallocates its KV buffers (export with a growing cache to batch continuously)"
-    if m.attention != "portable" and m.architecture == "decoder-only":  # encoder-decoder: the bias masks rows
-        return f"attention {m.attention!r} takes no left-padded rows (export with --attention portable)"
-    if getattr(model, "placement", HOST) is not HOST:
-        return "the model runs in the device loop (continuous batching runs on the host placement)"
-    return None
-
-
-def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous", **callbacks: Any) -> Any:
-    """The scheduler `kind` asks for, or micro-batching where the artifact cannot batch continuously.
-
-    Args:
-        model: a loaded generating model.
-        limits: admission limits.
-        kind: "continuous" (falls back to "micro" with a log line) or "micro".
-        **callbacks: on_batch(rows) and, for continuous batching, on_admit(count), `lane`,
-            on_lane, `step_priority` and on_step_missed (ContinuousScheduler's); `outbox`: where the worker's events go
-            (MicroBatchScheduler's argument).
-
-    Raises:
-        ConfigError: `kind` is not one of SCHEDULERS.
-    """
-    if kind not in SCHEDULERS:
-        raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
-    reason = continuous_unsupported(model) if kind == "continuous" else "asked for --scheduler micro"
-    if reason is None:
-        logger.info("continuous batching (up to %d rows)", limits.max_batch_rows)
-        return ContinuousScheduler(model, limits, **callbacks)
-    log = logger.info if kind == "micro" else logger.warning  # continuous asked for, micro given: say so
-    log("static micro-batching: %s", reason)
-    return MicroBatchScheduler(model, limits, on_batch=callbacks.get("on_batch"), outbox=callbacks.get("outbox"))
 
 
 def _on_cpu(model: Any) -> bool:

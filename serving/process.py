@@ -266,7 +266,7 @@ def _picklable(item: object) -> object:
 def engine_main(conn: Any, folder: str, runtime: RuntimeOptions, limits: SchedulerLimits, kind: str) -> None:
     """The engine process: load the artifact, run the scheduler, serve the pipe until closed."""
     from seqport.engine.api import load
-    from seqport.serving.continuous import make_scheduler
+    from seqport.serving.scheduler_choice import make_scheduler
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent shuts down gracefully
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     [engine] %(message)s")

@@ -149,7 +149,7 @@ def test_fused_refused_for_declared_states(tmp_path):
 def test_fused_encoder_decoder_batches_continuously():
     """The bias carries each row's masked past slots, so continuous batching serves a fused
     encoder-decoder artifact; a fused decoder-only one (GroupQueryAttention) stays refused."""
-    from seqport.serving.continuous import continuous_unsupported
+    from seqport.serving.scheduler_choice import continuous_unsupported
 
     def model(architecture: str):
         kv = SimpleNamespace(allocation="growing")

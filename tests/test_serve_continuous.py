@@ -24,8 +24,9 @@ from live_server import LiveServer  # noqa: E402
 import seqport.engine as sp  # noqa: E402
 from seqport.engine.errors import ConfigError  # noqa: E402
 from seqport.serving import ServeOptions, build_app  # noqa: E402
-from seqport.serving.continuous import ContinuousScheduler, make_scheduler  # noqa: E402
+from seqport.serving.continuous import ContinuousScheduler  # noqa: E402
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits  # noqa: E402
+from seqport.serving.scheduler_choice import make_scheduler  # noqa: E402
 
 PROMPTS = ["the small red house where the cat sat on", "a dog ran in the park", "numbers", "one two three four",
            "seven", "where is the cat now that the dog ran away"]
@@ -233,7 +234,7 @@ def test_200_streams_with_30_percent_disconnects(causal):
 
 def test_artifacts_that_cannot_merge_rows_fall_back_to_micro_batching(causal, model, caplog):
     limits = SchedulerLimits()
-    with caplog.at_level("INFO", logger="seqport.serving.continuous"):
+    with caplog.at_level("INFO", logger="seqport.serving.scheduler_choice"):
         seq2seq = make_scheduler(model, limits, "continuous")  # tests/data/tiny_artifact: exported before
     forced = make_scheduler(causal, limits, "micro")
     try:
