@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
 from seqport.cli.runtime_args import add_runtime_options
@@ -79,6 +80,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def show_startup_lines() -> None:
+    """Let the server's INFO lines through (which artifact, scheduler and threads it serves with):
+    `seqport` logs warnings only, and `python -m seqport.serving` configures no logging at all."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="seqport: %(levelname)s: %(message)s")
+    serving = logging.getLogger("seqport.serving")
+    if serving.getEffectiveLevel() > logging.INFO:
+        serving.setLevel(logging.INFO)
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the server from parsed `serve` arguments; returns the exit code.
 
@@ -88,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from seqport.engine.errors import ConfigError
 
+    show_startup_lines()
     try:
         from seqport.serving.app import ServeOptions
         from seqport.serving.server import run_server

@@ -9,7 +9,7 @@ from typing import Any
 
 from seqport.engine.errors import ConfigError
 from seqport.engine.placement import HOST
-from seqport.serving.continuous import ContinuousScheduler
+from seqport.serving.continuous import DEFAULT_LANE, ContinuousScheduler
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ def make_scheduler(model: Any, limits: SchedulerLimits, kind: str = "continuous"
         raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
     reason = continuous_unsupported(model) if kind == "continuous" else "asked for --scheduler micro"
     if reason is None:
-        logger.info("continuous batching (up to %d rows)", limits.max_batch_rows)
+        logger.info("continuous batching (up to %d rows, prefill lane %s, step priority %s)", limits.max_batch_rows,
+                    callbacks.get("lane", DEFAULT_LANE), callbacks.get("step_priority", "normal"))
         return ContinuousScheduler(model, limits, **callbacks)
     log = logger.info if kind == "micro" else logger.warning  # continuous asked for, micro given: say so
     log("static micro-batching: %s", reason)

@@ -11,7 +11,7 @@ from seqport.engine.api import load
 from seqport.engine.errors import ArtifactError
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.app import ServeOptions, build_app
-from seqport.serving.threads import default_threads, with_encoder_threads
+from seqport.serving.threads import default_threads, threads_summary, with_encoder_threads
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def run_server(
         runtime = dataclasses.replace(runtime, provider=provider)
     runtime = with_encoder_threads(runtime, artifact, encoder_threads)
     model = load(artifact, options=runtime)
+    logger.info("serving %s (%s) on %s, %s", artifact, model.manifest.architecture, runtime.provider,
+                threads_summary(runtime))
     options = dataclasses.replace(options, runtime=runtime)  # what an engine process loads it with
     app = build_app(model, options)
     uvicorn.run(

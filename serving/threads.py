@@ -46,3 +46,13 @@ def with_encoder_threads(runtime: RuntimeOptions, artifact: str | Path, threads:
             return runtime
         threads = usable_cpus()
     return dataclasses.replace(runtime, component_threads={**runtime.component_threads, "encoder": threads})
+
+
+def threads_summary(runtime: RuntimeOptions) -> str:
+    """The intra-op threads `runtime` gives, for the server's start-up line: "intra-op threads 1
+    (encoder 2)"; 0 reads "onnxruntime's choice"."""
+    def count(n: int) -> str:
+        return str(n) if n else "onnxruntime's choice"
+
+    own = ", ".join(f"{name} {count(n)}" for name, n in sorted(runtime.component_threads.items()))
+    return f"intra-op threads {count(runtime.intra_op_threads)}" + (f" ({own})" if own else "")

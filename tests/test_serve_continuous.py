@@ -245,3 +245,6 @@ def test_artifacts_that_cannot_merge_rows_fall_back_to_micro_batching(causal, mo
         forced.close(1.0)
     with pytest.raises(ConfigError, match="scheduler must be one of continuous, micro"):
         make_scheduler(causal, limits, "orca")
+    with caplog.at_level("INFO", logger="seqport.serving.scheduler_choice"):
+        make_scheduler(causal, limits, "continuous", lane="encode", step_priority="idle").close(1.0)
+    assert "continuous batching (up to 8 rows, prefill lane encode, step priority idle)" in caplog.text

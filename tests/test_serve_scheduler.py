@@ -199,6 +199,25 @@ def test_an_encoder_decoder_models_encoder_gets_every_cpu(tiny_artifact, monkeyp
         args.run(args)
 
 
+def test_the_server_says_what_it_serves_with(tiny_artifact, monkeypatch):
+    import logging
+
+    import seqport.serving.server as server
+    from seqport.serving.threads import threads_summary
+
+    assert threads_summary(RuntimeOptions(intra_op_threads=1, component_threads={"encoder": 2})) == (
+        "intra-op threads 1 (encoder 2)"
+    )
+    assert threads_summary(RuntimeOptions()) == "intra-op threads onnxruntime's choice"
+    monkeypatch.setattr(logging.getLogger("seqport.serving"), "level", logging.WARNING)
+    monkeypatch.setattr(server, "run_server", lambda *a, **k: None)
+    parser = argparse.ArgumentParser(prog="seqport")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", str(tiny_artifact)])
+    assert args.run(args) == 0
+    assert logging.getLogger("seqport.serving").getEffectiveLevel() == logging.INFO  # its start-up lines show
+
+
 def test_engine_process_is_an_option_off_by_default(tiny_artifact, monkeypatch):
     import seqport.serving.server as server
 
