@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if args.max_batch_rows < 1 or args.max_queue < 1 or args.batch_wait_ms < 0 or args.kv_budget_mb < 0:
         raise ConfigError("--max-batch-rows and --max-queue must be >= 1; --batch-wait-ms and --kv-budget-mb >= 0")
+    if (args.threads or 0) < 0 or (args.encoder_threads or 0) < 0:
+        raise ConfigError("--threads and --encoder-threads must be >= 0 (0: onnxruntime decides)")
     options = ServeOptions(
         model_name=args.model_name,
         max_batch_rows=args.max_batch_rows,

@@ -194,6 +194,9 @@ def test_an_encoder_decoder_models_encoder_gets_every_cpu(tiny_artifact, monkeyp
     for flags, expected in (([], None), (["--encoder-threads", "1"], 1)):
         args = parser.parse_args(["serve", str(tiny_artifact), *flags])
         assert args.run(args) == 0 and seen[-1] == expected
+    args = parser.parse_args(["serve", str(tiny_artifact), "--encoder-threads", "-1"])
+    with pytest.raises(ConfigError, match="--threads and --encoder-threads must be >= 0"):
+        args.run(args)
     args = parser.parse_args(["serve", str(tiny_artifact), "--ray", "--encoder-threads", "2"])
     with pytest.raises(ConfigError, match="--encoder-threads is for the local server"):
         args.run(args)
