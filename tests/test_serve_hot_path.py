@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 
 import pytest
 
@@ -67,7 +68,8 @@ def test_access_log_is_off_unless_asked_for(tiny_artifact, monkeypatch):
     from seqport.serving.cli import add_parser
 
     seen = []
-    monkeypatch.setattr(server, "load", lambda *a, **k: object())
+    loaded = types.SimpleNamespace(manifest=types.SimpleNamespace(architecture="encoder-decoder"))
+    monkeypatch.setattr(server, "load", lambda *a, **k: loaded)
     monkeypatch.setattr(server, "build_app", lambda *a, **k: "app")
     monkeypatch.setattr(uvicorn, "run", lambda app, **k: seen.append(k["access_log"]))
     parser = argparse.ArgumentParser(prog="seqport")
