@@ -33,7 +33,7 @@ from typing import Any
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.jobs import GenerationRequest, Job, TokenEvent, deliver
 from seqport.serving.scheduler import MicroBatchScheduler, SchedulerLimits, ShuttingDown
-from seqport.serving.threads import default_threads
+from seqport.serving.threads import server_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ProcessScheduler:
         limits: admission limits.
         kind: "continuous" or "micro" (make_scheduler's `kind`, in the child).
         runtime: the child's runtime options (threads, provider, spinning); None: the server's
-            (default_threads() intra-op threads, spinning off).
+            (serving/threads.py, server_runtime()).
         on_batch, on_admit: metrics callbacks, as make_scheduler's.
 
     Raises:
@@ -72,7 +72,7 @@ class ProcessScheduler:
         self._send_lock = threading.Lock()
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        runtime = runtime or RuntimeOptions(intra_op_threads=default_threads(), allow_spinning=False)
+        runtime = runtime or server_runtime()
         args = (child, str(model.folder), runtime, limits, kind)
         self._process = context.Process(target=engine_main, args=args, name="seqport-engine", daemon=True)
         self._process.start()

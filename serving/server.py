@@ -11,7 +11,7 @@ from seqport.engine.api import load
 from seqport.engine.errors import ArtifactError
 from seqport.engine.runtime import RuntimeOptions
 from seqport.serving.app import ServeOptions, build_app
-from seqport.serving.threads import default_threads, threads_summary, with_encoder_threads
+from seqport.serving.threads import server_runtime, threads_summary, with_encoder_threads
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def run_server(
         host, port: where to listen (loopback by default).
         provider: execution provider ("cpu", "cuda", ...); None: `runtime.provider`.
         runtime: backend knobs (threads, graph optimization); None: the server's, as `seqport
-            serve` runs it (default_threads() intra-op threads, spinning off).
+            serve` runs it (serving/threads.py, server_runtime()).
         options: server settings (batching, admission, shutdown grace).
         access_log: log a line per HTTP request (uvicorn's access log; off by default: it costs
             the event loop CPU on every request).
@@ -69,7 +69,7 @@ def run_server(
     if artifact is None:
         artifact = bundled_translator()
         options = options if options.model_name else dataclasses.replace(options, model_name="translator")
-    runtime = runtime or RuntimeOptions(intra_op_threads=default_threads(), allow_spinning=False)
+    runtime = runtime or server_runtime()
     if provider is not None:
         runtime = dataclasses.replace(runtime, provider=provider)
     runtime = with_encoder_threads(runtime, artifact, encoder_threads)

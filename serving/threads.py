@@ -26,6 +26,12 @@ def default_threads() -> int:
     return max(1, usable_cpus() - 1)
 
 
+def server_runtime() -> RuntimeOptions:
+    """The server's runtime options where none are given: default_threads() intra-op threads and
+    no spinning (a spinning thread would hold the core the event loop and the clients need)."""
+    return RuntimeOptions(intra_op_threads=default_threads(), allow_spinning=False)
+
+
 def with_encoder_threads(runtime: RuntimeOptions, artifact: str | Path, threads: int | None = None) -> RuntimeOptions:
     """`runtime` with an encoder-decoder artifact's encoder on `threads` intra-op threads (None:
     the encoder's entry in runtime.component_threads, else every CPU this process may use; 0:
