@@ -11,15 +11,17 @@ int4 fused; through peers/export_llm.py: fp32 parity tolerance 5e-3, int8 past i
 onnxruntime-genai's model builder (`-p fp32|int4 -e cpu`, in its own venv), CTranslate2's
 converter (if installed) and PyTorch eager as it is.
 
-Three measurements, each system in its own process (peers/run_*.py), systems back to back per group:
+Three measurements, each system in its own process (peers/run_*.py), every group in interleaved
+rounds (compare.py's workers: every system loaded at once, one round each in turn, so a slow minute
+on a shared machine hits every system, not the one that happened to run in it; `--back-to-back`
+runs each system's rounds as one block instead):
 - throughput: B rows of `--input-tokens` ids cut from English text, exactly `--new-tokens` new,
   greedy, at each batch size (tokens/s, per-step ms, peak RSS), as compare.py does;
 - agreement: a handful of English sentences tokenized by the model's tokenizer, 32 greedy new
   tokens each at batch 1; the fraction of positions whose id equals the fp32 PyTorch reference's;
 - long context: one prompt of each `--long` length, `--long-new` new tokens, batch 1: time to
   first token (a 1-token generate call) and decode tokens/s timed inside the `--long-new`-token
-  call (peers/common.py decode_in_call), seqport's fused and int4 against GenAI, in interleaved
-  rounds (compare.py's workers: every system loaded at once, one round each in turn).
+  call (peers/common.py decode_in_call), seqport's fused and int4 against GenAI.
 
 Writes OUT/smollm2.json (meta: CPU kind and flags, load average before and after, bandwidth;
 one record per run) and OUT/smollm2.md (tables and the issue's targets, met or not).
@@ -180,7 +182,7 @@ def _script(system: str) -> str:
     )
 
 
-def run_group(args, available: dict, names: list[str], group: dict[str, Any], meta: dict) -> list[dict]:
+def run_group(args, available: dict, names: list[str], group: dict[str, Any]) -> list[dict]:
     """The systems `names` on one workload (group: kind, batch, inputs, new_tokens, ...), back to back."""
     records = []
     for record, where, plan in _jobs(args, available, names, group):
@@ -201,7 +203,7 @@ def run_group(args, available: dict, names: list[str], group: dict[str, Any], me
 def run_interleaved(args, available: dict, names: list[str], group: dict[str, Any]) -> list[dict]:
     """The systems `names` on one workload in interleaved rounds (compare.py's workers, one loaded
     process per system, one round each in turn): a slow minute on a shared machine then hits
-    every system, not the one that happened to run in it. The long-context group uses this."""
+    every system, not the one that happened to run in it."""
     made = _jobs(args, available, names, group)
     jobs = [
         (record, where.get("python", sys.executable), _script(record["system"]), plan)
@@ -285,6 +287,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every system")
     p.add_argument("--repeats", type=int, default=3, help="measured rounds of a throughput run")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    p.add_argument(
+        "--back-to-back",
+        action="store_true",
+        help="throughput: each system's rounds as one block, one system at a time (default: interleaved rounds)",
+    )
     p.add_argument("--quick", action="store_true", help="8 new tokens, 1 repeat, 64-token long prompt: a dry run")
     p.add_argument("--systems", default="pytorch,seqport,genai,ctranslate2", help="comma-separated")
     variants = ", ".join(SEQPORT_VARIANTS)
@@ -339,7 +346,8 @@ def measure_all(args: argparse.Namespace, available: dict, meta: dict) -> list[d
             "repeats": args.repeats,
             "agreement_prompts": prompts if batch == args.batch_sizes[0] and args.agreement_new else [],
         }
-        done = run_group(args, available, _names(args, available), group, meta)
+        run = run_group if args.back_to_back else run_interleaved
+        done = run(args, available, _names(args, available), group)
         add_agreement(done)
         records += done
         _write(args, meta, records)  # a long run keeps what it has measured

@@ -135,3 +135,24 @@ def test_interleaved_rounds_carry_the_in_call_decode(modules, capsys):
     assert [r["decode_ms_per_step"] for r in record["rounds"]] == pytest.approx([10.0, 30.0, 50.0])
     assert record["decode_ms_per_step"]["p50"] == pytest.approx(30.0)
     assert '"round": 3' in capsys.readouterr().out
+
+
+def test_interleaved_targets_show_the_same_round_ratios_and_rounds_met(modules):
+    _, report = modules
+    rounds = lambda *speeds: [{"tokens_per_s": v, "first_token_ms": 100.0} for v in speeds]  # noqa: E731
+    records = [
+        _record("genai", "fp32", 1, 40.0, rounds=rounds(40.0, 50.0, 40.0)),
+        _record("seqport", "fused", 1, 46.0, rounds=rounds(46.0, 50.0, 48.0)),
+    ]
+    lines = "\n".join(report.targets(records, [1]))
+    # 46/40 = 1.15 of the medians; rounds 1.15, 1.00 and 1.20: two of three meet 1.1 alone
+    assert "| fused | 1.15× (met); same-round 1.00–1.20×, met in 2 of 3 rounds |" in lines
+
+
+def test_same_round_ratios_need_rounds_on_both_sides_and_invert_for_times(modules):
+    _, report = modules
+    ours = {"rounds": [{"decode_ms_per_step": 10.0}, {"decode_ms_per_step": 20.0}]}
+    peer = {"rounds": [{"decode_ms_per_step": 12.0}, {"decode_ms_per_step": 18.0}]}
+    assert report.same_round(ours, peer, report._decode_ms, peer_over_ours=True) == [1.2, 0.9]
+    assert report.same_round(ours, {"rounds": peer["rounds"][:1]}, report._decode_ms) == []
+    assert report.same_round(ours, None, report._decode_ms) == []
