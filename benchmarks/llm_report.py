@@ -168,39 +168,25 @@ def _speed(record: dict) -> float:
 
 
 def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    """The report: setting, throughput with agreement, long context, targets."""
+    """The report: setting, throughput with agreement, long context (each where measured), targets."""
     batches = sorted({r["batch"] for r in records if r["kind"] == "throughput"})
     flags = ", ".join(f for f, on in meta.get("cpu_flags", {}).items() if on) or "none of " + ", ".join(FLAGS)
     settings = meta.get("settings", {})
-    prompts = next((len(r["agreement_ids"]) for r in records if "agreement_ids" in r), 0)
     load = f"load average {meta.get('load_average')} at the start, {meta.get('load_average_end')} at the end"
     lines = [
         f"# {meta.get('model', 'SmolLM2')}: seqport vs onnxruntime-genai, PyTorch eager",
         "",
         f"Measured {meta.get('created', '?')} by benchmarks/smollm2.py on {meta.get('cpu', '?')} "
         f"({meta.get('cpu_count', '?')} CPUs; flags: {flags}); {load}; "
-        f"read bandwidth {meta.get('bandwidth', {}).get('gbs')} GB/s. "
-        f"Greedy, {settings.get('threads')} threads, prompts cut from English text, exactly "
-        f"{settings.get('new_tokens')} new tokens after {settings.get('input_tokens')} prompt tokens; "
-        f"warm-up {settings.get('warmup')}, median of {settings.get('repeats')}"
-        f"{' (each system back to back)' if settings.get('back_to_back') else ' interleaved rounds'}. "
-        "Each run's load average is in smollm2.json.",
+        f"read bandwidth {meta.get('bandwidth', {}).get('gbs')} GB/s. Greedy, {settings.get('threads')} threads, "
+        "prompts cut from English text. Each run's load average is in smollm2.json.",
         "",
-        f"Agreement: {prompts} English prompts, {settings.get('agreement_new')} greedy tokens each at batch 1; "
-        "the fraction of positions whose id equals PyTorch eager fp32's. seqport int8 is exported past its own "
-        "gate (peers/export_llm.py); "
-        f"the export gate's own (teacher-forced) agreement: {meta.get('export_agreement')}.",
-        "",
-        *_throughput(records, batches),
-        "",
-        f"Long context: one prompt, {settings.get('long_new')} new tokens, batch 1; TTFT = a 1-token generate call "
-        "(prefill + first token), decode = tokens/s of the steps after the first token inside the "
-        f"{settings.get('long_new')}-token call "
-        "(peers/common.py decode_in_call); the column after it is the older (t(N) − t(1)) / (N − 1), which takes "
-        "one call's prefill from another's.",
-        "",
-        *_long(records),
-        "",
+    ]
+    if batches:
+        lines += _throughput_section(meta, records, batches)
+    if any(r["kind"] == "long" for r in records):
+        lines += _long_section(settings, records)
+    lines += [
         "## Targets (issue #16)",
         "",
         "Each verdict is the ratio of the two medians. Interleaved records add the same-round ratios: "
@@ -211,3 +197,36 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _throughput_section(meta: dict[str, Any], records: list[dict[str, Any]], batches: list[int]) -> list[str]:
+    settings = meta.get("settings", {})
+    prompts = next((len(r["agreement_ids"]) for r in records if "agreement_ids" in r), 0)
+    interleaved = any(r.get("rounds") for r in records if r["kind"] == "throughput")  # older results: blocks
+    order = " interleaved rounds" if interleaved else " (each system's rounds back to back)"
+    return [
+        f"Throughput: exactly {settings.get('new_tokens')} new tokens after {settings.get('input_tokens')} "
+        f"prompt tokens; warm-up {settings.get('warmup')}, median of {settings.get('repeats')}{order}.",
+        "",
+        f"Agreement: {prompts} English prompts, {settings.get('agreement_new')} greedy tokens each at batch 1; "
+        "the fraction of positions whose id equals PyTorch eager fp32's. seqport int8 is exported past its own "
+        "gate (peers/export_llm.py); "
+        f"the export gate's own (teacher-forced) agreement: {meta.get('export_agreement')}.",
+        "",
+        *_throughput(records, batches),
+        "",
+    ]
+
+
+def _long_section(settings: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"Long context: one prompt, {settings.get('long_new')} new tokens, batch 1, median of "
+        f"{settings.get('long_repeats')} interleaved rounds; TTFT = a 1-token generate call "
+        "(prefill + first token), decode = tokens/s of the steps after the first token inside the "
+        f"{settings.get('long_new')}-token call "
+        "(peers/common.py decode_in_call); the column after it is the older (t(N) − t(1)) / (N − 1), which takes "
+        "one call's prefill from another's.",
+        "",
+        *_long(records),
+        "",
+    ]

@@ -156,3 +156,14 @@ def test_same_round_ratios_need_rounds_on_both_sides_and_invert_for_times(module
     assert report.same_round(ours, peer, report._decode_ms, peer_over_ours=True) == [1.2, 0.9]
     assert report.same_round(ours, {"rounds": peer["rounds"][:1]}, report._decode_ms) == []
     assert report.same_round(ours, None, report._decode_ms) == []
+
+
+def test_a_long_context_only_report_has_no_empty_throughput_table(modules):
+    _, report = modules
+    long = dict(kind="long", decode_ms_per_step={"p50": 12.0})
+    records = [_record("seqport", "int4-sym-pre", 1, 80.0, **long), _record("genai", "int4", 1, 85.0, **long)]
+    for r in records:
+        r["input_tokens"] = 2048
+    text = report.markdown({"settings": {"long_new": 128, "long_repeats": 6}}, records)
+    assert "\n| system | variant |" not in text and "Agreement:" not in text
+    assert "median of 6 interleaved rounds" in text and "| 2048 | genai | int4 |" in text
