@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from report import round_ratios  # benchmarks/peers (on sys.path: smollm2.py puts it there)
+
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 def _fp32(variant: str) -> bool:
     """seqport variant names: "int8" and "int4[-...]" are low-bit, every other one is fp32."""
@@ -100,28 +102,6 @@ def _verdict(ratio: float | None, target: float, higher: bool, rounds: list[floa
     return text
 
 
-def same_round(ours: dict | None, peer: dict | None, value: Any, peer_over_ours: bool = False) -> list[float]:
-    """Round i's ratio ours/peer (peer/ours for times where lower is better) of `value(round)`,
-    for interleaved records with as many rounds; [] otherwise."""
-    a, b = (ours or {}).get("rounds") or [], (peer or {}).get("rounds") or []
-    if not a or len(a) != len(b):
-        return []
-    pairs = [(value(x), value(y)) for x, y in zip(a, b)]
-    return [round(y / x if peer_over_ours else x / y, 3) for x, y in pairs if x and y]
-
-
-def _tokens_per_s(round_: dict) -> float:
-    return round_["tokens_per_s"]
-
-
-def _first_token_ms(round_: dict) -> float:
-    return round_["first_token_ms"]
-
-
-def _decode_ms(round_: dict) -> float | None:
-    return round_.get("decode_ms_per_step")
-
-
 def targets(records: list[dict], batches: list[int]) -> list[str]:
     """One line per target of issue #16 with the ratio and whether it is met."""
     lines = ["| target | batch | seqport variant | result |", "|---|---|---|---|"]
@@ -137,7 +117,7 @@ def targets(records: list[dict], batches: list[int]) -> list[str]:
         genai = {r["variant"]: r for r in rows if r["system"] == "genai"}
         fp32 = max((r for r in rows if r["system"] == "seqport" and _fp32(r["variant"])), key=_speed, default=None)
         ratio = fp32 and genai.get("fp32") and fp32["tokens_per_s"] / genai["fp32"]["tokens_per_s"]
-        verdict = _verdict(ratio, 1.1, True, same_round(fp32, genai.get("fp32"), _tokens_per_s))
+        verdict = _verdict(ratio, 1.1, True, round_ratios(fp32, genai.get("fp32"), "tokens_per_s"))
         lines.append(f"| fp32 ≥ 1.1× GenAI fp32 | {b} | {fp32 and fp32['variant']} | {verdict} |")
         rss = fp32 and genai.get("fp32") and fp32["peak_rss_mb"] / genai["fp32"]["peak_rss_mb"]
         lines.append(f"| fp32 peak RSS ≤ GenAI fp32 | {b} | {fp32 and fp32['variant']} | {_verdict(rss, 1.0, False)} |")
@@ -145,7 +125,7 @@ def targets(records: list[dict], batches: list[int]) -> list[str]:
         ratio = low and genai.get("int4") and low["tokens_per_s"] / genai["int4"]["tokens_per_s"]
         label = f"low-bit ≥ 1.0× GenAI int4, agreement ≥ GenAI int4's ({_num(genai_agreement, 3)})"
         which = low["variant"] if low else "none agrees enough"
-        verdict = _verdict(ratio, 1.0, True, same_round(low, genai.get("int4"), _tokens_per_s))
+        verdict = _verdict(ratio, 1.0, True, round_ratios(low, genai.get("int4"), "tokens_per_s"))
         lines.append(f"| {label} | {b} | {which} | {verdict} |")
     longest = max((r["input_tokens"] for r in records if r["kind"] == "long"), default=None)
     for family, theirs in PAIRS if longest is not None else ():
@@ -156,9 +136,9 @@ def targets(records: list[dict], batches: list[int]) -> list[str]:
         ours = seq["variant"] if seq else "–"
         ttft = seq and gen and seq["first_token_ms"]["p50"] / gen["first_token_ms"]["p50"]
         decode = seq and gen and decode_ms(gen) / decode_ms(seq)
-        verdict = _verdict(ttft, 1.0, False, same_round(seq, gen, _first_token_ms))
+        verdict = _verdict(ttft, 1.0, False, round_ratios(seq, gen, "first_token_ms"))
         lines.append(f"| {longest}-token TTFT ≤ 1.0× GenAI {theirs} | 1 | {ours} | {verdict} |")
-        verdict = _verdict(decode, 1.0, True, same_round(seq, gen, _decode_ms, peer_over_ours=True))
+        verdict = _verdict(decode, 1.0, True, round_ratios(seq, gen, "decode_ms_per_step", invert=True))
         lines.append(f"| {longest}-token decode ≥ 1.0× GenAI {theirs} | 1 | {ours} | {verdict} |")
     return lines
 

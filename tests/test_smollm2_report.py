@@ -150,12 +150,15 @@ def test_interleaved_targets_show_the_same_round_ratios_and_rounds_met(modules):
 
 
 def test_same_round_ratios_need_rounds_on_both_sides_and_invert_for_times(modules):
-    _, report = modules
+    import report as peers_report  # benchmarks/peers/report.py, which llm_report uses
+
     ours = {"rounds": [{"decode_ms_per_step": 10.0}, {"decode_ms_per_step": 20.0}]}
     peer = {"rounds": [{"decode_ms_per_step": 12.0}, {"decode_ms_per_step": 18.0}]}
-    assert report.same_round(ours, peer, report._decode_ms, peer_over_ours=True) == [1.2, 0.9]
-    assert report.same_round(ours, {"rounds": peer["rounds"][:1]}, report._decode_ms) == []
-    assert report.same_round(ours, None, report._decode_ms) == []
+    assert peers_report.round_ratios(ours, peer, "decode_ms_per_step", invert=True) == [1.2, 0.9]
+    assert peers_report.round_ratios(ours, {"rounds": peer["rounds"][:1]}, "decode_ms_per_step") == []
+    assert peers_report.round_ratios(ours, None, "decode_ms_per_step") == []
+    one_missing = {"rounds": [{}, {"decode_ms_per_step": 18.0}]}  # a round without the field is left out
+    assert peers_report.round_ratios(ours, one_missing, "decode_ms_per_step") == [1.111]
 
 
 def test_a_long_context_only_report_has_no_empty_throughput_table(modules):

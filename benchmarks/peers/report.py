@@ -68,9 +68,15 @@ def add_ratios(records: list[dict[str, Any]]) -> None:
             r["ratio_to_eager_rounds"] = round_ratios(r, base, "tokens_per_s")
 
 
-def round_ratios(ours: dict[str, Any], peer: dict[str, Any], field: str) -> list[float]:
-    """ours / peer round by round (both interleaved, same number of rounds)."""
-    return [round(a[field] / b[field], 3) for a, b in zip(ours["rounds"], peer["rounds"])]
+def round_ratios(ours: dict[str, Any], peer: dict[str, Any], field: str, invert: bool = False) -> list[float]:
+    """ours / peer of `field` round by round (peer / ours with `invert`: for times, where lower
+    is better), for two interleaved records with as many rounds; [] otherwise. A round that
+    lacks the field on either side is left out."""
+    a, b = (ours or {}).get("rounds") or [], (peer or {}).get("rounds") or []
+    if not a or len(a) != len(b):
+        return []
+    pairs = [(x.get(field), y.get(field)) for x, y in zip(a, b)]
+    return [round(y / x if invert else x / y, 3) for x, y in pairs if x and y]
 
 
 def _num(value: Any, digits: int = 1) -> str:
