@@ -10,10 +10,12 @@ show whether it holds round by round or only on a median.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-from report import round_ratios  # benchmarks/peers (on sys.path: smollm2.py puts it there)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))  # benchmarks/peers: scripts, not a package
+from report import round_ratios  # noqa: E402
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 def _fp32(variant: str) -> bool:
