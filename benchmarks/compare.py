@@ -50,16 +50,13 @@ sys.path.insert(0, str(PEERS))
 
 from common import cpu_model  # noqa: E402
 from report import add_ratios, bound, markdown, plot  # noqa: E402
-from rounds import Worker, interleave, runner_env, spread  # noqa: E402
+from rounds import run_rounds, runner_env  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 
 SCHEMA = "seqport.compare/1.1"  # 1.1: interleaved, rounds, round_spread, ratio_to_eager_rounds, load_average
 SYSTEMS = ("pytorch", "seqport", "optimum", "ctranslate2")
 CT2_TYPES = {"fp32": "float32", "int8": "int8"}  # variant -> converter quantization = compute type
 LLM = "smollm2"  # the real model: measured by benchmarks/smollm2.py (see the module docstring)
-#: seconds between two systems' turns: OpenMP threads spin up to 200 ms after their work
-#: (KMP_BLOCKTIME), which would steal a core from the next system on a 2-core machine.
-SETTLE_S = 0.3
 OPTIMUM_PINS = ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "transformers==4.57.6"]
 
 
@@ -217,7 +214,7 @@ def measure_group(args, model: str, facts: dict, available: dict, batch: int, me
             except RuntimeError as exc:
                 record.update(status="failed", note=str(exc))
     else:
-        run_rounds(args, f"[{model} batch {batch}]", jobs)
+        run_rounds(f"[{model} batch {batch}]", jobs, args.repeats, args.timeout)
         meta["notes"] += _busy_note(model, batch, records)
     return records
 
@@ -233,44 +230,6 @@ def _busy_note(model: str, batch: int, records: list[dict]) -> list[str]:
         "rounds: other work shared the cores and slows the systems very unevenly (PyTorch and CTranslate2 "
         "fp32 most, their threads spin-wait); these speed ratios are not a fair comparison."
     ]
-
-
-def run_rounds(args, label: str, jobs: list[tuple[dict, str, str, dict]]) -> None:
-    """Load one worker per job, run args.repeats interleaved rounds, fill each job's record."""
-    workers: list[tuple[dict, Worker]] = []
-    with tempfile.TemporaryDirectory() as plans:
-        try:
-            for i, (record, python, script, plan) in enumerate(jobs):
-                name = f"{record['system']} {record['variant']}"
-                print(f"{label} loading {name}", file=sys.stderr)
-                path = Path(plans) / f"plan{i}.json"
-                path.write_text(json.dumps({**plan, "interleave": True}))
-                command = [python, str(PEERS / script), str(path)]
-                try:
-                    workers.append((record, Worker(name, command, args.timeout, runner_env())))
-                except RuntimeError as exc:
-                    record.update(status="failed", note=str(exc))
-            print(f"{label} {args.repeats} rounds over {len(workers)} systems", file=sys.stderr)
-            start = os.getloadavg()
-            _, failed = interleave([w for _, w in workers], args.repeats, SETTLE_S)
-            load = {"rounds_start": [round(x, 2) for x in start], "rounds_end": [round(x, 2) for x in os.getloadavg()]}
-            for record, worker in workers:
-                _finish(record, worker, failed.get(worker.name))
-                record["load_average"] = load  # 1, 5, 15 min: other work on the machine during the rounds
-        finally:
-            for _, worker in workers:
-                worker.close()
-
-
-def _finish(record: dict, worker: Worker, failure: str | None) -> None:
-    """The worker's record (its rounds and their spread), or a failed row."""
-    try:
-        if failure:
-            raise RuntimeError(failure)
-        record.update(worker.finish())
-        record["round_spread"] = spread(record["rounds"])
-    except RuntimeError as exc:
-        record.update(status="failed", note=str(exc))
 
 
 def setup_optimum_venv(folder: Path) -> int:
@@ -378,7 +337,8 @@ def run_llm(args: argparse.Namespace) -> int:
     shared = ["--batch-sizes", ",".join(map(str, args.batch_sizes)), "--new-tokens", str(args.new_tokens),
               "--input-tokens", str(args.input_tokens), "--threads", str(args.threads),
               "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--out", str(args.out)]
-    return smollm2.main([*shared, *(["--quick"] if args.quick else []), *shlex.split(args.smollm2_args)])
+    flags = [*(["--quick"] if args.quick else []), *(["--sequential"] if args.sequential else [])]
+    return smollm2.main([*shared, *flags, *shlex.split(args.smollm2_args)])
 
 
 def main(argv: list[str] | None = None) -> int:

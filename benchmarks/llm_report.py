@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))  # benchmarks
 from report import round_ratios  # noqa: E402
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
 def _fp32(variant: str) -> bool:
     """seqport variant names: "int8" and "int4[-...]" are low-bit, every other one is fp32."""
     return not variant.startswith("int")

@@ -1,7 +1,7 @@
 """seqport against onnxruntime-genai, PyTorch eager (and CTranslate2) on a real Llama-family LLM (issue #16).
 
     python benchmarks/smollm2.py [--batch-sizes 1,8] [--new-tokens 64] [--input-tokens 32]
-        [--long 512,2048] [--long-new 128] [--threads 2] [--repeats 3] [--back-to-back] [--quick]
+        [--long 512,2048] [--long-new 128] [--threads 2] [--repeats 3] [--sequential] [--quick]
         [--out benchmarks/results]
     python benchmarks/smollm2.py --setup-genai-venv      # once: .venv-genai with the pins below
 
@@ -14,7 +14,7 @@ converter (if installed) and PyTorch eager as it is.
 
 Three measurements, each system in its own process (peers/run_*.py), every group in interleaved
 rounds (compare.py's workers: every system loaded at once, one round each in turn, so a slow minute
-on a shared machine hits every system, not the one that happened to run in it; `--back-to-back`
+on a shared machine hits every system, not the one that happened to run in it; `--sequential`
 runs each system's rounds as one block instead):
 - throughput: B rows of `--input-tokens` ids cut from English text, exactly `--new-tokens` new,
   greedy, at each batch size (tokens/s, per-step ms, peak RSS), as compare.py does;
@@ -45,9 +45,10 @@ sys.path.insert(0, str(PEERS))
 sys.path.insert(0, str(HERE))
 
 from common import cpu_model  # noqa: E402
-from compare import measure_bandwidth, run_plan, run_rounds  # noqa: E402
+from compare import measure_bandwidth, run_plan  # noqa: E402
 from llm_report import cpu_flags, markdown  # noqa: E402
 from prepare_llm import CT2_TYPES, SEQPORT_VARIANTS, prepare, run_step  # noqa: E402
+from rounds import run_rounds  # noqa: E402
 
 SCHEMA = "seqport.smollm2/1"
 GENAI_PINS = ["onnxruntime-genai==0.18.0", "onnxruntime==1.32.0", "transformers==5.24.0", "onnx-ir", "onnx"]
@@ -125,7 +126,7 @@ def run_interleaved(args, available: dict, names: list[str], group: dict[str, An
         if plan is not None
     ]
     label = f"[{group['kind']} batch {len(group['inputs'])} x {len(group['inputs'][0])}]"
-    run_rounds(argparse.Namespace(timeout=args.timeout, repeats=group["repeats"]), label, jobs)
+    run_rounds(label, jobs, group["repeats"], args.timeout)
     return [record for record, _, _ in made]  # in the order of `names`, the skipped ones too
 
 
@@ -202,7 +203,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="measured rounds of a throughput run")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     p.add_argument(
-        "--back-to-back",
+        "--sequential",
         action="store_true",
         help="throughput: each system's rounds as one block, one system at a time (default: interleaved rounds)",
     )
@@ -260,7 +261,7 @@ def measure_all(args: argparse.Namespace, available: dict, meta: dict) -> list[d
             "repeats": args.repeats,
             "agreement_prompts": prompts if batch == args.batch_sizes[0] and args.agreement_new else [],
         }
-        run = run_group if args.back_to_back else run_interleaved
+        run = run_group if args.sequential else run_interleaved
         done = run(args, available, _names(args, available), group)
         add_agreement(done)
         records += done

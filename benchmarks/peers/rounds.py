@@ -6,7 +6,9 @@ once, in its own process, and then round r asks each worker for one round, start
 r mod k, so no system always runs first or right after the same neighbour. The medians per
 system then come from the same minutes, and each round's figures give the spread.
 
-Stdlib only. The runner side of the protocol is common.serve_rounds.
+`run_rounds` is what compare.py and smollm2.py call: it loads one worker per system, runs the
+rounds and fills each system's record. Stdlib only. The runner side of the protocol is
+common.serve_rounds.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ import json
 import os
 import queue
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
+
+PEERS = Path(__file__).resolve().parent
+#: seconds between two systems' turns: OpenMP threads spin up to 200 ms after their work
+#: (KMP_BLOCKTIME), which would steal a core from the next system on a 2-core machine.
+SETTLE_S = 0.3
 
 
 class RoundWorker(Protocol):
@@ -155,3 +165,50 @@ def spread(rounds: Sequence[dict[str, Any]], field: str = "tokens_per_s") -> dic
 def runner_env() -> dict[str, str]:
     """The runners' environment: CT2_USE_MKL dropped (MKL on AMD is far slower, peers.md)."""
     return {k: v for k, v in os.environ.items() if k != "CT2_USE_MKL"}
+
+
+def run_rounds(label: str, jobs: list[tuple[dict, str, str, dict]], repeats: int, timeout: float) -> None:
+    """Load one worker per job, run `repeats` interleaved rounds, fill each job's record.
+
+    Args:
+        label: what the progress lines on stderr start with, e.g. "[t5 batch 1]".
+        jobs: (record, python, runner script under benchmarks/peers, plan) per system; the
+            record gets the runner's final record, its rounds' spread and the load average, or
+            status "failed" with why.
+        repeats: timed rounds per system.
+        timeout: seconds allowed for a load, a round and the final record.
+    """
+    workers: list[tuple[dict, Worker]] = []
+    with tempfile.TemporaryDirectory() as plans:
+        try:
+            for i, (record, python, script, plan) in enumerate(jobs):
+                name = f"{record['system']} {record['variant']}"
+                print(f"{label} loading {name}", file=sys.stderr)
+                path = Path(plans) / f"plan{i}.json"
+                path.write_text(json.dumps({**plan, "interleave": True}))
+                command = [python, str(PEERS / script), str(path)]
+                try:
+                    workers.append((record, Worker(name, command, timeout, runner_env())))
+                except RuntimeError as exc:
+                    record.update(status="failed", note=str(exc))
+            print(f"{label} {repeats} rounds over {len(workers)} systems", file=sys.stderr)
+            start = os.getloadavg()
+            _, failed = interleave([w for _, w in workers], repeats, SETTLE_S)
+            load = {"rounds_start": [round(x, 2) for x in start], "rounds_end": [round(x, 2) for x in os.getloadavg()]}
+            for record, worker in workers:
+                _finish(record, worker, failed.get(worker.name))
+                record["load_average"] = load  # 1, 5, 15 min: other work on the machine during the rounds
+        finally:
+            for _, worker in workers:
+                worker.close()
+
+
+def _finish(record: dict, worker: Worker, failure: str | None) -> None:
+    """The worker's record (its rounds and their spread), or a failed row."""
+    try:
+        if failure:
+            raise RuntimeError(failure)
+        record.update(worker.finish())
+        record["round_spread"] = spread(record["rounds"])
+    except RuntimeError as exc:
+        record.update(status="failed", note=str(exc))
