@@ -21,7 +21,7 @@ import numpy as np
 
 from seqport.batch.records import Record
 from seqport.batch.shards import ShardInfo, ShardStore
-from seqport.batch.shipping import ArtifactSource, materialize, ship
+from seqport.batch.shipping import ArtifactSource, materialized, ship
 from seqport.batch.work import JobSpec, process_records
 from seqport.engine.errors import ConfigError, RuntimeFailure
 
@@ -59,8 +59,8 @@ class ShardWorker:
 
         context = ray.get_runtime_context()
         threads = max(1, int(context.get_assigned_resources().get("CPU", 1)))
-        folder = materialize(source[0])
-        self.model = load(folder, provider=provider, options=RuntimeOptions(intra_op_threads=threads), verify=True)
+        with materialized(source[0]) as folder:
+            self.model = load(folder, provider=provider, options=RuntimeOptions(intra_op_threads=threads), verify=True)
         self.spec = JobSpec(**spec)
         self.worker = f"{context.get_node_id()}:{os.getpid()}"
 

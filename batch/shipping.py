@@ -2,12 +2,17 @@
 
 A shipped artifact is its files' bytes, one object each; a worker writes them to a temporary
 folder once and loads from there with the sha256 checks on (load(verify=True)), so a file
-damaged on the way fails loudly on that worker.
+damaged on the way fails loudly on that worker. The folder is removed once the model is loaded
+(it reads nothing from the folder afterwards), so workers and replicas leave no copy behind in
+the node's temporary directory, however many jobs run.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,16 +53,22 @@ def ship(folder: Path) -> ArtifactSource:
     return ArtifactSource(str(folder), {str(p.relative_to(folder)): ray.put(p.read_bytes()) for p in files})
 
 
-def materialize(source: ArtifactSource) -> Path:
-    """The artifact folder on this worker: the path itself, or the shipped files written to a
-    temporary folder."""
+@contextmanager
+def materialized(source: ArtifactSource) -> Iterator[Path]:
+    """The artifact folder on this worker while the block runs: the path itself (never removed:
+    it is the user's), or the shipped files written to a temporary folder that is removed when
+    the block ends. Load the model inside the block; it keeps what it needs in memory."""
     if source.files is None:
-        return Path(source.path)
+        yield Path(source.path)
+        return
     import ray
 
     folder = Path(tempfile.mkdtemp(prefix="seqport-artifact-"))
-    for name, ref in source.files.items():
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(ray.get(ref))
-    return folder
+    try:
+        for name, ref in source.files.items():
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(ray.get(ref))
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

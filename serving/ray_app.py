@@ -21,7 +21,7 @@ from typing import Any
 
 from ray import serve
 
-from seqport.batch.shipping import ArtifactSource, materialize
+from seqport.batch.shipping import ArtifactSource, materialized
 from seqport.engine.errors import ConfigError
 from seqport.serving.app import ServeOptions, build_app
 
@@ -70,7 +70,8 @@ class SeqportReplica:
 
         threads = threads or max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         runtime = RuntimeOptions(intra_op_threads=threads, huge_pages=huge_pages)
-        self.model = load(materialize(source), provider=provider, options=runtime)
+        with materialized(source) as folder:
+            self.model = load(folder, provider=provider, options=runtime)
         self.options = ServeOptions(**options)
         self.replica = serve.get_replica_context().replica_id.unique_id
 

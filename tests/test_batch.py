@@ -249,3 +249,16 @@ def test_serve_ray_passes_the_step_priority_and_app_builder_refuses_unknown_argu
     assert app._bound_deployment.init_args[1]["step_priority"] == "idle"
     with pytest.raises(ConfigError, match="unknown app_builder arguments: max_rows"):
         ray_app.app_builder({"artifact": str(tiny_artifact), "max_rows": "4"})
+
+
+def test_an_artifact_by_path_is_used_in_place_and_never_removed(tmp_path):
+    """batch/shipping.materialized removes only the temporary copy of a shipped artifact; a path
+    on shared storage is the user's folder and stays (no Ray needed on this branch)."""
+    from seqport.batch.shipping import ArtifactSource, materialized
+
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    (folder / "seqport.json").write_text("{}")
+    with materialized(ArtifactSource(str(folder))) as got:
+        assert got == folder
+    assert (folder / "seqport.json").read_text() == "{}"

@@ -167,17 +167,21 @@ def test_a_shipped_artifact_is_loaded_and_checked_on_the_worker(cluster, transla
 
     @ray.remote(num_cpus=1)
     def translate(source) -> str:
-        from seqport.batch.shipping import materialize
+        import os
+
+        from seqport.batch.shipping import materialized
         from seqport.engine import load
 
-        folder = materialize(source)
-        return f"{folder}|{load(folder, verify=True).generate(['the house'], max_new_tokens=MAX_NEW)[0].text}"
+        with materialized(source) as folder:
+            model = load(folder, verify=True)
+        # the temporary copy is gone once loaded; the model still translates from memory
+        return f"{folder}|{os.path.exists(folder)}|{model.generate(['the house'], max_new_tokens=MAX_NEW)[0].text}"
 
     copy = Path(shutil.copytree(translator, tmp_path / "copy"))
     source = ship(copy)
     shutil.rmtree(copy)  # the worker can only have it from the object store
-    folder, text = ray.get(translate.remote(source), timeout=120).split("|")
-    assert folder != str(copy)
+    folder, left, text = ray.get(translate.remote(source), timeout=120).split("|")
+    assert folder != str(copy) and left == "False"
     assert text == sp.load(translator).generate(["the house"], max_new_tokens=MAX_NEW)[0].text
     broken = Path(shutil.copytree(translator, tmp_path / "broken"))
     data = bytearray((broken / "decoder.onnx.data").read_bytes())
