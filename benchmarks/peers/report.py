@@ -64,8 +64,8 @@ def add_ratios(records: list[dict[str, Any]]) -> None:
         base = eager.get((r["model"], r["batch"]))
         ok = r["status"] == "ok" and base and base["tokens_per_s"]
         r["ratio_to_eager"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2) if ok else None
-        if ok and r.get("rounds") and len(r["rounds"]) == len(base.get("rounds", [])):
-            r["ratio_to_eager_rounds"] = round_ratios(r, base, "tokens_per_s")
+        if ok and (per_round := round_ratios(r, base, "tokens_per_s")):  # [] unless both are interleaved alike
+            r["ratio_to_eager_rounds"] = per_round
 
 
 def round_ratios(ours: dict[str, Any], peer: dict[str, Any], field: str, invert: bool = False) -> list[float]:
@@ -142,10 +142,8 @@ def _protocol(settings: dict[str, Any]) -> str:
 
 def _round_range(ours: dict[str, Any], peer: dict[str, Any], field: str) -> str:
     """The per-round ratio range of interleaved tokens/s records; empty otherwise (RSS is one figure)."""
-    if field != "tokens_per_s" or not ours.get("rounds") or len(ours["rounds"]) != len(peer.get("rounds", [])):
-        return ""
-    ratios = round_ratios(ours, peer, field)
-    return f" (rounds {min(ratios):.2f}–{max(ratios):.2f}×)"
+    ratios = round_ratios(ours, peer, field) if field == "tokens_per_s" else []
+    return f" (rounds {min(ratios):.2f}–{max(ratios):.2f}×)" if ratios else ""
 
 
 def _spread_lines(records: list[dict[str, Any]]) -> list[str]:
