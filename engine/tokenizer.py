@@ -41,6 +41,8 @@ class TextTokenizer:
         """
         for index, text in enumerate(texts):
             check_unicode(text, f"input {index}")
+        if len(texts) == 1:  # encode_batch releases the GIL: its caller (a server's event loop) may then wait for it
+            return [self._tokenizer.encode(texts[0], add_special_tokens=self.add_special_tokens).ids]
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=self.add_special_tokens)
         return [e.ids for e in encodings]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -45,10 +47,23 @@ def test_rows_stop_on_their_own_at_eos(model):
         assert result.finish_reason == "length" or result.ids[-1:] != [eos]
 
 
-def test_max_new_tokens_capped_to_positions(model, caplog):
-    result = model.generate([[5, 2]], max_new_tokens=500)[0]
-    assert len(result.ids) <= load_manifest(model.folder).max_positions
-    assert "capped" in caplog.text
+def test_max_new_tokens_capped_to_positions_warns_once_per_model(model, caplog, monkeypatch):
+    """A server capping every request must not flood its log: warning once, then debug."""
+    monkeypatch.setattr(model, "_length_cap_logged", False)
+    caplog.set_level(logging.DEBUG, logger="seqport.engine.generating_model")
+    for _ in range(2):
+        result = model.generate([[5, 2]], max_new_tokens=500)[0]
+        assert len(result.ids) <= load_manifest(model.folder).max_positions
+    levels = [record.levelno for record in caplog.records if "capped" in record.getMessage()]
+    assert levels == [logging.WARNING, logging.DEBUG]
+
+
+def test_one_text_encodes_as_in_a_batch(model):
+    """One text takes the tokenizer's single-text path (no GIL release); ids as encode_batch's."""
+    texts = ["the cat sat on the mat", "le chat", ""]
+    batch = model.tokenizer.encode(texts)
+    assert [model.tokenizer.encode([text])[0] for text in texts] == batch
+    assert all(ids[-1] == 2 for ids in batch)  # the post-processor's EOS in both paths
 
 
 def test_cache_equals_full_recompute(tiny_artifact, model):
