@@ -44,6 +44,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,16 @@ def start_server(
                "--scheduler", scheduler, "--max-batch-rows", str(clients), "--max-queue", "1024",
                *(["--threads", str(threads)] if threads is not None else []), "--model-name", "m",
                *(["--ort-spinning"] if spinning else []), *extra]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file, not a pipe nobody reads while the server runs: a long run's log lines
+    # would fill the pipe and block the server in its next write.
+    log = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    server.log = log  # read by server_log()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read()[-2000:]}")
+            raise RuntimeError(f"the server exited: {server_log(server)[-2000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return server, url
@@ -132,6 +137,12 @@ def start_server(
             time.sleep(0.2)
     server.kill()
     raise RuntimeError("the server did not start in 600 s")
+
+
+def server_log(server: subprocess.Popen) -> str:
+    """What a server started by start_server wrote to its stderr so far."""
+    server.log.seek(0)
+    return server.log.read()
 
 
 def process_cpu_s(pid: int, children: bool = True) -> float | None:
@@ -259,11 +270,11 @@ def run_mode(
     finally:
         server.terminate()
         try:
-            _, err = server.communicate(timeout=30)
+            server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-            _, err = server.communicate()
-    result["scheduler_log"] = next((line for line in err.splitlines() if "batching" in line), "")
+            server.wait()
+    result["scheduler_log"] = next((line for line in server_log(server).splitlines() if "batching" in line), "")
     print(f"{scheduler} x{clients} {' '.join(extra)}: {result['requests_per_s']:.2f} req/s", file=sys.stderr)
     return result
 
