@@ -5,7 +5,8 @@ the same classes as in a worker thread) and the model run in a child process sta
 `spawn`, so the worker never waits for the GIL that the event loop holds while it writes SSE
 chunks. One pipe joins them:
 
-- parent → child: ("submit", GenerationRequest), ("cancel", request_id), ("close", grace_s);
+- parent → child: ("submit", GenerationRequest), ("cancel", request_id), ("taken", count) after
+  the event loop took that many step messages (pacing, PipeOutbox), ("close", grace_s);
 - child → parent: ("ready", description) once the model is loaded (or ("error", exception)),
   then one ("step", items, batch_rows, admitted) per decoder step carrying every row's new
   events (request_id, TokenEvent | None | exception, stamps) — not one message per token —,
@@ -158,6 +159,7 @@ class ProcessScheduler:
     def _read(self) -> None:
         """On the event loop, the pipe readable: every waiting message's events into their queues."""
         try:
+            taken = 0
             while self._conn.poll(0):
                 message = self._conn.recv()
                 if message[0] == "closed":
@@ -169,6 +171,9 @@ class ProcessScheduler:
                 if admitted and self._on_admit is not None:
                     self._on_admit(admitted)
                 self._dispatch(items)
+                taken += 1
+            if taken:
+                self._send(("taken", taken))  # the worker may send its next step (PipeOutbox pacing)
         except (EOFError, OSError):
             if not self._closing:
                 logger.error("the engine process %d exited (code %s)", self._process.pid, self._process.exitcode)
@@ -215,13 +220,25 @@ class PipeOutbox:
 
     Thread-safe: the worker adds and flushes; the main thread posts failures (a full queue,
     shutdown) with add + flush too. Counts the batches and admissions for the parent's metrics.
+
+    Pacing, as the worker thread's Outbox: the worker's flush waits until the parent's event
+    loop has taken the step message before (it answers each with "taken", which the main
+    thread passes to `taken`), so the worker runs at most one step ahead of the loop. Without
+    it the worker outran a busy loop, step messages queued in the pipe, and a new request's
+    first token waited behind all of them. The main thread never waits: it is the one that
+    reads the "taken" answers.
     """
+
+    PACE_TIMEOUT_S = 1.0  # a parent that stopped reading does not block the worker for good
 
     def __init__(self, conn: Any) -> None:
         self._conn, self._lock = conn, threading.Lock()
         self._items: list[tuple[str, Any, dict | None]] = []
         self._batches: list[int] = []
         self._admitted = 0
+        self._untaken = 0  # step messages sent that the parent has not taken yet
+        self._taken = threading.Condition()
+        self._main = threading.get_ident()  # made by the main thread, which must never wait
 
     def add(self, job: Job, item: object) -> None:
         stamps = None
@@ -238,12 +255,23 @@ class PipeOutbox:
         with self._lock:
             self._admitted += count
 
+    def taken(self, count: int) -> None:
+        """(Main thread.) The parent took `count` step messages."""
+        with self._taken:
+            self._untaken = max(self._untaken - count, 0)
+            self._taken.notify_all()
+
     def flush(self) -> None:
         with self._lock:
             if not self._items and not self._batches:
                 return
             message = ("step", self._items, self._batches, self._admitted)
             self._items, self._batches, self._admitted = [], [], 0
+        with self._taken:
+            if threading.get_ident() != self._main:
+                self._taken.wait_for(lambda: self._untaken == 0, self.PACE_TIMEOUT_S)
+            self._untaken += 1
+        with self._lock:  # one message at a time on the pipe
             try:
                 self._conn.send(message)
             except (OSError, ValueError):  # the parent is gone
@@ -295,6 +323,8 @@ def _serve(conn: Any, scheduler: Any, outbox: PipeOutbox) -> None:
                 scheduler.enqueue(job)
             except Exception as exc:  # QueueFull, ShuttingDown, ConfigError: that request's answer
                 job.fail(exc)
+        elif message[0] == "taken":
+            outbox.taken(message[1])
         elif message[0] == "cancel":
             scheduler.cancel(message[1])
         elif message[0] == "close":

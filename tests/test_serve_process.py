@@ -133,3 +133,39 @@ def test_the_engine_process_dies_with_a_killed_server(tiny_artifact):
         if server.poll() is None:
             server.kill()
         server.communicate(timeout=10)
+
+
+class _Pipe:
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    def send(self, message: tuple) -> None:
+        self.sent.append(message)
+
+
+def test_the_worker_runs_at_most_one_step_ahead_of_the_event_loop():
+    """PipeOutbox pacing: a worker's flush waits until the parent took the step message before
+    (or PACE_TIMEOUT_S passed); the main thread, which reads the "taken" answers, never waits."""
+    from seqport.engine.config import GenerationConfig
+    from seqport.serving.jobs import GenerationRequest, Job, TokenEvent
+    from seqport.serving.process import PipeOutbox
+
+    pipe = _Pipe()
+    outbox = PipeOutbox(pipe)  # made by this (the main) thread
+    outbox.PACE_TIMEOUT_S = 5.0
+    job = Job(GenerationRequest("r", [1, 2], GenerationConfig()), None, None, outbox=outbox)
+
+    def step(text: str) -> None:
+        outbox.add(job, TokenEvent(0, text))
+        outbox.flush()
+
+    with ThreadPoolExecutor(1) as worker:
+        worker.submit(step, "a").result(timeout=5)  # nothing untaken: sent at once
+        second = worker.submit(step, "b")
+        time.sleep(0.3)
+        assert [m[1][0][1].text for m in pipe.sent] == ["a"] and not second.done()
+        step("main")  # the main thread is not held back by the untaken message
+        assert [m[1][0][1].text for m in pipe.sent] == ["a", "main"]
+        outbox.taken(2)
+        second.result(timeout=5)
+        assert [m[1][0][1].text for m in pipe.sent] == ["a", "main", "b"]
