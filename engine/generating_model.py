@@ -393,14 +393,10 @@ class GeneratingModel:
     def _fit_length(self, config: GenerationConfig, longest_input: int) -> GenerationConfig:
         limit = self.manifest.max_positions - self._positions_needed(longest_input) - len(config.prefix_ids)
         if config.max_new_tokens > limit:
-            # Once per model at warning level: a server capping every request would flood its log
-            # (and each write to stderr hands the GIL to another thread).
-            level = logging.DEBUG if self._length_cap_logged else logging.WARNING
+            level = logging.DEBUG if self._length_cap_logged else logging.WARNING  # a server caps many requests
             self._length_cap_logged = True
-            logger.log(
-                level, "max_new_tokens %d capped to the model's %d positions (logged once per model; "
-                "later caps at debug level)", config.max_new_tokens, limit,
-            )
+            message = "max_new_tokens %d capped to the model's %d positions (once per model; later caps: debug)"
+            logger.log(level, message, config.max_new_tokens, limit)
             limit = max(limit, 1)
             return config.replace(max_new_tokens=limit, min_new_tokens=min(config.min_new_tokens, limit))
         return config
