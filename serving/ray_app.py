@@ -13,6 +13,7 @@ response names its replica in the `x-seqport-replica` header.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -65,20 +66,32 @@ class SeqportReplica:
     ) -> None:
         import ray
 
-        from seqport.engine.api import load
         from seqport.engine.runtime import RuntimeOptions
 
         threads = threads or max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         runtime = RuntimeOptions(intra_op_threads=threads, huge_pages=huge_pages)
-        with materialized(source) as folder:
-            self.model = load(folder, provider=provider, options=runtime)
         self.options = ServeOptions(**options)
+        self.model, self._artifact = load_replica_model(source, provider, runtime, self.options.engine_process)
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def __serve_build_asgi_app__(self) -> Any:
         app = build_app(self.model, self.options)
         app.add_middleware(_ReplicaHeader, replica=self.replica)
         return app
+
+
+def load_replica_model(
+    source: ArtifactSource, provider: str, runtime: Any, engine_process: bool
+) -> tuple[Any, contextlib.ExitStack]:
+    """A replica's model, and what holds its artifact folder. A shipped copy is removed once the
+    model is loaded, unless `engine_process`: the engine process loads the folder again when the
+    server starts, so the copy stays until the returned stack is closed (or collected with the replica)."""
+    from seqport.engine.api import load
+
+    with contextlib.ExitStack() as stack:
+        model = load(stack.enter_context(materialized(source)), provider=provider, options=runtime)
+        held = stack.pop_all() if engine_process else contextlib.ExitStack()
+    return model, held
 
 
 def application(

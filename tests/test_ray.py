@@ -190,6 +190,23 @@ def test_a_shipped_artifact_is_loaded_and_checked_on_the_worker(cluster, transla
     with pytest.raises(IntegrityError, match="sha256"):
         ray.get(translate.remote(ship(broken)), timeout=120)
 
+    @ray.remote(num_cpus=1)
+    def replica_folders(source) -> tuple[bool, bool, bool]:
+        """A replica with --engine-process keeps its shipped copy (the engine process loads it
+        again when the server starts) until it lets it go; one without removes it at once."""
+        import os
+
+        from seqport.engine.runtime import RuntimeOptions
+        from seqport.serving.ray_app import load_replica_model
+
+        kept, held = load_replica_model(source, "cpu", RuntimeOptions(), engine_process=True)
+        alone, _ = load_replica_model(source, "cpu", RuntimeOptions(), engine_process=False)
+        while_held = os.path.isdir(kept.folder)
+        held.close()
+        return while_held, os.path.isdir(kept.folder), os.path.isdir(alone.folder)
+
+    assert ray.get(replica_folders.remote(source), timeout=120) == (True, False, False)
+
 
 def test_serve_two_replicas_equal_the_local_engine(cluster, translator):
     import seqport.engine as sp
